@@ -1,0 +1,1 @@
+echo "run_demo: nothing yet"
