@@ -1,0 +1,37 @@
+// Storage: one owned byte buffer on one device, shared by every tensor (and every parameter name) viewing it.
+// Its address never changes for its lifetime: in-place writes keep pointers that CUDA graphs captured valid.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+namespace fp4serve {
+
+enum class Device : uint8_t { CPU, CUDA };
+std::string_view device_name(Device device);
+
+class Storage {
+ public:
+  // Zero-filled. CUDA storage needs a CUDA build and a GPU, else throws.
+  static std::shared_ptr<Storage> allocate(Device device, size_t nbytes);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  uint8_t* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  Storage(Device device, uint8_t* data, size_t nbytes) : device_(device), data_(data), nbytes_(nbytes) {}
+  Device device_;
+  uint8_t* data_;
+  size_t nbytes_;
+};
+
+// Byte copies between any two devices (host<->device, device<->device, host<->host). Synchronous.
+void copy_bytes(Device dst_device, void* dst, Device src_device, const void* src, size_t nbytes);
+void fill_zero(Device device, void* dst, size_t nbytes);
+
+}  // namespace fp4serve

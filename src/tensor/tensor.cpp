@@ -1,0 +1,52 @@
+#include "tensor/tensor.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "common/error.h"
+
+namespace fp4serve {
+
+std::string shape_to_string(const Shape& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+int64_t shape_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  for (int64_t d : shape) FP4_CHECK(d >= 0, "negative dimension in shape {}", shape_to_string(shape));
+  Tensor t;
+  t.shape = shape;
+  t.dtype = dtype;
+  t.storage = Storage::allocate(device, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::rows(int64_t first, int64_t count) const {
+  FP4_CHECK(!shape.empty() && first >= 0 && count >= 0 && first + count <= shape[0],
+            "rows [{}, {}) out of range for {}", first, first + count, describe());
+  Tensor view = *this;
+  view.shape[0] = count;
+  view.offset = offset + static_cast<size_t>(first) * (nbytes() / static_cast<size_t>(shape[0] == 0 ? 1 : shape[0]));
+  return view;
+}
+
+std::string Tensor::describe() const {
+  return fmt::format("{} {} on {}", dtype_name(dtype), shape_to_string(shape),
+                     storage ? device_name(device()) : "nowhere");
+}
+
+void copy_into(const Tensor& dst, const Tensor& src) {
+  FP4_CHECK(dst.nbytes() == src.nbytes(), "copy of {} into {}: sizes differ", src.describe(), dst.describe());
+  copy_bytes(dst.device(), dst.raw(), src.device(), src.raw(), src.nbytes());
+}
+
+Tensor to_host(const Tensor& t) {
+  Tensor host = Tensor::empty(t.shape, t.dtype, Device::CPU);
+  copy_into(host, t);
+  return host;
+}
+
+}  // namespace fp4serve
