@@ -1,6 +1,8 @@
 // What the weight loader needs from a model: its parameters, the bindings that say where every checkpoint tensor
 // goes, and the post-processing step. The model implements it (src/model), the loader uses it (src/engine).
 #pragma once
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "quant/method.h"
@@ -19,6 +21,8 @@ class LoadableModel {
   // run exactly once (it throws when called without a fresh load).
   virtual void mark_raw_weights_loaded() = 0;
   virtual void process_weights_after_loading() = 0;
+  // The weights as the checkpoint holds them (derived layouts inverted): checkpoint name -> host tensor.
+  virtual std::vector<std::pair<std::string, Tensor>> export_logical() const = 0;
 };
 
 }  // namespace fp4serve
