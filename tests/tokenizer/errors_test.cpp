@@ -1,0 +1,83 @@
+// Unsupported or malformed tokenizer.json components are refused at load with a message naming the component
+// and where it sits in the file.
+#include <gtest/gtest.h>
+
+#include "common/error.h"
+#include "tests/tokenizer/fixtures.h"
+#include "tokenizer/tokenizer.h"
+
+namespace fp4serve {
+namespace {
+
+std::string load_error(const nlohmann::json& spec) {
+  try {
+    Tokenizer::from_json(spec);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(loaded without error)";
+}
+
+void expect_error(const nlohmann::json& spec, const std::vector<std::string>& fragments) {
+  const std::string message = load_error(spec);
+  for (const std::string& fragment : fragments) {
+    EXPECT_NE(message.find(fragment), std::string::npos) << "missing \"" << fragment << "\" in: " << message;
+  }
+}
+
+TEST(TokenizerErrors, UnsupportedModel) {
+  nlohmann::json spec = test::synth_tokenizer_json();
+  spec["model"] = {{"type", "WordPiece"}, {"vocab", {{"a", 0}}}, {"unk_token", "[UNK]"}};
+  expect_error(spec, {"tokenizer.json: model", "\"WordPiece\"", "not supported"});
+  spec["model"] = test::synth_tokenizer_json()["model"];
+  spec["model"]["byte_fallback"] = true;
+  expect_error(spec, {"model", "\"byte_fallback\""});
+  spec["model"]["byte_fallback"] = false;
+  spec["model"]["dropout"] = 0.1;
+  expect_error(spec, {"\"dropout\""});
+}
+
+TEST(TokenizerErrors, UnsupportedPreTokenizerNamesItsPath) {
+  nlohmann::json spec = test::qwen_style_tokenizer_json();
+  spec["pre_tokenizer"]["pretokenizers"][1] = {{"type", "Metaspace"}, {"replacement", "\u2581"}};
+  expect_error(spec, {"pre_tokenizer.pretokenizers[1]", "\"Metaspace\"", "not supported"});
+  spec = test::qwen_style_tokenizer_json();
+  spec["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "MergedWithPrevious";
+  expect_error(spec, {"pre_tokenizer.pretokenizers[0]", "\"MergedWithPrevious\""});
+  spec["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Isolated";
+  spec["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Regex", "(unclosed"}};
+  expect_error(spec, {"pre_tokenizer.pretokenizers[0].pattern.Regex", "cannot compile regex"});
+}
+
+TEST(TokenizerErrors, UnsupportedNormalizerDecoderPostProcessor) {
+  nlohmann::json spec = test::qwen_style_tokenizer_json();
+  spec["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Lowercase"}}}}};
+  expect_error(spec, {"normalizer.normalizers[1]", "\"Lowercase\""});
+  spec = test::qwen_style_tokenizer_json();
+  spec["decoder"] = {{"type", "WordPiece"}};
+  expect_error(spec, {"decoder", "\"WordPiece\""});
+  spec = test::qwen_style_tokenizer_json();
+  spec["post_processor"] = {{"type", "BertProcessing"}};
+  expect_error(spec, {"post_processor", "\"BertProcessing\""});
+  spec = test::qwen_style_tokenizer_json();
+  spec["truncation"] = {{"max_length", 10}};
+  expect_error(spec, {"\"truncation\""});
+}
+
+TEST(TokenizerErrors, MalformedFields) {
+  nlohmann::json spec = test::synth_tokenizer_json();
+  spec["added_tokens"][0]["content"] = 5;
+  expect_error(spec, {"added_tokens[0]", "\"content\""});
+  spec = test::synth_tokenizer_json();
+  spec["pre_tokenizer"]["use_regex"] = "yes";
+  expect_error(spec, {"pre_tokenizer", "\"use_regex\"", "boolean"});
+  spec = test::synth_tokenizer_json();
+  spec["model"]["vocab"]["x"] = -3;
+  expect_error(spec, {"model.vocab", "\"x\""});
+  spec = test::synth_tokenizer_json();
+  spec.erase("model");
+  expect_error(spec, {"\"model\" is missing"});
+}
+
+}  // namespace
+}  // namespace fp4serve
