@@ -1,0 +1,66 @@
+// Loads checkpoint directories into a model's EXISTING parameters, transactionally, for the first load and for
+// every reload alike (so a reload of B gives the same bytes as a fresh start on B):
+//   1. validate: every binding resolves to exactly one checkpoint tensor of the right dtype and shape, no unknown
+//      tensors, scales finite and > 0, every byte readable; chunk digests are recorded. Nothing live changes.
+//   2. commit: re-read chunk by chunk through a bounded staging buffer, check each chunk's digest, copy into the
+//      parameters (pointers never change), then post-process once.
+// A failure in 1 leaves the parameters byte-identical. A failure in 2 (a file rewritten or unreadable after
+// validation) restores the previous source, whose files stay open from its own load; only if that fails too is
+// the model Inconsistent (and must not serve) until a load succeeds. Not thread-safe: the engine thread owns it.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "io/file_reader.h"
+#include "quant/loadable.h"
+
+namespace fp4serve {
+
+enum class SourceFormat {
+  Native,      // the checkpoint has the model's format (NVFP4 for an NVFP4 model, bf16 for a bf16 one)
+  Bf16Online,  // a bf16 checkpoint loaded into an NVFP4 model: quantized on the fly (quant/group_quant.h)
+};
+
+struct LoadOptions {
+  size_t staging_bytes = size_t{64} << 20;  // chunk size of the staging buffer
+  FileOpener open_file = open_posix_file;   // tests inject I/O faults here
+  std::function<void()> between_validate_and_commit;  // tests change files here
+};
+
+struct LoadResult {
+  std::string source;            // the directory loaded
+  SourceFormat format;
+  uint64_t tensors = 0;          // checkpoint tensors loaded
+  uint64_t bytes = 0;            // checkpoint bytes loaded (each read twice: validate and commit)
+  uint64_t peak_staging_bytes = 0;
+  double validate_seconds = 0, commit_seconds = 0, post_process_seconds = 0;
+};
+
+class WeightLoader {
+ public:
+  enum class State { Empty, Loaded, Inconsistent };
+
+  explicit WeightLoader(LoadableModel& model, LoadOptions options = {});
+  ~WeightLoader();
+
+  // Throws Error naming the file and tensor on failure; see the header comment for the state afterwards.
+  LoadResult load(const std::filesystem::path& dir, SourceFormat format);
+
+  State state() const { return state_; }
+  std::string current_source() const;  // "" before the first successful load
+
+ private:
+  struct Plan;
+  std::unique_ptr<Plan> validate(const std::filesystem::path& dir, SourceFormat format, LoadResult& result);
+  void commit(const Plan& plan, LoadResult& result);
+
+  LoadableModel& model_;
+  LoadOptions options_;
+  State state_ = State::Empty;
+  std::unique_ptr<Plan> current_;  // the plan of the weights now served: the rollback source
+};
+
+}  // namespace fp4serve
