@@ -20,6 +20,9 @@ namespace fp4serve {
 
 inline constexpr int64_t kTokenTile = 8;
 inline constexpr int64_t kGemmSumBlock = 16;
+// Loops with less work than this (in multiply-adds or copied elements) stay on one thread: waking a team costs
+// more than it saves, badly so on a loaded machine.
+inline constexpr int64_t kMinParallelWork = int64_t{1} << 16;
 
 inline int64_t token_tile_count(int64_t m) { return (m + kTokenTile - 1) / kTokenTile; }
 inline size_t token_tiles_floats(int64_t m, int64_t k) { return static_cast<size_t>(token_tile_count(m) * k * kTokenTile); }
@@ -46,7 +49,7 @@ class ScratchCarver {
 // tiles[t / 8][k][t % 8] = a[rows[t]][k] for t < count (rows == nullptr: rows[t] = t); unused lanes are zeroed.
 inline void pack_token_tiles(const float* a, int64_t k_dim, const int32_t* rows, int64_t count, float* tiles) {
   const int64_t n_tiles = token_tile_count(count);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (count * k_dim >= kMinParallelWork)
   for (int64_t tile = 0; tile < n_tiles; ++tile) {
     float* out = tiles + tile * k_dim * kTokenTile;
     for (int64_t lane = 0; lane < kTokenTile; ++lane) {
@@ -83,7 +86,7 @@ template <typename DecodeRow, typename Store>
 void gemm_decoded_rows(const float* tiles, int64_t m, int64_t k_dim, int64_t n_rows, float* row_buffers,
                        DecodeRow&& decode_row, Store&& store) {
   const int64_t n_tiles = token_tile_count(m);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_tiles * kTokenTile * k_dim * n_rows >= kMinParallelWork)
   for (int64_t n = 0; n < n_rows; ++n) {
     float* w = row_buffers + static_cast<int64_t>(omp_get_thread_num()) * k_dim;
     decode_row(n, w);

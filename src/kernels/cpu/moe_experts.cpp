@@ -106,7 +106,7 @@ void run_moe(const MoeProblem& p, const MoeScratch& s, RunExpert&& run_expert) {
     for (int32_t i = 0; i < count; ++i) s.tokens[i] = static_cast<int32_t>(s.sorted_slots[begin + i] / k);
     run_expert(e, s.tokens, count, s.expert_out + static_cast<int64_t>(begin) * H);
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (p.m * k * H >= kMinParallelWork)
   for (int64_t t = 0; t < p.m; ++t) {
     float* out = p.y + t * H;
     for (int64_t h = 0; h < H; ++h) out[h] = 0.0f;

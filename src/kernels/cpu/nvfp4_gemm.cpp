@@ -66,7 +66,7 @@ const float* nvfp4_activation_operand(Nvfp4Activation mode, const float* x, int6
     quantize_activations_static(x, m, k, input_scale, s.packed, s.block_scales);
   else
     quantize_activations_per_token(x, m, k, s.packed, s.block_scales, row_scales);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m * k >= kMinParallelWork)
   for (int64_t t = 0; t < m; ++t)
     for (int64_t i = 0; i < k; ++i)
       a[t * k + i] = e2m1_decode(packed_e2m1_code(s.packed + t * (k / 2), i)) *
