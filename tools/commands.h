@@ -4,4 +4,7 @@
 
 namespace fp4serve::tools {
 
+void register_synth(CLI::App& app);
+void register_inspect(CLI::App& app);
+
 }  // namespace fp4serve::tools

@@ -9,6 +9,8 @@
 int main(int argc, char** argv) {
   CLI::App app{"fp4serve: NVFP4 inference server with hot weight reload"};
   app.require_subcommand(1);
+  fp4serve::tools::register_synth(app);
+  fp4serve::tools::register_inspect(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
