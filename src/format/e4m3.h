@@ -1,6 +1,6 @@
 // float8_e4m3fn: sign, 4 exponent bits (bias 7), 3 mantissa bits; no Inf; 0x7F/0xFF are NaN; max 448; subnormals
 // are k * 2^-9. Decoding is exact (table). Encoding rounds to nearest even and SATURATES: |x| >= 448 and +-Inf give
-// +-448, like PTX cvt.rn.satfinite (torch's cast gives NaN above 464; block scales never get there but rounding).
+// +-448, like PTX cvt.rn.satfinite. torch's cast agrees up to 464 and gives NaN above, where we clamp.
 #pragma once
 #include <array>
 #include <bit>

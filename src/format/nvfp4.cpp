@@ -49,9 +49,11 @@ int64_t quantize_row(const Element* row, int64_t cols, float global_scale, uint8
     const uint8_t scale_code = e4m3_encode(s);
     scales_row[block] = scale_code;
     const float denominator = e4m3_decode(scale_code) * global_scale;
+    // Separate passes so that each one vectorizes.
+    uint8_t codes[kNvfp4BlockSize];
+    for (int i = 0; i < kNvfp4BlockSize; ++i) codes[i] = e2m1_encode(widen(x[i]) / denominator);
     uint8_t* out = packed_row + block * (kNvfp4BlockSize / 2);
-    for (int i = 0; i < kNvfp4BlockSize; i += 2)
-      out[i / 2] = pack_e2m1_pair(e2m1_encode(widen(x[i]) / denominator), e2m1_encode(widen(x[i + 1]) / denominator));
+    for (int i = 0; i < kNvfp4BlockSize; i += 2) out[i / 2] = pack_e2m1_pair(codes[i], codes[i + 1]);
   }
   return -1;
 }

@@ -187,6 +187,26 @@ TEST(Nvfp4, ScaleUnderflowKeepsModelOptBytesAndDequantizesToZero) {
   EXPECT_THAT(w_hat, ::testing::Each(0.0f));
 }
 
+TEST(Nvfp4, FloatOperationOrderIsModelOpts) {
+  // Inputs found by search where another fp32 order changes the bytes (random data almost never does).
+  // Element: with g = amax / 2688 and scale 3.75 (0x47), x / (3.75f * g) is exactly the tie 5 -> 4.0 (code 6);
+  // x * (1 / (3.75f * g)) or x / 3.75f / g land above 5 -> 6.0 (code 7).
+  const float element_g = nvfp4_global_scale(0x1.b08142p+0f);
+  std::vector<float> w(16, 0.0f);
+  w[0] = 0x1.cf65ecp-7f;  // block amax: s = w0 / (6 * g) rounds to 3.75; q = 6.0000004 -> code 7
+  w[1] = 0x1.822a46p-7f;
+  Quantized q(1, 16);
+  nvfp4_quantize(w.data(), 1, 16, element_g, q.packed.data(), q.scales.data());
+  EXPECT_EQ(q.scales[0], 0x47);
+  EXPECT_EQ(q.packed[0], 0x67);
+  // Scale: block_amax / (6.0f * g) = 9.499999 -> 9 (0x51), while block_amax / 6 / g = 9.5 exactly -> 10 (0x52).
+  const float scale_g = nvfp4_global_scale(0x1.18e172p+1f);
+  w[0] = 0x1.7d31f6p-5f;
+  w[1] = 0.0f;
+  nvfp4_quantize(w.data(), 1, 16, scale_g, q.packed.data(), q.scales.data());
+  EXPECT_EQ(q.scales[0], 0x51);
+}
+
 TEST(Nvfp4, EmptyAndSingleBlockShapes) {
   Quantized q(1, 16);
   nvfp4_quantize(static_cast<const float*>(nullptr), 0, 16, 1.0f, q.packed.data(), q.scales.data());
