@@ -140,13 +140,16 @@ ChatTemplate ChatTemplate::from_jinja(std::string_view source) {
 }
 
 ChatTemplate ChatTemplate::from_tokenizer_config(const nlohmann::json& tokenizer_config) {
+  FP4_CHECK(tokenizer_config.is_object(), "tokenizer_config.json: expected a JSON object");
   const auto it = tokenizer_config.find("chat_template");
   FP4_CHECK(it != tokenizer_config.end() && !it->is_null(), "tokenizer_config.json has no \"chat_template\"");
   if (it->is_string()) return from_jinja(it->get_ref<const std::string&>());
   FP4_CHECK(it->is_array(), "tokenizer_config.json: \"chat_template\" must be a string or a list of {{name, template}}");
   std::vector<std::string> names;
   for (const nlohmann::json& entry : *it) {
-    const std::string name = entry.value("name", "");
+    FP4_CHECK(entry.is_object(), "tokenizer_config.json: \"chat_template\" entry {} is not {{name, template}}",
+              entry.dump());
+    const std::string name = entry.contains("name") && entry["name"].is_string() ? entry["name"].get<std::string>() : "";
     if (name == "default" && entry.contains("template") && entry["template"].is_string()) {
       return from_jinja(entry["template"].get_ref<const std::string&>());
     }

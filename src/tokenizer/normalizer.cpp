@@ -64,6 +64,10 @@ std::string nfc_normalize(std::string_view text) {
   size_t run_begin = 0;
   size_t pos = 0;
   while (pos < text.size()) {
+    if (static_cast<uint8_t>(text[pos]) < 0x80) {  // ASCII: always well-formed
+      ++pos;
+      continue;
+    }
     const Utf8Char c = utf8_next(text, pos);
     if (c.code_point >= 0) {
       pos += c.length;

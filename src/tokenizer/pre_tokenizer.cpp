@@ -1,6 +1,8 @@
 // Pre-tokenizer steps (see pre_tokenizer.h). Each step maps the current list of pieces to a new list.
 #include "tokenizer/pre_tokenizer.h"
 
+#include <deque>
+
 #include "common/error.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/json_fields.h"
@@ -51,77 +53,62 @@ void PreTokenizer::add_step(const nlohmann::json& spec, std::string_view where) 
   }
 }
 
-bool PreTokenizer::is_byte_level() const {
-  for (const Step& step : steps_) {
-    if (step.kind == Step::Kind::kByteLevel) return true;
-  }
-  return false;
+void PreTokenizer::split(std::string_view text, const PieceSink& on_piece) const {
+  if (!text.empty()) apply(0, text, on_piece);
 }
 
-void PreTokenizer::split(std::string_view text, std::vector<std::string>& pieces) const {
-  if (text.empty()) return;
-  if (steps_.empty()) {
-    pieces.emplace_back(text);
-    return;
-  }
-  std::vector<std::string> current{std::string(text)};
-  std::vector<std::string> next;
-  for (size_t i = 0; i < steps_.size(); ++i) {
-    std::vector<std::string>& out = i + 1 == steps_.size() ? pieces : next;
-    for (const std::string& piece : current) {
-      if (steps_[i].kind == Step::Kind::kSplit) {
-        apply_split(steps_[i], piece, out);
-      } else {
-        apply_byte_level(steps_[i], piece, out);
-      }
-    }
-    if (&out == &next) {
-      current.swap(next);
-      next.clear();
-    }
+void PreTokenizer::apply(size_t step, std::string_view piece, const PieceSink& on_piece) const {
+  if (step == steps_.size()) {
+    on_piece(piece);
+  } else if (steps_[step].kind == Step::Kind::kSplit) {
+    apply_split(step, piece, on_piece);
+  } else {
+    apply_byte_level(step, piece, on_piece);
   }
 }
 
-void PreTokenizer::apply_split(const Step& step, std::string_view piece, std::vector<std::string>& out) {
-  thread_local std::vector<ByteSpan> matches;
-  matches.clear();
-  step.regex->find_all(piece, matches);
+void PreTokenizer::apply_split(size_t step, std::string_view piece, const PieceSink& on_piece) const {
+  const Step& split = steps_[step];
   // With invert the matches are the kept content and the gaps between them are the delimiters.
-  const bool keep_matches = step.invert || !step.remove_matches;
-  const bool keep_gaps = !step.invert || !step.remove_matches;
+  const bool keep_matches = split.invert || !split.remove_matches;
+  const bool keep_gaps = !split.invert || !split.remove_matches;
   size_t previous_end = 0;
-  for (const ByteSpan& match : matches) {
-    if (keep_gaps && match.begin > previous_end) out.emplace_back(piece.substr(previous_end, match.begin - previous_end));
-    if (keep_matches) out.emplace_back(piece.substr(match.begin, match.end - match.begin));
-    previous_end = match.end;
+  while (const std::optional<ByteSpan> match = split.regex->find(piece, previous_end)) {
+    if (keep_gaps && match->begin > previous_end) {
+      apply(step + 1, piece.substr(previous_end, match->begin - previous_end), on_piece);
+    }
+    if (keep_matches) apply(step + 1, piece.substr(match->begin, match->end - match->begin), on_piece);
+    previous_end = match->end;
   }
-  if (keep_gaps && previous_end < piece.size()) out.emplace_back(piece.substr(previous_end));
+  if (keep_gaps && previous_end < piece.size()) apply(step + 1, piece.substr(previous_end), on_piece);
 }
 
-void PreTokenizer::apply_byte_level(const Step& step, std::string_view piece, std::vector<std::string>& out) {
+void PreTokenizer::apply_byte_level(size_t step, std::string_view piece, const PieceSink& on_piece) const {
+  const Step& byte_level = steps_[step];
   std::string prefixed;
-  if (step.add_prefix_space && piece.front() != ' ') {
+  if (byte_level.add_prefix_space && piece.front() != ' ') {
     prefixed = " " + std::string(piece);
     piece = prefixed;
   }
-  auto emit = [&out](std::string_view bytes) {
-    std::string mapped;
-    mapped.reserve(bytes.size() * 2);
+  // One buffer per step, reused: a step is done with its buffer before its next piece. A deque keeps the
+  // buffers of outer steps in place while a deeper step grows it.
+  thread_local std::deque<std::string> buffers;
+  if (buffers.size() <= step) buffers.resize(step + 1);
+  auto emit = [&](std::string_view bytes) {
+    std::string& mapped = buffers[step];
+    mapped.clear();
     append_byte_level(mapped, bytes);
-    out.push_back(std::move(mapped));
+    apply(step + 1, mapped, on_piece);
   };
-  if (!step.regex) {
+  if (!byte_level.regex) {
     emit(piece);
     return;
   }
-  thread_local std::vector<ByteSpan> matches;
-  matches.clear();
-  step.regex->find_all(piece, matches);
   size_t previous_end = 0;
-  for (const ByteSpan& match : matches) {
-    if (match.begin > previous_end) emit(piece.substr(previous_end, match.begin - previous_end));
-    emit(piece.substr(match.begin, match.end - match.begin));
-    previous_end = match.end;
+  while (const std::optional<ByteSpan> match = byte_level.regex->find(piece, previous_end)) {
+    if (match->begin > previous_end) emit(piece.substr(previous_end, match->begin - previous_end));
+    emit(piece.substr(match->begin, match->end - match->begin));
+    previous_end = match->end;
   }
   if (previous_end < piece.size()) emit(piece.substr(previous_end));
 }

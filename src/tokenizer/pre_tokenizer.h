@@ -1,10 +1,12 @@
 // tokenizer.json "pre_tokenizer": null, Split (Regex or String pattern, behavior Isolated or Removed, invert),
 // ByteLevel (add_prefix_space, use_regex) or a Sequence of those, applied in order to every piece as HF does.
 // Pieces come out in the model's alphabet: after a ByteLevel step each byte is spelled as its mapped character.
+// Pieces stream to a callback one at a time, so memory stays small however long the text is.
 #pragma once
 #include <nlohmann/json.hpp>
 
-#include <string>
+#include <functional>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -14,14 +16,13 @@ namespace fp4serve {
 
 class PreTokenizer {
  public:
+  using PieceSink = std::function<void(std::string_view piece)>;
+
   // `spec` is the "pre_tokenizer" value (may be null); `where` names it in errors.
   static PreTokenizer from_json(const nlohmann::json& spec, std::string_view where);
 
-  // Appends the non-empty pieces of `text` to `pieces`.
-  void split(std::string_view text, std::vector<std::string>& pieces) const;
-
-  // Whether a ByteLevel step maps bytes to the byte-level alphabet.
-  bool is_byte_level() const;
+  // Calls `on_piece` for each non-empty piece of `text`, in order. The view is valid during the call only.
+  void split(std::string_view text, const PieceSink& on_piece) const;
 
  private:
   struct Step {
@@ -35,8 +36,10 @@ class PreTokenizer {
   };
 
   void add_step(const nlohmann::json& spec, std::string_view where);
-  static void apply_split(const Step& step, std::string_view piece, std::vector<std::string>& out);
-  static void apply_byte_level(const Step& step, std::string_view piece, std::vector<std::string>& out);
+  // Runs steps_[step..] on one piece.
+  void apply(size_t step, std::string_view piece, const PieceSink& on_piece) const;
+  void apply_split(size_t step, std::string_view piece, const PieceSink& on_piece) const;
+  void apply_byte_level(size_t step, std::string_view piece, const PieceSink& on_piece) const;
 
   std::vector<Step> steps_;
 };

@@ -41,28 +41,21 @@ Regex::Regex(std::string_view pattern, bool literal, std::string_view where) {
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
 }
 
-void Regex::find_all(std::string_view text, std::vector<ByteSpan>& matches) const {
+std::optional<ByteSpan> Regex::find(std::string_view text, size_t start) const {
   auto* code = static_cast<pcre2_code*>(code_.get());
   pcre2_match_data* data = thread_match_data();
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-  size_t start = 0;
   while (start < text.size()) {
     const int rc = pcre2_match(code, subject, text.size(), start, 0, data, nullptr);
-    if (rc == PCRE2_ERROR_NOMATCH) return;
+    if (rc == PCRE2_ERROR_NOMATCH) return std::nullopt;
     FP4_CHECK(rc >= 0, "regex match failed at byte {} of a {}-byte text: {}", start, text.size(),
               pcre2_message(rc));
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
-    const size_t begin = ovector[0];
-    const size_t end = ovector[1];
-    if (end > begin) {
-      matches.push_back({begin, end});
-      start = end;
-    } else if (begin < text.size()) {
-      start = begin + utf8_next(text, begin).length;  // step over the empty match by one character
-    } else {
-      return;
-    }
+    if (ovector[1] > ovector[0]) return ByteSpan{ovector[0], ovector[1]};
+    if (ovector[0] >= text.size()) return std::nullopt;
+    start = ovector[0] + utf8_next(text, ovector[0]).length;  // step over the empty match by one character
   }
+  return std::nullopt;
 }
 
 }  // namespace fp4serve

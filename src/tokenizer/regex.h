@@ -3,8 +3,8 @@
 // matches). Matching is thread-safe: the compiled code is shared read-only, match data is per thread.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string_view>
-#include <vector>
 
 namespace fp4serve {
 
@@ -18,9 +18,9 @@ class Regex {
   // Compiles `pattern`; with `literal` the pattern text is matched verbatim. `where` names the field for errors.
   Regex(std::string_view pattern, bool literal, std::string_view where);
 
-  // Appends every non-empty, non-overlapping match, left to right (empty matches are skipped, as HF drops the
-  // empty pieces they would make).
-  void find_all(std::string_view text, std::vector<ByteSpan>& matches) const;
+  // The first non-empty match starting at or after `start` (empty matches are skipped, as HF drops the empty
+  // pieces they would make). Calling again from the previous match's end walks all matches left to right.
+  std::optional<ByteSpan> find(std::string_view text, size_t start) const;
 
  private:
   std::shared_ptr<void> code_;  // pcre2_code_8, freed by pcre2_code_free

@@ -106,6 +106,16 @@ Tokenizer Tokenizer::from_files(const std::filesystem::path& model_dir) {
 
 Tokenizer Tokenizer::from_json(const nlohmann::json& tokenizer_json, const nlohmann::json& tokenizer_config,
                                const nlohmann::json& generation_config, std::string_view source) {
+  try {
+    return load(tokenizer_json, tokenizer_config, generation_config, source);
+  } catch (const nlohmann::json::exception& e) {
+    // A field of an unexpected JSON type that no check above caught.
+    fail("{} / tokenizer_config.json / generation_config.json: malformed field: {}", source, e.what());
+  }
+}
+
+Tokenizer Tokenizer::load(const nlohmann::json& tokenizer_json, const nlohmann::json& tokenizer_config,
+                          const nlohmann::json& generation_config, std::string_view source) {
   FP4_CHECK(tokenizer_json.is_object(), "{}: expected a JSON object", source);
   require_neutral(tokenizer_json, "truncation", nullptr, source);
   require_neutral(tokenizer_json, "padding", nullptr, source);
@@ -225,7 +235,7 @@ void Tokenizer::load_config(const nlohmann::json& tokenizer_config, const nlohma
 std::vector<int32_t> Tokenizer::encode(std::string_view text, const EncodeOptions& options) const {
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + prefix_ids_.size() + suffix_ids_.size());
-  if (options.add_special_tokens) ids = prefix_ids_;
+  if (options.add_special_tokens) ids.insert(ids.end(), prefix_ids_.begin(), prefix_ids_.end());
   std::vector<TextSegment> segments;
   raw_matcher_.split(text, options.allow_special, segments);
   for (const TextSegment& segment : segments) {
@@ -248,15 +258,13 @@ void Tokenizer::encode_plain(std::string_view text, bool allow_special, std::vec
   }
   std::vector<TextSegment> segments;
   normalized_matcher_.split(normalized, allow_special, segments);
-  std::vector<std::string> pieces;
+  const PreTokenizer::PieceSink encode_piece = [&](std::string_view piece) { model_.encode_word(piece, ids); };
   for (const TextSegment& segment : segments) {
     if (segment.token_id >= 0) {
       ids.push_back(segment.token_id);
-      continue;
+    } else {
+      pre_tokenizer_.split(normalized.substr(segment.begin, segment.end - segment.begin), encode_piece);
     }
-    pieces.clear();
-    pre_tokenizer_.split(normalized.substr(segment.begin, segment.end - segment.begin), pieces);
-    for (const std::string& piece : pieces) model_.encode_word(piece, ids);
   }
 }
 

@@ -68,6 +68,8 @@ class Tokenizer {
   };
 
   explicit Tokenizer(BpeModel model) : model_(std::move(model)) {}
+  static Tokenizer load(const nlohmann::json& tokenizer_json, const nlohmann::json& tokenizer_config,
+                        const nlohmann::json& generation_config, std::string_view source);
   void load_post_processor(const nlohmann::json& spec, std::string_view where);
   void load_config(const nlohmann::json& tokenizer_config, const nlohmann::json& generation_config);
   void encode_plain(std::string_view text, bool allow_special, std::vector<int32_t>& ids) const;

@@ -75,6 +75,9 @@ TEST(TokenizerErrors, MalformedFields) {
   spec["model"]["vocab"]["x"] = -3;
   expect_error(spec, {"model.vocab", "\"x\""});
   spec = test::synth_tokenizer_json();
+  spec["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", 5}}}}}}};
+  expect_error(spec, {"tokenizer.json", "malformed field"});
+  spec = test::synth_tokenizer_json();
   spec.erase("model");
   expect_error(spec, {"\"model\" is missing"});
 }

@@ -85,6 +85,8 @@ CASES = [
     "\u4f60\u597d\uff0c\u4e16\u754c",
     "emoji \U0001F600\U0001F44D\U0001F3FD!",
     "<|im_start|>user\nhi<|im_end|>\n<think>\nok</think>",
+    "a\u0085b\u00a0c\u2028d\u3000e \u00a0 \u2029",
+    "a  \u2028  b  \u3000\u3000  c\u0085  \u0085d",
     "",
 ]
 
