@@ -61,9 +61,10 @@ std::string human_bytes(uint64_t bytes) {
 }
 
 std::string describe_config(const ModelConfig& c) {
-  std::string text = fmt::format("{}: {} layers, hidden {}, heads {}/{} x {}, vocab {}", architecture_name(c.architecture),
-                                 c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
-                                 c.head_dim, c.vocab_size);
+  std::string text =
+      fmt::format("{}: {} layers, hidden {}, heads {}/{} x {}, vocab {}", architecture_name(c.architecture),
+                  c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                  c.vocab_size);
   if (c.num_experts > 0)
     text += fmt::format(", {} experts top-{} (moe_intermediate {})", c.num_experts, c.num_experts_per_tok,
                         c.moe_intermediate_size);

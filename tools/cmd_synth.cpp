@@ -165,7 +165,8 @@ std::string byte_token(int byte) {
 nlohmann::ordered_json tokenizer_json() {
   using ojson = nlohmann::ordered_json;
   ojson added = ojson::array();
-  for (auto [id, content] : {std::pair{kEndOfText, "<|endoftext|>"}, {kImStart, "<|im_start|>"}, {kImEnd, "<|im_end|>"}})
+  for (auto [id, content] :
+       {std::pair{kEndOfText, "<|endoftext|>"}, {kImStart, "<|im_start|>"}, {kImEnd, "<|im_end|>"}})
     added.push_back({{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
                      {"normalized", false}, {"special", true}});
   ojson vocab = ojson::object();

@@ -82,8 +82,8 @@ Checkpoint Checkpoint::open(const fs::path& dir, const CheckpointOptions& option
   // What the shards actually hold; a name in two shards is an error whatever the index says.
   for (const SafetensorsFile& shard : checkpoint.shards_) {
     for (const TensorInfo& info : shard.tensors()) {
-      auto [it, inserted] = checkpoint.tensors_.emplace(
-          info.name, CheckpointTensor{&shard, &info, shard.is_mapped() ? shard.bytes(info) : std::span<const uint8_t>{}});
+      const auto bytes = shard.is_mapped() ? shard.bytes(info) : std::span<const uint8_t>{};
+      auto [it, inserted] = checkpoint.tensors_.emplace(info.name, CheckpointTensor{&shard, &info, bytes});
       FP4_CHECK(inserted, "{}: tensor '{}' appears in two shards: {} and {}", dir.string(), info.name,
                 it->second.shard->path(), shard.path());
     }

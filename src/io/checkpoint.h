@@ -49,8 +49,8 @@ class Checkpoint {
 
 // One output shard: its file name and the tensors it holds, in write order.
 struct ShardPlan {
-  std::string file_name;  // model-0000i-of-0000N.safetensors
-  std::vector<TensorDecl> tensors;
+  std::string file_name = {};  // model-0000i-of-0000N.safetensors
+  std::vector<TensorDecl> tensors = {};
   uint64_t nbytes = 0;  // sum of its tensors' bytes
 };
 

@@ -27,15 +27,15 @@ struct ModelConfig {
   int num_experts_per_tok = 0;
   bool norm_topk_prob = false;
   int decoder_sparse_step = 1;
-  std::vector<int> mlp_only_layers;
+  std::vector<int> mlp_only_layers = {};
   int vocab_size = 0;
   double rms_norm_eps = 0;
   double rope_theta = 0;
   int max_position_embeddings = 0;
   bool tie_word_embeddings = false;
   std::string torch_dtype = "bfloat16";
-  std::vector<int> bos_token_ids;  // config's int or list; empty for null
-  std::vector<int> eos_token_ids;
+  std::vector<int> bos_token_ids = {};  // config's int or list; empty for null
+  std::vector<int> eos_token_ids = {};
 
   // HF's rule: not in mlp_only_layers, num_experts > 0, and (layer + 1) % decoder_sparse_step == 0.
   bool is_moe_layer(int layer) const;

@@ -18,9 +18,10 @@ inline constexpr std::string_view kHfQuantConfigFile = "hf_quant_config.json";
 
 struct QuantConfig {
   QuantAlgo algo = QuantAlgo::None;
-  int group_size = 0;                        // elements per block scale: 16 for NVFP4, 0 when unquantized
-  std::vector<std::string> exclude_modules;  // globs over module names, e.g. "lm_head", "model.layers.*.mlp.gate"
-  std::string producer;                      // e.g. "modelopt 0.31.0"; informational, may be empty
+  int group_size = 0;  // elements per block scale: 16 for NVFP4, 0 when unquantized
+  // Globs over module names, e.g. "lm_head", "model.layers.*.mlp.gate".
+  std::vector<std::string> exclude_modules = {};
+  std::string producer = {};  // e.g. "modelopt 0.31.0"; informational, may be empty
 
   // Whether a module (a name without ".weight", e.g. "model.layers.3.mlp.gate") stays unquantized: true when any
   // exclude pattern matches the whole name.

@@ -259,7 +259,8 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   FP4_CHECK(fd_ >= 0, "{}: cannot create: {}", tmp_path_.string(), std::strerror(errno));
   uint8_t prefix[kLengthPrefixBytes];
-  for (uint64_t i = 0, n = header_text.size(); i < kLengthPrefixBytes; ++i) prefix[i] = static_cast<uint8_t>(n >> (8 * i));
+  for (uint64_t i = 0, n = header_text.size(); i < kLengthPrefixBytes; ++i)
+    prefix[i] = static_cast<uint8_t>(n >> (8 * i));
   try {
     write_all(prefix);
     write_all({reinterpret_cast<const uint8_t*>(header_text.data()), header_text.size()});

@@ -282,8 +282,8 @@ TEST(QuantConfig, ParsesConfigJsonQuantizationConfigVariants) {
 
 TEST(QuantConfig, RejectsUnsupportedSchemes) {
   expect_error([] {
-    parse_quantization_config(json::parse(R"({"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized"})"),
-                              "ckpt/config.json");
+    parse_quantization_config(
+        json::parse(R"({"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized"})"), "ckpt/config.json");
   }, {"ckpt/config.json", "compressed-tensors", "not supported yet, use a ModelOpt NVFP4 checkpoint"});
   expect_error([] { parse_quantization_config(json::parse(R"({"quant_method": "gptq"})"), "ckpt/config.json"); },
                {"ckpt/config.json", "'gptq'"});

@@ -67,7 +67,8 @@ TEST(SafetensorsReader, AcceptsEdgeCases) {
   {  // Scalar shape [] holds one element; a zero-size tensor may sit at the same offset as the next one; null
      // metadata is allowed.
     const std::string header =
-        R"({"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]},"z":{"dtype":"I64","shape":[0,5],"data_offsets":[4,4]},)"
+        R"({"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]},)"
+        R"("z":{"dtype":"I64","shape":[0,5],"data_offsets":[4,4]},)"
         R"("u":{"dtype":"U8","shape":[3],"data_offsets":[4,7]},"__metadata__":null})";
     auto file = open_bytes(dir, safetensors_bytes(header, "abcdefg"));
     EXPECT_EQ(file.tensor("s").nbytes, 4u);

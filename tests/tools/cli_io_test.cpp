@@ -198,6 +198,35 @@ TEST(CliSynth, SmallPresetSizes) {
             (std::vector<int64_t>{256, 512}));
 }
 
+TEST(CliInspect, CountsPackedNvfp4WeightsAndSkipsScales) {
+  TempDir dir;
+  const fs::path ckpt = dir / "nvfp4";
+  fs::create_directories(ckpt);
+  const std::string p = "model.layers.0.self_attn.q_proj";
+  const std::vector<TensorDecl> decls = {{p + ".weight", DType::U8, {4, 16}},          // [N, K/2]: 4 x 32 values
+                                         {p + ".weight_scale", DType::F8_E4M3, {4, 2}},  // [N, K/16]
+                                         {p + ".weight_scale_2", DType::F32, {}},
+                                         {p + ".input_scale", DType::F32, {}},
+                                         {"lm_head.weight", DType::BF16, {3, 32}}};       // excluded: stays bf16
+  SafetensorsWriter writer(ckpt / "model.safetensors", decls);
+  for (const auto& d : decls) writer.write(d.name, std::vector<uint8_t>(d.nbytes()));
+  writer.finish();
+  io_test::write_file(ckpt / "hf_quant_config.json",
+                      R"({"producer": {"name": "modelopt", "version": "0.29.0"}, "quantization": {"quant_algo": "NVFP4",
+                          "group_size": 16, "kv_cache_quant_algo": null, "exclude_modules": ["lm_head"]}})");
+  const nlohmann::json report = inspect_json(ckpt);
+  EXPECT_TRUE(report["architecture"].is_null());  // no config.json
+  EXPECT_EQ(report["quantization"]["algo"], "NVFP4");
+  EXPECT_EQ(report["quantization"]["group_size"], 16);
+  EXPECT_EQ(report["quantization"]["exclude_modules"], nlohmann::json({"lm_head"}));
+  EXPECT_EQ(report["quantization"]["producer"], "modelopt 0.29.0");
+  const auto& layer0 = report["groups"][0];
+  EXPECT_EQ(layer0["params"], 4 * 32);  // two E2M1 values per byte, scales hold no parameters
+  EXPECT_EQ(layer0["bytes"], 64 + 8 + 4 + 4);
+  EXPECT_EQ(report["groups"][1]["params"], 3 * 32);
+  EXPECT_EQ(report["total"]["params"], 4 * 32 + 3 * 32);
+}
+
 TEST(CliInspect, TextReportAndErrors) {
   TempDir dir;
   synth(dir / "tiny", "--preset tiny");
