@@ -1,6 +1,6 @@
 // Mixture-of-experts FFN on the CPU, bf16 or NVFP4 experts: for each token t,
 //   y[t] = bf16(sum over slots j = 0..top_k-1, in order, of topk_weights[t, j] * d_j)      (fp32 sum from 0)
-//   d_j  = bf16(down(a)),  a = silu_mul(bf16(gate(x[t])), bf16(up(x[t])))                  (kernels/cpu/silu_mul.h)
+//   d_j  = bf16(down(a)),  a[i] = bf16(bf16(silu(g[i])) * u[i]),  g = bf16(gate(x[t])), u = bf16(up(x[t]))
 // with e = topk_ids[t, j]. Tokens are grouped by expert (increasing token order) so each expert runs its two GEMMs
 // once over its own tokens; the GEMMs are gemm_rows.h's, so results do not depend on the grouping or batch.
 #pragma once
