@@ -6,5 +6,6 @@ namespace fp4serve::tools {
 
 void register_synth(CLI::App& app);
 void register_inspect(CLI::App& app);
+void register_quantize(CLI::App& app);
 
 }  // namespace fp4serve::tools

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   fp4serve::tools::register_synth(app);
   fp4serve::tools::register_inspect(app);
+  fp4serve::tools::register_quantize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
