@@ -7,10 +7,10 @@
 
 #include <array>
 #include <fstream>
-#include <regex>
 #include <sstream>
 
 #include "common/error.h"
+#include "tokenizer/regex.h"
 
 namespace fp4serve {
 namespace {
@@ -54,10 +54,10 @@ bool ends_with(std::string_view text, std::string_view suffix) {
 }
 
 // Names tested with "is defined" other than enable_thinking are switches we do not reproduce.
-void refuse_unknown_switches(const std::string& source) {
-  static const std::regex defined_test(R"(([A-Za-z_][\w.]*)\s+is\s+(not\s+)?defined)");
-  for (auto it = std::sregex_iterator(source.begin(), source.end(), defined_test); it != std::sregex_iterator(); ++it) {
-    const std::string name = (*it)[1].str();
+void refuse_unknown_switches(std::string_view source) {
+  static const Regex defined_test(R"([A-Za-z_][\w.]*(?=\s+is\s+(?:not\s+)?defined))", false, "chat template");
+  for (auto match = defined_test.find(source, 0); match; match = defined_test.find(source, match->end)) {
+    const std::string_view name = source.substr(match->begin, match->end - match->begin);
     FP4_CHECK(name == "enable_thinking" || name.starts_with("message."),
               "chat template not supported: it has a switch \"{}\" that fp4serve does not reproduce; {}", name,
               kSupported);
@@ -120,7 +120,7 @@ ChatTemplate ChatTemplate::from_jinja(std::string_view source) {
   }
   FP4_CHECK(!contains(compact, "assistant\\n<think>") && !contains(compact, "'<think>\\n'"),
             "chat template not supported: its generation prompt opens a <think> block; {}", kSupported);
-  refuse_unknown_switches(std::string(source));
+  refuse_unknown_switches(source);
 
   for (std::string_view chatml : kChatMlTemplates) {
     if (compact == chatml) return ChatTemplate(Variant::kChatMl);
