@@ -116,31 +116,54 @@ TEST(Nvfp4Linear, NoneModeMatchesFloat64Reference) {
       }
 }
 
-// The kernel's documented order (gemm_rows.h), spelled as plain scalar loops over exact W_q values: bitwise equal.
+// The kernel's documented order (gemm_rows.h), spelled as plain scalar loops over exact W_q values: bitwise equal,
+// for a full token tile (tokens 0-7) and a partial one (8-10). bf16 output rounding hides most reorderings, so two
+// tokens carry +B and -B where a row has equal weights at k and k + 8: the tree cancels them exactly, any other
+// order (e.g. a plain running sum) loses the small terms of that row.
 TEST(Nvfp4Linear, FollowsTheDocumentedSummationOrderBitwise) {
   const LinearCase c = make_case(kPadding, {1.0f, 2.0f, 0.5f});
   const int64_t m = 11, k = kPadding.k, n_total = c.spec.out_features();
-  const auto x = random_activations(m, k, 8);
+  std::vector<std::vector<float>> w;
+  for (size_t s = 0; s < c.shards.size(); ++s)
+    w.push_back(dequantize_unit(c.shards[s].packed, c.shards[s].scales, c.spec.shards[s].out_features, k));
+  auto x = random_activations(m, k, 8);
+  int64_t crafted_row = -1;
+  for (int64_t r = 0; r < c.spec.shards[0].out_features && crafted_row < 0; ++r)
+    for (int64_t i = 0; i < 8 && crafted_row < 0; ++i)
+      if (w[0][r * k + i] != 0.0f && w[0][r * k + i] == w[0][r * k + i + 8]) {
+        crafted_row = r;
+        for (int64_t t : {2, 9}) x[t * k + i] = 0x1p24f, x[t * k + i + 8] = -0x1p24f;
+      }
+  ASSERT_GE(crafted_row, 0) << "no row with equal weights 8 apart; change the seed";
+
+  auto documented = [&](size_t s, int64_t t, int64_t r) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < k / 16; ++b) {
+      float p[16], q[8], s4[4];
+      for (int i = 0; i < 16; ++i) p[i] = x[t * k + b * 16 + i] * w[s][r * k + b * 16 + i];
+      for (int i = 0; i < 8; ++i) q[i] = p[i] + p[i + 8];
+      for (int i = 0; i < 4; ++i) s4[i] = q[i] + q[i + 4];
+      acc += (s4[0] + s4[2]) + (s4[1] + s4[3]);
+    }
+    return round_to_bf16(acc * c.shards[s].weight_scale_2);
+  };
+  auto running_sum = [&](size_t s, int64_t t, int64_t r) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < k; ++i) acc += x[t * k + i] * w[s][r * k + i];
+    return round_to_bf16(acc * c.shards[s].weight_scale_2);
+  };
+  EXPECT_NE(documented(0, 2, crafted_row), running_sum(0, 2, crafted_row)) << "the crafted token must tell orders apart";
+
   for (WeightLayout layout : kLayouts) {
     SCOPED_TRACE(weight_layout_name(layout));
     auto l = create_and_load(c, layout, ActQuant::None);
     const auto y = apply(*l, x, m);
     int64_t first_row = 0;
     for (size_t s = 0; s < c.shards.size(); ++s) {
-      const int64_t rows = c.spec.shards[s].out_features;
-      const auto w = dequantize_unit(c.shards[s].packed, c.shards[s].scales, rows, k);
       for (int64_t t = 0; t < m; ++t)
-        for (int64_t r = 0; r < rows; ++r) {
-          float acc = 0.0f;
-          for (int64_t b = 0; b < k / 16; ++b) {
-            float block = 0.0f;
-            for (int64_t i = b * 16; i < b * 16 + 16; ++i) block += x[t * k + i] * w[r * k + i];
-            acc += block;
-          }
-          ASSERT_EQ(y[t * n_total + first_row + r], round_to_bf16(acc * c.shards[s].weight_scale_2))
-              << "t=" << t << " row=" << first_row + r;
-        }
-      first_row += rows;
+        for (int64_t r = 0; r < c.spec.shards[s].out_features; ++r)
+          ASSERT_EQ(y[t * n_total + first_row + r], documented(s, t, r)) << "t=" << t << " row=" << first_row + r;
+      first_row += c.spec.shards[s].out_features;
     }
   }
 }

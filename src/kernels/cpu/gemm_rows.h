@@ -1,11 +1,13 @@
 // The one summation order of the CPU GEMMs (bf16 and NVFP4 weights), which CUDA kernels are compared against:
-//   acc(m, n) = sum over blocks b = 0, 1, ... of (sum over k in block b, increasing, of a[m, k] * w[n, k])
-// Blocks are 16 consecutive k (the last one may be shorter); each block sum starts from 0 and adds its products in
-// increasing k, then the block sums are added in increasing b into an accumulator starting from 0. Products and
-// sums round to fp32 one at a time: including this header turns FP contraction off for the rest of the translation
-// unit (GCC would otherwise fuse them into FMAs whenever -march allows it), so kernels include it first.
-// Activations are repacked in token tiles [ceil(M/8), K, 8] so one decoded weight row meets 8 tokens at a time
-// and the loop over lanes vectorizes; every lane follows the order above, so tiling never changes a result.
+//   acc(m, n) = ((0 + S_0) + S_1) + ...   over the blocks b = 0, 1, ... of 16 consecutive k, in increasing order
+//   S_b       = pairwise tree of the block's 16 products p_i = a[m, 16b + i] * w[n, 16b + i]:
+//               q_i = p_i + p_{i+8} (i < 8), r_i = q_i + q_{i+4} (i < 4), s_i = r_i + r_{i+2} (i < 2), S_b = s_0 + s_1
+// A short last block (K % 16 != 0, bf16 weights only) counts its missing products as +0. Products and sums round
+// to fp32 one at a time: including this header turns FP contraction off for the rest of the translation unit
+// (GCC would otherwise fuse them into FMAs whenever -march allows it), so kernels include it first.
+// Activations are repacked in token tiles of 8 tokens (pack_token_tiles): a full tile meets one decoded weight row 8
+// tokens at a time (the lane loop vectorizes), a partial one token by token (the 16 products vectorize); both do
+// the same arithmetic per output, so batching never changes a result.
 #pragma once
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=off")
@@ -46,34 +48,81 @@ class ScratchCarver {
   size_t used_ = 0;
 };
 
-// tiles[t / 8][k][t % 8] = a[rows[t]][k] for t < count (rows == nullptr: rows[t] = t); unused lanes are zeroed.
+// Full tiles interleave their 8 tokens, tiles[t / 8][k][t % 8] = a[rows[t]][k]; a last, partial tile keeps its
+// tokens row-major, [count % 8][K], so a single token's dot reads contiguous memory (rows == nullptr: rows[t] = t).
 inline void pack_token_tiles(const float* a, int64_t k_dim, const int32_t* rows, int64_t count, float* tiles) {
   const int64_t n_tiles = token_tile_count(count);
 #pragma omp parallel for schedule(static) if (count * k_dim >= kMinParallelWork)
   for (int64_t tile = 0; tile < n_tiles; ++tile) {
     float* out = tiles + tile * k_dim * kTokenTile;
-    for (int64_t lane = 0; lane < kTokenTile; ++lane) {
+    const int64_t lanes = std::min(kTokenTile, count - tile * kTokenTile);
+    for (int64_t lane = 0; lane < lanes; ++lane) {
       const int64_t t = tile * kTokenTile + lane;
-      if (t >= count) {
-        for (int64_t k = 0; k < k_dim; ++k) out[k * kTokenTile + lane] = 0.0f;
-        continue;
-      }
       const float* row = a + (rows == nullptr ? t : rows[t]) * k_dim;
-      for (int64_t k = 0; k < k_dim; ++k) out[k * kTokenTile + lane] = row[k];
+      if (lanes == kTokenTile) {
+        for (int64_t k = 0; k < k_dim; ++k) out[k * kTokenTile + lane] = row[k];
+      } else {
+        std::copy(row, row + k_dim, out + lane * k_dim);
+      }
     }
   }
 }
 
-// acc[lane] for the 8 tokens of one tile against one decoded weight row w [K], in the order of the header.
+// Block sums S_b (header) of one tile's 8 lanes, tree-reduced in place in p [16][8] and added to acc [8]. Fixed
+// trip counts, so every level vectorizes over the lanes.
+inline void add_block_sums(float (&p)[kGemmSumBlock][kTokenTile], float* acc) {
+  for (int i = 0; i < 8; ++i)
+    for (int lane = 0; lane < kTokenTile; ++lane) p[i][lane] += p[i + 8][lane];
+  for (int i = 0; i < 4; ++i)
+    for (int lane = 0; lane < kTokenTile; ++lane) p[i][lane] += p[i + 4][lane];
+  for (int i = 0; i < 2; ++i)
+    for (int lane = 0; lane < kTokenTile; ++lane) p[i][lane] += p[i + 2][lane];
+  for (int lane = 0; lane < kTokenTile; ++lane) acc[lane] += p[0][lane] + p[1][lane];
+}
+
+// S_b of one block's products p [16], by the same tree.
+inline float block_sum(float (&p)[kGemmSumBlock]) {
+  for (int i = 0; i < 8; ++i) p[i] += p[i + 8];
+  for (int i = 0; i < 4; ++i) p[i] += p[i + 4];
+  for (int i = 0; i < 2; ++i) p[i] += p[i + 2];
+  return p[0] + p[1];
+}
+
+// acc[lane] for the 8 tokens of a full tile against one decoded weight row w [K].
 inline void dot_token_tile(const float* tile, const float* w, int64_t k_dim, float* acc) {
   for (int64_t lane = 0; lane < kTokenTile; ++lane) acc[lane] = 0.0f;
-  for (int64_t block_start = 0; block_start < k_dim; block_start += kGemmSumBlock) {
-    const int64_t block_end = std::min(k_dim, block_start + kGemmSumBlock);
-    float block_sum[kTokenTile] = {};
-    for (int64_t k = block_start; k < block_end; ++k)
-      for (int64_t lane = 0; lane < kTokenTile; ++lane) block_sum[lane] += tile[k * kTokenTile + lane] * w[k];
-    for (int64_t lane = 0; lane < kTokenTile; ++lane) acc[lane] += block_sum[lane];
+  float p[kGemmSumBlock][kTokenTile];
+  const int64_t full_blocks_end = k_dim / kGemmSumBlock * kGemmSumBlock;
+  for (int64_t block_start = 0; block_start < full_blocks_end; block_start += kGemmSumBlock) {
+    for (int64_t i = 0; i < kGemmSumBlock; ++i)
+      for (int64_t lane = 0; lane < kTokenTile; ++lane)
+        p[i][lane] = tile[(block_start + i) * kTokenTile + lane] * w[block_start + i];
+    add_block_sums(p, acc);
   }
+  if (full_blocks_end == k_dim) return;
+  for (int64_t i = 0; i < kGemmSumBlock; ++i) {
+    const int64_t k = full_blocks_end + i;
+    for (int64_t lane = 0; lane < kTokenTile; ++lane) p[i][lane] = k < k_dim ? tile[k * kTokenTile + lane] * w[k] : 0.0f;
+  }
+  add_block_sums(p, acc);
+}
+
+// acc for one token of a partial tile, a [K] row-major: the same arithmetic as a lane of dot_token_tile.
+inline float dot_token_row(const float* a, const float* w, int64_t k_dim) {
+  float acc = 0.0f;
+  for (int64_t block_start = 0; block_start < k_dim; block_start += kGemmSumBlock) {
+    float p[kGemmSumBlock];
+    if (block_start + kGemmSumBlock <= k_dim) {
+      for (int64_t i = 0; i < kGemmSumBlock; ++i) p[i] = a[block_start + i] * w[block_start + i];
+    } else {
+      for (int64_t i = 0; i < kGemmSumBlock; ++i) {
+        const int64_t k = block_start + i;
+        p[i] = k < k_dim ? a[k] * w[k] : 0.0f;
+      }
+    }
+    acc += block_sum(p);
+  }
+  return acc;
 }
 
 // Threads that gemm_decoded_rows may use: row_buffers needs this many rows of K floats.
@@ -91,10 +140,16 @@ void gemm_decoded_rows(const float* tiles, int64_t m, int64_t k_dim, int64_t n_r
     float* w = row_buffers + static_cast<int64_t>(omp_get_thread_num()) * k_dim;
     decode_row(n, w);
     for (int64_t tile = 0; tile < n_tiles; ++tile) {
-      float acc[kTokenTile];
-      dot_token_tile(tiles + tile * k_dim * kTokenTile, w, k_dim, acc);
+      const float* tile_data = tiles + tile * k_dim * kTokenTile;
       const int64_t lanes = std::min(kTokenTile, m - tile * kTokenTile);
-      for (int64_t lane = 0; lane < lanes; ++lane) store(tile * kTokenTile + lane, n, acc[lane]);
+      if (lanes == kTokenTile) {
+        float acc[kTokenTile];
+        dot_token_tile(tile_data, w, k_dim, acc);
+        for (int64_t lane = 0; lane < kTokenTile; ++lane) store(tile * kTokenTile + lane, n, acc[lane]);
+      } else {
+        for (int64_t lane = 0; lane < lanes; ++lane)
+          store(tile * kTokenTile + lane, n, dot_token_row(tile_data + lane * k_dim, w, k_dim));
+      }
     }
   }
 }

@@ -1,6 +1,8 @@
 #include "kernels/cpu/gemm_rows.h"  // first: sets the summation rules for this file
 #include "kernels/cpu/nvfp4_gemm.h"
 
+#include <array>
+
 #include "common/error.h"
 #include "format/act_quant.h"
 #include "format/e2m1.h"
@@ -20,6 +22,13 @@ int64_t nvfp4_physical_row(Nvfp4RowOrder order, int64_t logical_row, int64_t n_r
 }
 
 namespace {
+
+// Both values of a packed byte, low nibble (the even element) first: one load decodes two elements.
+const std::array<std::array<float, 2>, 256> kE2M1PairValues = [] {
+  std::array<std::array<float, 2>, 256> pairs{};
+  for (int byte = 0; byte < 256; ++byte) pairs[byte] = {kE2M1Values[byte & 0xF], kE2M1Values[byte >> 4]};
+  return pairs;
+}();
 
 struct ActivationScratch {
   uint8_t* packed;        // [m, k/2] e2m1
@@ -86,9 +95,9 @@ void nvfp4_gemm_tiles_cpu(const float* tiles, const float* row_scales, int64_t m
         for (int64_t b = 0; b < n_blocks; ++b) {
           const float scale = e4m3_decode(weight.block_scales[swizzled_scale_offset(row, b, padded_cols)]);
           for (int64_t i = 0; i < kNvfp4BlockSize / 2; ++i) {
-            const uint8_t byte = packed_row[b * (kNvfp4BlockSize / 2) + i];
-            w[b * kNvfp4BlockSize + 2 * i] = kE2M1Values[byte & 0xF] * scale;
-            w[b * kNvfp4BlockSize + 2 * i + 1] = kE2M1Values[byte >> 4] * scale;
+            const std::array<float, 2>& pair = kE2M1PairValues[packed_row[b * (kNvfp4BlockSize / 2) + i]];
+            w[b * kNvfp4BlockSize + 2 * i] = pair[0] * scale;
+            w[b * kNvfp4BlockSize + 2 * i + 1] = pair[1] * scale;
           }
         }
       },
