@@ -1,6 +1,8 @@
 // Tokenizer throughput on a few MB of generated text: encode MB/s (cold word cache and warm, 1 and 4 threads),
 // decode and streaming decode MB/s, and one long unbroken word to show merging stays O(n log n). Prints a table.
 // The Qwen-style tokenizer has merges spelling out every dictionary word, so BPE does real work per word.
+#include "tokenizer/tokenizer.h"
+
 #include <chrono>
 #include <cstdio>
 #include <random>
@@ -10,19 +12,49 @@
 
 #include "tokenizer/byte_level.h"
 #include "tokenizer/incremental_decoder.h"
-#include "tokenizer/tokenizer.h"
 
 namespace fp4serve {
 namespace {
 
-const std::vector<std::string> kWords = {
-    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he",
-    "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they", "you", "were", "their",
-    "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would", "who", "so",
-    "model", "token", "gradient", "reward", "policy", "rollout", "inference", "quantization", "attention", "expert",
-    "function", "return", "value", "const", "struct", "template", "namespace", "vector", "string", "Hello", "World",
-    "caf\u00e9", "na\u00efve", "\u00fcber", "\u4f60\u597d", "\u4e16\u754c", "\u0434\u0430\u043d\u043d\u044b\u0435",
-    "\U0001F600", "don't", "it's", "we'll"};
+const std::vector<std::string> kWords = {"the",          "of",
+                                         "and",          "to",
+                                         "in",           "is",
+                                         "that",         "for",
+                                         "it",           "as",
+                                         "was",          "with",
+                                         "be",           "by",
+                                         "on",           "not",
+                                         "he",           "this",
+                                         "are",          "or",
+                                         "his",          "from",
+                                         "at",           "which",
+                                         "but",          "have",
+                                         "an",           "had",
+                                         "they",         "you",
+                                         "were",         "their",
+                                         "one",          "all",
+                                         "we",           "can",
+                                         "her",          "has",
+                                         "there",        "been",
+                                         "if",           "more",
+                                         "when",         "will",
+                                         "would",        "who",
+                                         "so",           "model",
+                                         "token",        "gradient",
+                                         "reward",       "policy",
+                                         "rollout",      "inference",
+                                         "quantization", "attention",
+                                         "expert",       "function",
+                                         "return",       "value",
+                                         "const",        "struct",
+                                         "template",     "namespace",
+                                         "vector",       "string",
+                                         "Hello",        "World",
+                                         "caf\u00e9",    "na\u00efve",
+                                         "\u00fcber",    "\u4f60\u597d",
+                                         "\u4e16\u754c", "\u0434\u0430\u043d\u043d\u044b\u0435",
+                                         "\U0001F600",   "don't",
+                                         "it's",         "we'll"};
 
 std::string generate_text(size_t target_bytes, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -80,7 +112,8 @@ nlohmann::json qwen_style_json() {
         {"pretokenizers",
          {{{"type", "Split"},
            {"pattern",
-            {{"Regex", R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},
+            {{"Regex",
+              R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},
            {"behavior", "Isolated"}},
           {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}}},
       {"decoder", {{"type", "ByteLevel"}}},
@@ -100,8 +133,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-void print_row(const char* tokenizer, const char* operation, int threads, size_t bytes, size_t tokens,
-               double seconds) {
+void print_row(const char* tokenizer, const char* operation, int threads, size_t bytes, size_t tokens, double seconds) {
   std::printf("| %-11s | %-28s | %7d | %7.2f | %9.1f | %10.2f |\n", tokenizer, operation, threads, bytes / 1e6,
               bytes / 1e6 / seconds, tokens / 1e6 / seconds);
 }
@@ -126,7 +158,8 @@ void run(const char* name, const Tokenizer& tokenizer, const std::string& text) 
       const size_t begin = text.size() * t / kThreads;
       const size_t end = text.size() * (t + 1) / kThreads;
       for (size_t pos = begin; pos < end; pos += kRequestBytes) {
-        token_counts[t] += tokenizer.encode(std::string_view(text).substr(pos, std::min(kRequestBytes, end - pos))).size();
+        token_counts[t] +=
+            tokenizer.encode(std::string_view(text).substr(pos, std::min(kRequestBytes, end - pos))).size();
       }
     });
   }

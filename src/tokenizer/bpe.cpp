@@ -80,16 +80,14 @@ BpeModel BpeModel::from_json(const nlohmann::json& spec, std::string_view where)
     FP4_CHECK(left_id && right_id && merged_id, "{}: merge \"{} {}\" uses a token missing from the vocab", merge_where,
               left, right);
     // The first occurrence of a pair wins, as its rank is the lower.
-    model.merges_.try_emplace(pair_key(*left_id, *right_id),
-                              MergeResult{static_cast<int32_t>(rank), *merged_id});
+    model.merges_.try_emplace(pair_key(*left_id, *right_id), MergeResult{static_cast<int32_t>(rank), *merged_id});
   }
 
   const auto unk = spec.find("unk_token");
   if (unk != spec.end() && !unk->is_null()) {
     FP4_CHECK(unk->is_string(), "{}: field \"unk_token\" must be a string or null", where);
     model.unk_id_ = model.token_to_id(unk->get<std::string>());
-    FP4_CHECK(model.unk_id_.has_value(), "{}: unk_token \"{}\" is not in the vocab", where,
-              unk->get<std::string>());
+    FP4_CHECK(model.unk_id_.has_value(), "{}: unk_token \"{}\" is not in the vocab", where, unk->get<std::string>());
   }
   model.fuse_unk_ = optional_bool(spec, "fuse_unk", false, where);
   model.ignore_merges_ = optional_bool(spec, "ignore_merges", false, where);
@@ -139,9 +137,7 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& ids) cons
     int32_t rank;
     int32_t pos;  // index of the left symbol
     int32_t merged_id;
-    bool operator>(const Candidate& other) const {
-      return rank != other.rank ? rank > other.rank : pos > other.pos;
-    }
+    bool operator>(const Candidate& other) const { return rank != other.rank ? rank > other.rank : pos > other.pos; }
   };
 
   std::vector<Symbol> symbols;

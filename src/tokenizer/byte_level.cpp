@@ -15,7 +15,7 @@ struct ByteLevelTables {
   std::array<char32_t, 256> code_point{};
   std::array<std::array<char, 2>, 256> spelling{};  // UTF-8 of code_point[byte] (all below U+0800)
   std::array<uint8_t, 256> spelling_length{};
-  std::array<int16_t, kAlphabetEnd> byte{};    // -1 where no byte maps
+  std::array<int16_t, kAlphabetEnd> byte{};  // -1 where no byte maps
 
   ByteLevelTables() {
     byte.fill(-1);

@@ -5,6 +5,7 @@
 // bos_token, extra switches) are refused with the reason.
 #include "tokenizer/chat_template.h"
 
+#include <algorithm>
 #include <array>
 #include <fstream>
 #include <sstream>
@@ -36,9 +37,13 @@ std::string compact_jinja(std::string_view source) {
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
     out += c;
   }
-  const std::array<std::pair<std::string_view, std::string_view>, 6> rewrites{{
-      {"{%-", "{%"}, {"-%}", "%}"}, {"{{-", "{{"}, {"-}}", "}}"},
-      {"message['role']", "message.role"}, {"message['content']", "message.content"}}};
+  const std::array<std::pair<std::string_view, std::string_view>, 6> rewrites{
+      {{"{%-", "{%"},
+       {"-%}", "%}"},
+       {"{{-", "{{"},
+       {"-}}", "}}"},
+       {"message['role']", "message.role"},
+       {"message['content']", "message.content"}}};
   for (const auto& [from, to] : rewrites) {
     for (size_t pos = out.find(from); pos != std::string::npos; pos = out.find(from, pos + to.size())) {
       out.replace(pos, from.size(), to);
@@ -48,10 +53,6 @@ std::string compact_jinja(std::string_view source) {
 }
 
 bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
-
-bool ends_with(std::string_view text, std::string_view suffix) {
-  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
-}
 
 // Names tested with "is defined" other than enable_thinking are switches we do not reproduce.
 void refuse_unknown_switches(std::string_view source) {
@@ -132,7 +133,7 @@ ChatTemplate ChatTemplate::from_jinja(std::string_view source) {
                 "{}); {}",
                 rule, kSupported);
     }
-    FP4_CHECK(ends_with(compact, kQwen3GenerationPrompt),
+    FP4_CHECK(compact.ends_with(kQwen3GenerationPrompt),
               "chat template not supported: its generation prompt differs from Qwen3's; {}", kSupported);
     return ChatTemplate(Variant::kQwen3);
   }
@@ -144,19 +145,20 @@ ChatTemplate ChatTemplate::from_tokenizer_config(const nlohmann::json& tokenizer
   const auto it = tokenizer_config.find("chat_template");
   FP4_CHECK(it != tokenizer_config.end() && !it->is_null(), "tokenizer_config.json has no \"chat_template\"");
   if (it->is_string()) return from_jinja(it->get_ref<const std::string&>());
-  FP4_CHECK(it->is_array(), "tokenizer_config.json: \"chat_template\" must be a string or a list of {{name, template}}");
+  FP4_CHECK(it->is_array(),
+            "tokenizer_config.json: \"chat_template\" must be a string or a list of {{name, template}}");
   std::vector<std::string> names;
   for (const nlohmann::json& entry : *it) {
     FP4_CHECK(entry.is_object(), "tokenizer_config.json: \"chat_template\" entry {} is not {{name, template}}",
               entry.dump());
-    const std::string name = entry.contains("name") && entry["name"].is_string() ? entry["name"].get<std::string>() : "";
+    const std::string name =
+        entry.contains("name") && entry["name"].is_string() ? entry["name"].get<std::string>() : "";
     if (name == "default" && entry.contains("template") && entry["template"].is_string()) {
       return from_jinja(entry["template"].get_ref<const std::string&>());
     }
     names.push_back(name);
   }
-  fail("tokenizer_config.json: \"chat_template\" has no template named \"default\" (has: {})",
-       fmt::join(names, ", "));
+  fail("tokenizer_config.json: \"chat_template\" has no template named \"default\" (has: {})", fmt::join(names, ", "));
 }
 
 ChatTemplate ChatTemplate::from_model_dir(const std::filesystem::path& model_dir) {
@@ -171,8 +173,10 @@ ChatTemplate ChatTemplate::from_model_dir(const std::filesystem::path& model_dir
     if (config.contains("chat_template")) return from_tokenizer_config(config);
   }
   const auto jinja_path = model_dir / "chat_template.jinja";
-  FP4_CHECK(std::filesystem::exists(jinja_path), "{}: no chat template (neither tokenizer_config.json's "
-            "chat_template nor chat_template.jinja)", model_dir.string());
+  FP4_CHECK(std::filesystem::exists(jinja_path),
+            "{}: no chat template (neither tokenizer_config.json's "
+            "chat_template nor chat_template.jinja)",
+            model_dir.string());
   return from_jinja(read_text_file(jinja_path));
 }
 
@@ -232,8 +236,8 @@ std::string ChatTemplate::render_qwen3(const std::vector<ChatMessage>& messages)
     }
     out += "<|im_start|>assistant\n";
     if (i > last_query && (i + 1 == n || !reasoning.empty())) {
-      out += "<think>\n" + strip_newlines(reasoning, true, true) + "\n</think>\n\n" +
-             strip_newlines(content, true, false);
+      out +=
+          "<think>\n" + strip_newlines(reasoning, true, true) + "\n</think>\n\n" + strip_newlines(content, true, false);
     } else {
       out += content;
     }

@@ -15,7 +15,8 @@ namespace fp4serve {
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
   std::string content;
-  std::optional<std::string> reasoning_content = std::nullopt;  // an assistant turn's reasoning, when kept apart from content
+  std::optional<std::string> reasoning_content =
+      std::nullopt;  // an assistant turn's reasoning, when kept apart from content
 };
 
 class ChatTemplate {

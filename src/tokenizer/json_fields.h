@@ -10,8 +10,7 @@
 
 namespace fp4serve {
 
-inline bool optional_bool(const nlohmann::json& object, const std::string& key, bool fallback,
-                          std::string_view where) {
+inline bool optional_bool(const nlohmann::json& object, const std::string& key, bool fallback, std::string_view where) {
   const auto it = object.find(key);
   if (it == object.end() || it->is_null()) return fallback;
   FP4_CHECK(it->is_boolean(), "{}: field \"{}\" must be a boolean, got {}", where, key, it->dump());
@@ -27,8 +26,7 @@ inline const std::string& required_string(const nlohmann::json& object, const st
 
 // The "type" tag of a component object ("BPE", "ByteLevel", ...).
 inline const std::string& component_type(const nlohmann::json& component, std::string_view where) {
-  FP4_CHECK(component.is_object(), "{}: expected an object with a \"type\" field, got {}", where,
-            component.dump());
+  FP4_CHECK(component.is_object(), "{}: expected an object with a \"type\" field, got {}", where, component.dump());
   return required_string(component, "type", where);
 }
 

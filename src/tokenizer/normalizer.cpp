@@ -29,8 +29,7 @@ void append_nfc_of_valid_run(std::string& out, std::string_view run) {
   status = U_ZERO_ERROR;
   icu::StringByteSink<std::string> sink(&out);
   nfc.normalizeUTF8(0, piece, sink, nullptr, status);
-  FP4_CHECK(U_SUCCESS(status), "ICU NFC normalization failed on a {}-byte text: {}", run.size(),
-            u_errorName(status));
+  FP4_CHECK(U_SUCCESS(status), "ICU NFC normalization failed on a {}-byte text: {}", run.size(), u_errorName(status));
 }
 
 void add_normalizer(const nlohmann::json& spec, std::string_view where, bool& nfc) {
@@ -54,9 +53,7 @@ Normalizer Normalizer::from_json(const nlohmann::json& spec, std::string_view wh
   return normalizer;
 }
 
-std::string Normalizer::apply(std::string_view text) const {
-  return nfc_ ? nfc_normalize(text) : std::string(text);
-}
+std::string Normalizer::apply(std::string_view text) const { return nfc_ ? nfc_normalize(text) : std::string(text); }
 
 std::string nfc_normalize(std::string_view text) {
   std::string out;

@@ -48,8 +48,7 @@ void PreTokenizer::add_step(const nlohmann::json& spec, std::string_view where) 
     }
     steps_.push_back(std::move(step));
   } else {
-    fail("{}: pre_tokenizer type \"{}\" is not supported (fp4serve reads Sequence, Split, ByteLevel)", where,
-         type);
+    fail("{}: pre_tokenizer type \"{}\" is not supported (fp4serve reads Sequence, Split, ByteLevel)", where, type);
   }
 }
 

@@ -32,8 +32,8 @@ Regex::Regex(std::string_view pattern, bool literal, std::string_view where) {
   uint32_t options = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
-                                   &error_code, &error_offset, nullptr);
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &error_code,
+                                   &error_offset, nullptr);
   FP4_CHECK(code != nullptr, "{}: cannot compile regex \"{}\" at offset {}: {}", where, pattern, error_offset,
             pcre2_message(error_code));
   code_ = std::shared_ptr<void>(code, [](void* p) { pcre2_code_free(static_cast<pcre2_code*>(p)); });
@@ -48,8 +48,7 @@ std::optional<ByteSpan> Regex::find(std::string_view text, size_t start) const {
   while (start < text.size()) {
     const int rc = pcre2_match(code, subject, text.size(), start, 0, data, nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) return std::nullopt;
-    FP4_CHECK(rc >= 0, "regex match failed at byte {} of a {}-byte text: {}", start, text.size(),
-              pcre2_message(rc));
+    FP4_CHECK(rc >= 0, "regex match failed at byte {} of a {}-byte text: {}", start, text.size(), pcre2_message(rc));
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
     if (ovector[1] > ovector[0]) return ByteSpan{ovector[0], ovector[1]};
     if (ovector[0] >= text.size()) return std::nullopt;

@@ -86,8 +86,7 @@ std::optional<std::string> config_token(const nlohmann::json& config, const std:
   if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) {
     return (*it)["content"].get<std::string>();
   }
-  fail("tokenizer_config.json: field \"{}\" must be a string, {{\"content\": ...}} or null, got {}", key,
-       it->dump());
+  fail("tokenizer_config.json: field \"{}\" must be a string, {{\"content\": ...}} or null, got {}", key, it->dump());
 }
 
 }  // namespace
@@ -109,7 +108,7 @@ Tokenizer Tokenizer::from_json(const nlohmann::json& tokenizer_json, const nlohm
   try {
     return load(tokenizer_json, tokenizer_config, generation_config, source);
   } catch (const nlohmann::json::exception& e) {
-    // A field of an unexpected JSON type that no check above caught.
+    // A field of an unexpected JSON type that the explicit checks in load() did not anticipate.
     fail("{} / tokenizer_config.json / generation_config.json: malformed field: {}", source, e.what());
   }
 }
@@ -124,15 +123,13 @@ Tokenizer Tokenizer::load(const nlohmann::json& tokenizer_json, const nlohmann::
 
   Tokenizer tokenizer(BpeModel::from_json(tokenizer_json["model"], fmt::format("{}: model", source)));
   tokenizer.normalizer_ = Normalizer::from_json(field("normalizer"), fmt::format("{}: normalizer", source));
-  tokenizer.pre_tokenizer_ =
-      PreTokenizer::from_json(field("pre_tokenizer"), fmt::format("{}: pre_tokenizer", source));
+  tokenizer.pre_tokenizer_ = PreTokenizer::from_json(field("pre_tokenizer"), fmt::format("{}: pre_tokenizer", source));
 
   const nlohmann::json decoder = field("decoder");
   if (!decoder.is_null()) {
     const std::string where = fmt::format("{}: decoder", source);
     const std::string& type = component_type(decoder, where);
-    FP4_CHECK(type == "ByteLevel", "{}: decoder type \"{}\" is not supported (fp4serve reads ByteLevel)", where,
-              type);
+    FP4_CHECK(type == "ByteLevel", "{}: decoder type \"{}\" is not supported (fp4serve reads ByteLevel)", where, type);
     tokenizer.decoder_ = Decoder::kByteLevel;
   }
 
@@ -157,7 +154,7 @@ Tokenizer Tokenizer::load(const nlohmann::json& tokenizer_json, const nlohmann::
     TokenEntry& entry = tokenizer.entries_[token.id];
     entry = {.text = token.content, .decoded = token.content, .exists = true, .special = token.special};
     tokenizer.added_token_ids_.insert_or_assign(token.content, token.id);
-    if (token.normalized && !tokenizer.normalizer_.is_identity()) token.content = tokenizer.normalizer_.apply(token.content);
+    if (token.normalized) token.content = tokenizer.normalizer_.apply(token.content);
     (token.normalized ? normalized_tokens : raw_tokens).push_back(token);
   }
   tokenizer.raw_matcher_ = AddedTokenMatcher(std::move(raw_tokens));
@@ -196,7 +193,8 @@ void Tokenizer::load_post_processor(const nlohmann::json& spec, std::string_view
     FP4_CHECK(piece.contains("SpecialToken") && piece["SpecialToken"].contains("id"),
               "{}: template piece {} is neither SpecialToken nor Sequence", where, piece.dump());
     const std::string name = piece["SpecialToken"]["id"].get<std::string>();
-    const nlohmann::json ids = spec.value("special_tokens", nlohmann::json::object()).value(name, nlohmann::json())
+    const nlohmann::json ids = spec.value("special_tokens", nlohmann::json::object())
+                                   .value(name, nlohmann::json())
                                    .value("ids", nlohmann::json());
     FP4_CHECK(ids.is_array(), "{}: special_tokens[\"{}\"].ids is missing", where, name);
     for (const auto& id : ids) (seen_text ? suffix_ids_ : prefix_ids_).push_back(id.get<int32_t>());

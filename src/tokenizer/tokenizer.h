@@ -83,7 +83,7 @@ class Tokenizer {
   AddedTokenMatcher normalized_matcher_;  // the others, matched on normalized text
   std::vector<int32_t> prefix_ids_;       // post_processor template around the text (add_special_tokens)
   std::vector<int32_t> suffix_ids_;
-  std::vector<TokenEntry> entries_;       // by id
+  std::vector<TokenEntry> entries_;  // by id
   std::optional<int32_t> bos_id_, eos_id_, pad_id_;
   std::vector<int32_t> stop_ids_;
 };

@@ -128,8 +128,7 @@ TEST(Bpe, AgreesWithNaiveReferenceOnRandomWords) {
     for (int w = 0; w < 50; ++w) {
       std::string word(1 + rng() % 40, 'a');
       for (char& c : word) c = static_cast<char>('a' + rng() % 4);
-      ASSERT_EQ(encode_word(model, word), naive_bpe(merges, vocab, word))
-          << "trial " << trial << " word " << word;
+      ASSERT_EQ(encode_word(model, word), naive_bpe(merges, vocab, word)) << "trial " << trial << " word " << word;
     }
   }
 }

@@ -151,8 +151,10 @@ TEST(ChatTemplate, Qwen3StripsEarlierReasoning) {
 TEST(ChatTemplate, Qwen3QueryBoundaryRules) {
   const ChatTemplate chat = ChatTemplate::from_jinja(kQwen3Template);
   // A user turn that is only a tool response is not a query: A1 still counts as after the last query.
-  EXPECT_EQ(chat.render({{"user", "Q"}, {"assistant", "<think>r</think>A1"},
-                         {"user", "<tool_response>\nok\n</tool_response>"}, {"assistant", "A2"}},
+  EXPECT_EQ(chat.render({{"user", "Q"},
+                         {"assistant", "<think>r</think>A1"},
+                         {"user", "<tool_response>\nok\n</tool_response>"},
+                         {"assistant", "A2"}},
                         false),
             "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\nr\n</think>\n\nA1<|im_end|>\n"
             "<|im_start|>user\n<tool_response>\nok\n</tool_response><|im_end|>\n"
@@ -189,7 +191,8 @@ TEST(ChatTemplate, RefusesWhatItCannotRenderExactly) {
       "helpful assistant.<|im_end|>\\n' }}{%- endif %}";
   EXPECT_NE(refusal(qwen25_default_system).find("default system prompt"), std::string::npos);
 
-  const std::string forced_think = std::string(kChatMlTemplate) + "{% if add_generation_prompt %}"
+  const std::string forced_think = std::string(kChatMlTemplate) +
+                                   "{% if add_generation_prompt %}"
                                    "{{- '<|im_start|>assistant\\n<think>\\n' }}{% endif %}";
   EXPECT_NE(refusal(forced_think).find("opens a <think> block"), std::string::npos);
 
@@ -225,7 +228,8 @@ TEST(ChatTemplate, ReadsTokenizerConfigForms) {
   EXPECT_EQ(ChatTemplate::from_tokenizer_config({{"chat_template", kQwen3Template}}).variant(),
             ChatTemplate::Variant::kQwen3);
   const nlohmann::json listed = {
-      {"chat_template", {{{"name", "tool_use"}, {"template", "x"}}, {{"name", "default"}, {"template", kChatMlTemplate}}}}};
+      {"chat_template",
+       {{{"name", "tool_use"}, {"template", "x"}}, {{"name", "default"}, {"template", kChatMlTemplate}}}}};
   EXPECT_EQ(ChatTemplate::from_tokenizer_config(listed).variant(), ChatTemplate::Variant::kChatMl);
   EXPECT_THROW(ChatTemplate::from_tokenizer_config({{"chat_template", {{{"name", "tool_use"}, {"template", "x"}}}}}),
                Error);

@@ -35,8 +35,8 @@ inline nlohmann::json byte_vocab() {
 }
 
 inline nlohmann::json added_token(int id, const std::string& content, bool special, bool normalized = false) {
-  return {{"id", id},         {"content", content}, {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},  {"normalized", normalized}, {"special", special}};
+  return {{"id", id},        {"content", content},       {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", normalized}, {"special", special}};
 }
 
 // Exactly what `fp4serve synth` writes.
@@ -49,12 +49,20 @@ inline nlohmann::json synth_tokenizer_json() {
        {added_token(256, "<|endoftext|>", true), added_token(257, "<|im_start|>", true),
         added_token(258, "<|im_end|>", true)}},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
       {"post_processor", nullptr},
       {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
-                 {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false},
-                 {"vocab", byte_vocab()}, {"merges", nlohmann::json::array()}}},
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"vocab", byte_vocab()},
+        {"merges", nlohmann::json::array()}}},
   };
 }
 
@@ -63,12 +71,27 @@ inline nlohmann::json hand_bpe_json() {
   return {
       {"added_tokens", nlohmann::json::array()},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Removed"}, {"invert", false}}},
+      {"pre_tokenizer",
+       {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Removed"}, {"invert", false}}},
       {"decoder", nullptr},
-      {"model", {{"type", "BPE"}, {"unk_token", "[UNK]"}, {"fuse_unk", false}, {"ignore_merges", false},
-                 {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {"d", 3}, {"ab", 4}, {"bc", 5}, {"abc", 6}, {"cd", 7},
-                            {"[UNK]", 8}, {"aa", 9}, {"dab", 10}}},
-                 {"merges", {"b c", "a b", "a bc", "c d", {"a", "a"}}}}},
+      {"model",
+       {{"type", "BPE"},
+        {"unk_token", "[UNK]"},
+        {"fuse_unk", false},
+        {"ignore_merges", false},
+        {"vocab",
+         {{"a", 0},
+          {"b", 1},
+          {"c", 2},
+          {"d", 3},
+          {"ab", 4},
+          {"bc", 5},
+          {"abc", 6},
+          {"cd", 7},
+          {"[UNK]", 8},
+          {"aa", 9},
+          {"dab", 10}}},
+        {"merges", {"b c", "a b", "a bc", "c d", {"a", "a"}}}}},
   };
 }
 
@@ -79,9 +102,19 @@ inline const char* kQwen2SplitPattern =
 inline std::vector<std::pair<std::string, std::string>> qwen_style_merges() {
   const std::string space = byte_char(' ');
   const std::string newline = byte_char('\n');
-  return {{space, "t"},  {"h", "e"},           {space + "t", "he"}, {"i", "n"},     {space, space},
-          {newline, newline}, {"\xC3\x83", "\xC2\xA9"} /* bytes C3 A9: "é" */, {"'", "s"}, {space, "w"},
-          {"o", "r"},    {space + "w", "or"},  {"l", "d"},          {space + "wor", "ld"}};
+  return {{space, "t"},
+          {"h", "e"},
+          {space + "t", "he"},
+          {"i", "n"},
+          {space, space},
+          {newline, newline},
+          {"\xC3\x83", "\xC2\xA9"} /* bytes C3 A9: "é" */,
+          {"'", "s"},
+          {space, "w"},
+          {"o", "r"},
+          {space + "w", "or"},
+          {"l", "d"},
+          {space + "wor", "ld"}};
 }
 
 inline nlohmann::json qwen_style_tokenizer_json() {
@@ -98,19 +131,30 @@ inline nlohmann::json qwen_style_tokenizer_json() {
       {"padding", nullptr},
       {"added_tokens",
        {added_token(300, "<|endoftext|>", true), added_token(301, "<|im_start|>", true),
-        added_token(302, "<|im_end|>", true), added_token(303, "<think>", false),
-        added_token(304, "</think>", false)}},
+        added_token(302, "<|im_end|>", true), added_token(303, "<think>", false), added_token(304, "</think>", false)}},
       {"normalizer", {{"type", "NFC"}}},
       {"pre_tokenizer",
        {{"type", "Sequence"},
         {"pretokenizers",
-         {{{"type", "Split"}, {"pattern", {{"Regex", kQwen2SplitPattern}}}, {"behavior", "Isolated"}, {"invert", false}},
+         {{{"type", "Split"},
+           {"pattern", {{"Regex", kQwen2SplitPattern}}},
+           {"behavior", "Isolated"},
+           {"invert", false}},
           {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}}}}},
-      {"post_processor", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}},
+      {"post_processor",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}},
       {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}},
-      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", ""},
-                 {"end_of_word_suffix", ""}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
-                 {"vocab", vocab}, {"merges", merges}}},
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", ""},
+        {"end_of_word_suffix", ""},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"ignore_merges", false},
+        {"vocab", vocab},
+        {"merges", merges}}},
   };
 }
 

@@ -47,7 +47,9 @@ TEST(IncrementalDecoder, InvalidBytesBecomeReplacementCharacters) {
   IncrementalDecoder decoder(tokenizer);
   EXPECT_EQ(decoder.push(0xFF), "\uFFFD");  // can never start a character: replaced at once
   EXPECT_EQ(decoder.push(0xE2), "");
-  EXPECT_EQ(decoder.push('A'), "\uFFFD" "A");  // E2 then a non-continuation byte
+  EXPECT_EQ(decoder.push('A'),
+            "\uFFFD"
+            "A");  // E2 then a non-continuation byte
   EXPECT_EQ(decoder.push(0xF0), "");
   EXPECT_EQ(decoder.push(0x9F), "");
   EXPECT_EQ(decoder.finish(), "\uFFFD");  // cut off at the end of the stream

@@ -1,5 +1,4 @@
 // UTF-8 decoding edge cases (checked against the Unicode well-formed byte table) and the GPT-2 byte alphabet.
-#include "tokenizer/byte_level.h"
 #include "tokenizer/utf8.h"
 
 #include <gtest/gtest.h>
@@ -7,6 +6,7 @@
 #include <set>
 
 #include "tests/tokenizer/fixtures.h"
+#include "tokenizer/byte_level.h"
 
 namespace fp4serve {
 namespace {
@@ -31,8 +31,16 @@ TEST(Utf8, ReportsMaximalIllFormedSubparts) {
   EXPECT_EQ(utf8_next("\xF4\x90\x80\x80", 0).length, 1u);
   EXPECT_EQ(utf8_next("\xFF", 0).code_point, kUtf8Invalid);
   // E2 82 followed by 'A': the well-formed prefix E2 82 is one subpart.
-  EXPECT_EQ(utf8_next("\xE2\x82" "A", 0).code_point, kUtf8Invalid);
-  EXPECT_EQ(utf8_next("\xE2\x82" "A", 0).length, 2u);
+  EXPECT_EQ(utf8_next("\xE2\x82"
+                      "A",
+                      0)
+                .code_point,
+            kUtf8Invalid);
+  EXPECT_EQ(utf8_next("\xE2\x82"
+                      "A",
+                      0)
+                .length,
+            2u);
   // Cut off by the end of the buffer.
   EXPECT_EQ(utf8_next("\xE2\x82", 0).code_point, kUtf8Truncated);
   EXPECT_EQ(utf8_next("\xF0\x9F\x98", 0).length, 3u);
@@ -42,7 +50,9 @@ TEST(Utf8, ReportsMaximalIllFormedSubparts) {
 TEST(Utf8, LossyReplacesEachSubpartOnce) {
   const std::string fffd = "\uFFFD";
   EXPECT_EQ(to_valid_utf8("ok"), "ok");
-  EXPECT_EQ(to_valid_utf8("a\xE2\x82" "b"), "a" + fffd + "b");
+  EXPECT_EQ(to_valid_utf8("a\xE2\x82"
+                          "b"),
+            "a" + fffd + "b");
   EXPECT_EQ(to_valid_utf8("\xC0\xAF"), fffd + fffd);
   EXPECT_EQ(to_valid_utf8("\xF0\x9F\x98"), fffd);  // truncated at the end of the stream: one replacement
   std::string out;
