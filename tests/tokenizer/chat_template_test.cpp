@@ -7,6 +7,8 @@
 #include <fstream>
 
 #include "common/error.h"
+#include "tests/tokenizer/fixtures.h"
+#include "tokenizer/tokenizer.h"
 
 namespace fp4serve {
 namespace {
@@ -177,6 +179,22 @@ TEST(ChatTemplate, PlainChatMl) {
   EXPECT_EQ(chat.render(messages, false), body);
   // The template has no thinking switch: enable_thinking changes nothing, as in HF.
   EXPECT_EQ(chat.render(messages, true, false), body + "<|im_start|>assistant\n");
+}
+
+TEST(ChatTemplate, SynthModelPromptEncodesToSpecialIds) {
+  // The template `fp4serve synth` writes (ChatML with Jinja trim markers), rendered then encoded with the synth
+  // tokenizer: the markers become their special ids, everything else its bytes.
+  const ChatTemplate chat = ChatTemplate::from_jinja(
+      "{%- for message in messages %}"
+      "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+      "{%- endfor %}"
+      "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}");
+  EXPECT_EQ(chat.variant(), ChatTemplate::Variant::kChatMl);
+  const Tokenizer tokenizer = Tokenizer::from_json(test::synth_tokenizer_json());
+  const std::vector<int32_t> ids = tokenizer.encode(chat.render({{"user", "hi"}}, true));
+  const std::vector<int32_t> expected = {257, 'u', 's', 'e', 'r', '\n', 'h', 'i', 258, '\n',
+                                         257, 'a', 's', 's', 'i', 's', 't', 'a', 'n', 't', '\n'};
+  EXPECT_EQ(ids, expected);
 }
 
 TEST(ChatTemplate, RefusesWhatItCannotRenderExactly) {
