@@ -3,8 +3,8 @@
 #include "quant/method.h"
 
 #include "common/error.h"
-#include "quant/moe_methods.h"
 #include "quant/linear_methods.h"
+#include "quant/moe_methods.h"
 
 namespace fp4serve {
 
@@ -14,9 +14,12 @@ std::string_view weight_layout_name(WeightLayout layout) {
 
 std::string_view act_quant_name(ActQuant mode) {
   switch (mode) {
-    case ActQuant::None: return "none";
-    case ActQuant::Static: return "static";
-    case ActQuant::PerToken: return "per-token";
+    case ActQuant::None:
+      return "none";
+    case ActQuant::Static:
+      return "static";
+    case ActQuant::PerToken:
+      return "per-token";
   }
   return "?";
 }

@@ -34,12 +34,11 @@ std::vector<float> read_f32(const Tensor& tensor) {
 
 void check_operand(const Tensor& tensor, DType dtype, const Shape& shape, std::string_view layer,
                    std::string_view operand) {
-  FP4_CHECK(tensor.defined() && tensor.dtype == dtype && tensor.shape == shape,
-            "{}: operand {} is {}, expected {} {}", layer, operand, tensor.defined() ? tensor.describe() : "undefined",
-            dtype_name(dtype), shape_to_string(shape));
-  FP4_CHECK(tensor.device() == Device::CPU,
-            "{}: operand {} is on {}; only the CPU kernels are wired into apply so far", layer, operand,
-            device_name(tensor.device()));
+  FP4_CHECK(tensor.defined() && tensor.dtype == dtype && tensor.shape == shape, "{}: operand {} is {}, expected {} {}",
+            layer, operand, tensor.defined() ? tensor.describe() : "undefined", dtype_name(dtype),
+            shape_to_string(shape));
+  FP4_CHECK(tensor.device() == Device::CPU, "{}: operand {} is on {}; only the CPU kernels are wired into apply so far",
+            layer, operand, device_name(tensor.device()));
 }
 
 }  // namespace fp4serve

@@ -17,8 +17,8 @@ class UnquantizedMoE final : public MoEMethod {
   void bind_checkpoint(std::vector<CheckpointBinding>& out) const override;
   void bind_online_quant(std::vector<OnlineQuantGroup>& out) const override;
   void process_weights_after_loading(ParameterSet& params) const override;
-  void apply(const ParameterSet& params, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
-             Tensor& y, Workspace& ws) const override;
+  void apply(const ParameterSet& params, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights, Tensor& y,
+             Workspace& ws) const override;
   void export_logical(const ParameterSet& params, std::vector<std::pair<std::string, Tensor>>& out) const override;
 
  private:
@@ -49,8 +49,8 @@ class ModelOptNvfp4MoE final : public MoEMethod {
   void bind_checkpoint(std::vector<CheckpointBinding>& out) const override;
   void bind_online_quant(std::vector<OnlineQuantGroup>& out) const override;
   void process_weights_after_loading(ParameterSet& params) const override;
-  void apply(const ParameterSet& params, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
-             Tensor& y, Workspace& ws) const override;
+  void apply(const ParameterSet& params, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights, Tensor& y,
+             Workspace& ws) const override;
   void export_logical(const ParameterSet& params, std::vector<std::pair<std::string, Tensor>>& out) const override;
 
  private:

@@ -20,9 +20,12 @@ Nvfp4RowOrder nvfp4_row_order(WeightLayout layout, bool gated) {
 
 Nvfp4Activation nvfp4_activation(ActQuant mode) {
   switch (mode) {
-    case ActQuant::None: return Nvfp4Activation::Bf16;
-    case ActQuant::Static: return Nvfp4Activation::Static;
-    case ActQuant::PerToken: return Nvfp4Activation::PerToken;
+    case ActQuant::None:
+      return Nvfp4Activation::Bf16;
+    case ActQuant::Static:
+      return Nvfp4Activation::Static;
+    case ActQuant::PerToken:
+      return Nvfp4Activation::PerToken;
   }
   return Nvfp4Activation::Bf16;
 }
@@ -80,8 +83,7 @@ void derive_block_scales(const uint8_t* raw, const Nvfp4MatrixShape& shape, Weig
   swizzle_block_scales(rows.data(), scales, derived);
 }
 
-void underive_block_scales(const uint8_t* derived, const Nvfp4MatrixShape& shape, WeightLayout layout,
-                           uint8_t* raw) {
+void underive_block_scales(const uint8_t* derived, const Nvfp4MatrixShape& shape, WeightLayout layout, uint8_t* raw) {
   const ByteMatrixShape scales = rows_of(shape, shape.scale_cols());
   unswizzle_block_scales(derived, scales, raw);
   if (layout == WeightLayout::Cutlass) return;

@@ -40,7 +40,6 @@ void restore_weight_rows(uint8_t* packed, const Nvfp4MatrixShape& shape, WeightL
 // raw [E, N, K/16] linear scales -> derived [E, Np * Kp] (CUTLASS: swizzle; TRT-LLM: gated reorder if gated, row
 // shuffle, swizzle), and back.
 void derive_block_scales(const uint8_t* raw, const Nvfp4MatrixShape& shape, WeightLayout layout, uint8_t* derived);
-void underive_block_scales(const uint8_t* derived, const Nvfp4MatrixShape& shape, WeightLayout layout,
-                           uint8_t* raw);
+void underive_block_scales(const uint8_t* derived, const Nvfp4MatrixShape& shape, WeightLayout layout, uint8_t* raw);
 
 }  // namespace fp4serve

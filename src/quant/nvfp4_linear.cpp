@@ -30,14 +30,31 @@ void ModelOptNvfp4Linear::bind_checkpoint(std::vector<CheckpointBinding>& out) c
     const LinearShard& shard = spec_.shards[s];
     const std::string& prefix = shard.checkpoint_prefix;
     const auto rows = static_cast<size_t>(first_row);
-    out.push_back({prefix + ".weight", DType::U8, {shard.out_features, k / 2}, param("weight"), rows * (k / 2),
+    out.push_back({prefix + ".weight",
+                   DType::U8,
+                   {shard.out_features, k / 2},
+                   param("weight"),
+                   rows * (k / 2),
                    BindingRole::Weight});
-    out.push_back({prefix + ".weight_scale", DType::F8_E4M3, {shard.out_features, k / 16}, param("weight_scale"),
-                   rows * (k / 16), BindingRole::BlockScale});
-    out.push_back({prefix + ".weight_scale_2", DType::F32, {}, param("weight_scale_2"), s * sizeof(float),
+    out.push_back({prefix + ".weight_scale",
+                   DType::F8_E4M3,
+                   {shard.out_features, k / 16},
+                   param("weight_scale"),
+                   rows * (k / 16),
+                   BindingRole::BlockScale});
+    out.push_back({prefix + ".weight_scale_2",
+                   DType::F32,
+                   {},
+                   param("weight_scale_2"),
+                   s * sizeof(float),
                    BindingRole::GlobalScale});
-    out.push_back({prefix + ".input_scale", DType::F32, {}, param("input_scale"), s * sizeof(float),
-                   BindingRole::InputScale, options_.act_quant != ActQuant::Static});
+    out.push_back({prefix + ".input_scale",
+                   DType::F32,
+                   {},
+                   param("input_scale"),
+                   s * sizeof(float),
+                   BindingRole::InputScale,
+                   options_.act_quant != ActQuant::Static});
     first_row += shard.out_features;
   }
 }

@@ -12,10 +12,13 @@ namespace fp4serve {
 
 ModelOptNvfp4MoE::ModelOptNvfp4MoE(MoESpec spec, const QuantOptions& options)
     : MoEMethod(std::move(spec)), options_(options) {
-  w13_shape_ = {.name = param("w13_weight"), .n_matrices = spec_.n_experts, .n_rows = 2 * spec_.intermediate,
-                .k = spec_.hidden, .gated = true};
-  w2_shape_ = {.name = param("w2_weight"), .n_matrices = spec_.n_experts, .n_rows = spec_.hidden,
-               .k = spec_.intermediate};
+  w13_shape_ = {.name = param("w13_weight"),
+                .n_matrices = spec_.n_experts,
+                .n_rows = 2 * spec_.intermediate,
+                .k = spec_.hidden,
+                .gated = true};
+  w2_shape_ = {
+      .name = param("w2_weight"), .n_matrices = spec_.n_experts, .n_rows = spec_.hidden, .k = spec_.intermediate};
 }
 
 void ModelOptNvfp4MoE::create_weights(ParameterSet& params) const {
@@ -42,14 +45,27 @@ void ModelOptNvfp4MoE::bind_checkpoint(std::vector<CheckpointBinding>& out) cons
   auto bind = [&](const std::string& prefix, const std::string& w, int64_t rows, int64_t k, int64_t first_row,
                   size_t slot) {
     const auto row = static_cast<size_t>(first_row);
-    out.push_back({prefix + ".weight", DType::U8, {rows, k / 2}, param(w + "_weight"), row * (k / 2),
-                   BindingRole::Weight});
-    out.push_back({prefix + ".weight_scale", DType::F8_E4M3, {rows, k / 16}, param(w + "_weight_scale"),
-                   row * (k / 16), BindingRole::BlockScale});
-    out.push_back({prefix + ".weight_scale_2", DType::F32, {}, param(w + "_weight_scale_2"), slot * sizeof(float),
+    out.push_back(
+        {prefix + ".weight", DType::U8, {rows, k / 2}, param(w + "_weight"), row * (k / 2), BindingRole::Weight});
+    out.push_back({prefix + ".weight_scale",
+                   DType::F8_E4M3,
+                   {rows, k / 16},
+                   param(w + "_weight_scale"),
+                   row * (k / 16),
+                   BindingRole::BlockScale});
+    out.push_back({prefix + ".weight_scale_2",
+                   DType::F32,
+                   {},
+                   param(w + "_weight_scale_2"),
+                   slot * sizeof(float),
                    BindingRole::GlobalScale});
-    out.push_back({prefix + ".input_scale", DType::F32, {}, param(w + "_input_scale"), slot * sizeof(float),
-                   BindingRole::InputScale, input_scale_optional});
+    out.push_back({prefix + ".input_scale",
+                   DType::F32,
+                   {},
+                   param(w + "_input_scale"),
+                   slot * sizeof(float),
+                   BindingRole::InputScale,
+                   input_scale_optional});
   };
   for (int64_t e = 0; e < spec_.n_experts; ++e) {
     const std::string prefix = fmt::format("{}.{}.", spec_.checkpoint_prefix, e);
@@ -142,24 +158,31 @@ void ModelOptNvfp4MoE::apply(const ParameterSet& params, const Tensor& x, const 
   check_operand(topk_ids, DType::I32, {m, top_k}, spec_.name, "topk_ids");
   check_operand(topk_weights, DType::F32, {m, top_k}, spec_.name, "topk_weights");
   check_operand(y, DType::F32, {m, H}, spec_.name, "y");
-  FP4_CHECK(params.contains(param("g1_alphas")), "{}: apply before process_weights_after_loading; load the weights "
-            "first", spec_.name);
-  const MoeProblem problem{.layer = spec_.name, .x = x.data<float>(), .m = m, .hidden = H,
-                           .intermediate = spec_.intermediate, .n_experts = spec_.n_experts,
-                           .topk_ids = topk_ids.data<int32_t>(), .topk_weights = topk_weights.data<float>(),
-                           .top_k = top_k, .y = y.data<float>()};
-  const MoeNvfp4Weights weights{
-      .w13_packed = params.get(param("w13_weight")).data<uint8_t>(),
-      .w13_scales = params.get(param("w13_blockscale_swizzled")).data<uint8_t>(),
-      .w13_row_order = nvfp4_row_order(options_.layout, true),
-      .w2_packed = params.get(param("w2_weight")).data<uint8_t>(),
-      .w2_scales = params.get(param("w2_blockscale_swizzled")).data<uint8_t>(),
-      .w2_row_order = nvfp4_row_order(options_.layout, false),
-      .g1_alphas = params.get(param("g1_alphas")).data<float>(),
-      .g2_alphas = params.get(param("g2_alphas")).data<float>(),
-      .activation = nvfp4_activation(options_.act_quant),
-      .w13_input_scale = params.get(param("w13_input_scale_reduced")).data<float>()[0],
-      .w2_input_scale = params.get(param("w2_input_scale_reduced")).data<float>()[0]};
+  FP4_CHECK(params.contains(param("g1_alphas")),
+            "{}: apply before process_weights_after_loading; load the weights "
+            "first",
+            spec_.name);
+  const MoeProblem problem{.layer = spec_.name,
+                           .x = x.data<float>(),
+                           .m = m,
+                           .hidden = H,
+                           .intermediate = spec_.intermediate,
+                           .n_experts = spec_.n_experts,
+                           .topk_ids = topk_ids.data<int32_t>(),
+                           .topk_weights = topk_weights.data<float>(),
+                           .top_k = top_k,
+                           .y = y.data<float>()};
+  const MoeNvfp4Weights weights{.w13_packed = params.get(param("w13_weight")).data<uint8_t>(),
+                                .w13_scales = params.get(param("w13_blockscale_swizzled")).data<uint8_t>(),
+                                .w13_row_order = nvfp4_row_order(options_.layout, true),
+                                .w2_packed = params.get(param("w2_weight")).data<uint8_t>(),
+                                .w2_scales = params.get(param("w2_blockscale_swizzled")).data<uint8_t>(),
+                                .w2_row_order = nvfp4_row_order(options_.layout, false),
+                                .g1_alphas = params.get(param("g1_alphas")).data<float>(),
+                                .g2_alphas = params.get(param("g2_alphas")).data<float>(),
+                                .activation = nvfp4_activation(options_.act_quant),
+                                .w13_input_scale = params.get(param("w13_input_scale_reduced")).data<float>()[0],
+                                .w2_input_scale = params.get(param("w2_input_scale_reduced")).data<float>()[0]};
   moe_nvfp4_cpu(problem, weights, ws.reserve(moe_nvfp4_scratch_bytes(problem), Device::CPU));
 }
 

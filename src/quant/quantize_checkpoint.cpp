@@ -173,15 +173,16 @@ std::string fused_group_of(std::string_view module) {
 }
 
 QuantizeSummary quantize_checkpoint(const QuantizeOptions& options) {
-  FP4_CHECK(std::filesystem::weakly_canonical(options.input_dir) != std::filesystem::weakly_canonical(options.output_dir),
-            "quantize: --out must differ from --in ({})", options.input_dir.string());
+  FP4_CHECK(
+      std::filesystem::weakly_canonical(options.input_dir) != std::filesystem::weakly_canonical(options.output_dir),
+      "quantize: --out must differ from --in ({})", options.input_dir.string());
   load_model_config(options.input_dir);  // rejects what the server could not load
   FP4_CHECK(load_quant_config(options.input_dir).algo == QuantAlgo::None,
             "{}: the checkpoint is already quantized; quantize reads bf16 checkpoints", options.input_dir.string());
   const Checkpoint in = Checkpoint::open(options.input_dir);
 
-  QuantConfig quant{.algo = QuantAlgo::Nvfp4, .group_size = 16, .exclude_modules = default_exclude_modules(),
-                    .producer = "fp4serve"};
+  QuantConfig quant{
+      .algo = QuantAlgo::Nvfp4, .group_size = 16, .exclude_modules = default_exclude_modules(), .producer = "fp4serve"};
   for (const auto& pattern : options.exclude)
     if (std::find(quant.exclude_modules.begin(), quant.exclude_modules.end(), pattern) == quant.exclude_modules.end())
       quant.exclude_modules.push_back(pattern);

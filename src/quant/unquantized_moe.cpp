@@ -26,8 +26,8 @@ void UnquantizedMoE::bind_checkpoint(std::vector<CheckpointBinding>& out) const 
     const auto w13_row = static_cast<size_t>(e * 2 * I);
     out.push_back({prefix + "gate_proj.weight", DType::BF16, {I, H}, param("w13_weight"), w13_row * H * bf16});
     out.push_back({prefix + "up_proj.weight", DType::BF16, {I, H}, param("w13_weight"), (w13_row + I) * H * bf16});
-    out.push_back({prefix + "down_proj.weight", DType::BF16, {H, I}, param("w2_weight"),
-                   static_cast<size_t>(e * H) * I * bf16});
+    out.push_back(
+        {prefix + "down_proj.weight", DType::BF16, {H, I}, param("w2_weight"), static_cast<size_t>(e * H) * I * bf16});
   }
 }
 
@@ -43,10 +43,16 @@ void UnquantizedMoE::apply(const ParameterSet& params, const Tensor& x, const Te
   check_operand(topk_ids, DType::I32, {m, top_k}, spec_.name, "topk_ids");
   check_operand(topk_weights, DType::F32, {m, top_k}, spec_.name, "topk_weights");
   check_operand(y, DType::F32, {m, H}, spec_.name, "y");
-  const MoeProblem problem{.layer = spec_.name, .x = x.data<float>(), .m = m, .hidden = H,
-                           .intermediate = spec_.intermediate, .n_experts = spec_.n_experts,
-                           .topk_ids = topk_ids.data<int32_t>(), .topk_weights = topk_weights.data<float>(),
-                           .top_k = top_k, .y = y.data<float>()};
+  const MoeProblem problem{.layer = spec_.name,
+                           .x = x.data<float>(),
+                           .m = m,
+                           .hidden = H,
+                           .intermediate = spec_.intermediate,
+                           .n_experts = spec_.n_experts,
+                           .topk_ids = topk_ids.data<int32_t>(),
+                           .topk_weights = topk_weights.data<float>(),
+                           .top_k = top_k,
+                           .y = y.data<float>()};
   const MoeBf16Weights weights{.w13 = params.get(param("w13_weight")).data<bf16_bits>(),
                                .w2 = params.get(param("w2_weight")).data<bf16_bits>()};
   moe_bf16_cpu(problem, weights, ws.reserve(moe_bf16_scratch_bytes(problem), Device::CPU));

@@ -20,7 +20,8 @@ std::vector<float> widen(const std::vector<bf16_bits>& v) {
 
 TEST(UnquantizedLinear, AppliesFusedShardsAndExportsThem) {
   const int64_t K = 40, M = 5;  // K = 2.5 blocks of 16
-  const LinearSpec spec{.name = "model.layers.0.mlp.gate_up_proj", .in_features = K,
+  const LinearSpec spec{.name = "model.layers.0.mlp.gate_up_proj",
+                        .in_features = K,
                         .shards = {{"model.layers.0.mlp.gate_proj", 24}, {"model.layers.0.mlp.up_proj", 8}}};
   TensorMap checkpoint;
   std::vector<float> w;  // [32, K]
@@ -67,8 +68,11 @@ TEST(UnquantizedLinear, AppliesFusedShardsAndExportsThem) {
 
 TEST(UnquantizedMoE, MatchesFloat64ReferenceAndExports) {
   const int64_t E = 3, H = 40, I = 24, M = 6, top_k = 2;
-  const MoESpec spec{.name = "model.layers.2.mlp.experts", .checkpoint_prefix = "model.layers.2.mlp.experts",
-                     .n_experts = E, .hidden = H, .intermediate = I};
+  const MoESpec spec{.name = "model.layers.2.mlp.experts",
+                     .checkpoint_prefix = "model.layers.2.mlp.experts",
+                     .n_experts = E,
+                     .hidden = H,
+                     .intermediate = I};
   TensorMap checkpoint;
   std::vector<std::array<std::vector<float>, 3>> w(E);
   const char* names[] = {"gate_proj", "up_proj", "down_proj"};
@@ -128,7 +132,8 @@ TEST(UnquantizedMoE, MatchesFloat64ReferenceAndExports) {
     EXPECT_EQ(bytes_of(tensor), bytes_of(checkpoint.at(name))) << name;
   }
 
-  Tensor empty_x = Tensor::empty({0, H}, DType::F32, Device::CPU), empty_y = Tensor::empty({0, H}, DType::F32, Device::CPU);
+  Tensor empty_x = Tensor::empty({0, H}, DType::F32, Device::CPU),
+         empty_y = Tensor::empty({0, H}, DType::F32, Device::CPU);
   method->apply(params, empty_x, Tensor::empty({0, top_k}, DType::I32, Device::CPU),
                 Tensor::empty({0, top_k}, DType::F32, Device::CPU), empty_y, ws);
 }

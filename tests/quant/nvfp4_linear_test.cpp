@@ -152,7 +152,8 @@ TEST(Nvfp4Linear, FollowsTheDocumentedSummationOrderBitwise) {
     for (int64_t i = 0; i < k; ++i) acc += x[t * k + i] * w[s][r * k + i];
     return round_to_bf16(acc * c.shards[s].weight_scale_2);
   };
-  EXPECT_NE(documented(0, 2, crafted_row), running_sum(0, 2, crafted_row)) << "the crafted token must tell orders apart";
+  EXPECT_NE(documented(0, 2, crafted_row), running_sum(0, 2, crafted_row))
+      << "the crafted token must tell orders apart";
 
   for (WeightLayout layout : kLayouts) {
     SCOPED_TRACE(weight_layout_name(layout));
@@ -318,9 +319,9 @@ TEST(Nvfp4Linear, OnlineQuantGroupIsTheWholeFusedLinear) {
   std::vector<OnlineQuantGroup> groups;
   method->bind_online_quant(groups);
   ASSERT_EQ(groups.size(), 1u);
-  EXPECT_EQ(groups[0].checkpoint_names,
-            (std::vector<std::string>{"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
-                                      "model.layers.0.self_attn.v_proj.weight"}));
+  EXPECT_EQ(groups[0].checkpoint_names, (std::vector<std::string>{"model.layers.0.self_attn.q_proj.weight",
+                                                                  "model.layers.0.self_attn.k_proj.weight",
+                                                                  "model.layers.0.self_attn.v_proj.weight"}));
   EXPECT_EQ(groups[0].n_rows, (std::vector<int64_t>{128, 64, 64}));
   EXPECT_EQ(groups[0].global_scale_slots, (std::vector<size_t>{0, 1, 2}));
   EXPECT_EQ(groups[0].weight_param, c.spec.name + ".weight");
@@ -329,7 +330,8 @@ TEST(Nvfp4Linear, OnlineQuantGroupIsTheWholeFusedLinear) {
 
 TEST(Nvfp4Linear, ZeroWeightsAndAnEmptyBatch) {
   LinearCase c;
-  c.spec = {.name = "model.layers.0.mlp.down_proj", .in_features = 32, .shards = {{"model.layers.0.mlp.down_proj", 32}}};
+  c.spec = {
+      .name = "model.layers.0.mlp.down_proj", .in_features = 32, .shards = {{"model.layers.0.mlp.down_proj", 32}}};
   QuantizedProjection zero;
   zero.source.assign(32 * 32, 0);
   zero.packed.resize(32 * 16);
@@ -346,16 +348,17 @@ TEST(Nvfp4Linear, ZeroWeightsAndAnEmptyBatch) {
 }
 
 TEST(Nvfp4Linear, RejectsShapesALayoutCannotTake) {
-  LinearSpec spec{.name = "model.layers.2.self_attn.qkv_proj", .in_features = 64,
+  LinearSpec spec{.name = "model.layers.2.self_attn.qkv_proj",
+                  .in_features = 64,
                   .shards = {{"model.layers.2.self_attn.q_proj", 48}}};
   ParameterSet params;
   EXPECT_THAT([&] { make_linear_method(spec, true, {.layout = WeightLayout::Trtllm})->create_weights(params); },
-              ::testing::ThrowsMessage<Error>(AllOf(HasSubstr("model.layers.2.self_attn.qkv_proj"),
-                                                    HasSubstr("48 rows"), HasSubstr("32"))));
+              ::testing::ThrowsMessage<Error>(
+                  AllOf(HasSubstr("model.layers.2.self_attn.qkv_proj"), HasSubstr("48 rows"), HasSubstr("32"))));
   make_linear_method(spec, true, {.layout = WeightLayout::Cutlass})->create_weights(params);  // fine for CUTLASS
 
-  LinearSpec odd_k{.name = "model.layers.2.mlp.down_proj", .in_features = 40,
-                   .shards = {{"model.layers.2.mlp.down_proj", 32}}};
+  LinearSpec odd_k{
+      .name = "model.layers.2.mlp.down_proj", .in_features = 40, .shards = {{"model.layers.2.mlp.down_proj", 32}}};
   EXPECT_THAT([&] { make_linear_method(odd_k, true, {})->create_weights(params); },
               ::testing::ThrowsMessage<Error>(AllOf(HasSubstr("model.layers.2.mlp.down_proj"),
                                                     HasSubstr("in_features = 40"), HasSubstr("multiple of 16"))));
@@ -368,16 +371,17 @@ TEST(Nvfp4Linear, ApplyRejectsBadOperandsAndUnprocessedWeights) {
   method->create_weights(params);
   Workspace ws;
   Tensor x = Tensor::empty({2, 48}, DType::F32, Device::CPU), y = Tensor::empty({2, 96}, DType::F32, Device::CPU);
-  EXPECT_THAT([&] { method->apply(params, x, y, ws); },
-              ::testing::ThrowsMessage<Error>(AllOf(HasSubstr(c.spec.name), HasSubstr("process_weights_after_loading"))));
+  EXPECT_THAT(
+      [&] { method->apply(params, x, y, ws); },
+      ::testing::ThrowsMessage<Error>(AllOf(HasSubstr(c.spec.name), HasSubstr("process_weights_after_loading"))));
   std::vector<CheckpointBinding> bindings;
   method->bind_checkpoint(bindings);
   load_bindings(params, bindings, c.checkpoint);
   method->process_weights_after_loading(params);
   Tensor wrong_x = Tensor::empty({2, 47}, DType::F32, Device::CPU);
-  EXPECT_THAT([&] { method->apply(params, wrong_x, y, ws); },
-              ::testing::ThrowsMessage<Error>(AllOf(HasSubstr(c.spec.name), HasSubstr("operand x"),
-                                                    HasSubstr("[2, 47]"))));
+  EXPECT_THAT(
+      [&] { method->apply(params, wrong_x, y, ws); },
+      ::testing::ThrowsMessage<Error>(AllOf(HasSubstr(c.spec.name), HasSubstr("operand x"), HasSubstr("[2, 47]"))));
   Tensor wrong_y = Tensor::empty({2, 96}, DType::BF16, Device::CPU);
   EXPECT_THAT([&] { method->apply(params, x, wrong_y, ws); },
               ::testing::ThrowsMessage<Error>(AllOf(HasSubstr("operand y"), HasSubstr("expected F32 [2, 96]"))));

@@ -39,14 +39,17 @@ struct MoeCase {
 // Gate and up of odd experts get different weight_scale_2; input scales differ per expert.
 MoeCase make_case(const MoeShape& shape) {
   MoeCase c;
-  c.spec = {.name = "model.layers.1.mlp.experts", .checkpoint_prefix = "model.layers.1.mlp.experts",
-            .n_experts = kExperts, .hidden = shape.hidden, .intermediate = shape.intermediate};
+  c.spec = {.name = "model.layers.1.mlp.experts",
+            .checkpoint_prefix = "model.layers.1.mlp.experts",
+            .n_experts = kExperts,
+            .hidden = shape.hidden,
+            .intermediate = shape.intermediate};
   const int64_t H = shape.hidden, I = shape.intermediate;
   for (int64_t e = 0; e < kExperts; ++e) {
     const auto seed = static_cast<uint32_t>(1000 + 10 * e);
     const float up_factor = e % 2 == 1 ? 1.5f : 1.0f;
-    c.experts.push_back({make_projection(I, H, seed), make_projection(I, H, seed + 1, up_factor),
-                         make_projection(H, I, seed + 2)});
+    c.experts.push_back(
+        {make_projection(I, H, seed), make_projection(I, H, seed + 1, up_factor), make_projection(H, I, seed + 2)});
     const float s = 0.002f + 0.0005f * static_cast<float>(e);
     c.input_scales.push_back({s, s, 2 * s});
     const std::string prefix = fmt::format("{}.{}.", c.spec.checkpoint_prefix, e);
@@ -297,7 +300,7 @@ TEST(Nvfp4MoE, OnlineQuantGroupsArePerExpertGateUpAndDown) {
   std::vector<OnlineQuantGroup> groups;
   method->bind_online_quant(groups);
   ASSERT_EQ(groups.size(), 2u * kExperts);
-  const OnlineQuantGroup& gate_up = groups[2 * 3], &down = groups[2 * 3 + 1];
+  const OnlineQuantGroup &gate_up = groups[2 * 3], &down = groups[2 * 3 + 1];
   EXPECT_EQ(gate_up.checkpoint_names, (std::vector<std::string>{"model.layers.1.mlp.experts.3.gate_proj.weight",
                                                                 "model.layers.1.mlp.experts.3.up_proj.weight"}));
   EXPECT_EQ(gate_up.weight_byte_offset, 3u * 128 * 64);
@@ -325,9 +328,9 @@ TEST(Nvfp4MoE, RejectsBadRoutingAndShapes) {
   MoESpec narrow = c.spec;
   narrow.hidden = 80;  // w2 has 80 rows: no 32-row shuffle blocks
   ParameterSet params;
-  EXPECT_THAT([&] { make_moe_method(narrow, true, {.layout = WeightLayout::Trtllm})->create_weights(params); },
-              ::testing::ThrowsMessage<Error>(AllOf(HasSubstr("model.layers.1.mlp.experts.w2_weight"),
-                                                    HasSubstr("80 rows"))));
+  EXPECT_THAT(
+      [&] { make_moe_method(narrow, true, {.layout = WeightLayout::Trtllm})->create_weights(params); },
+      ::testing::ThrowsMessage<Error>(AllOf(HasSubstr("model.layers.1.mlp.experts.w2_weight"), HasSubstr("80 rows"))));
 }
 
 }  // namespace

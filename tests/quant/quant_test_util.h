@@ -65,8 +65,8 @@ inline QuantizedProjection make_projection(int64_t rows, int64_t k, uint32_t see
 }
 
 // Adds `<prefix>.weight`, `.weight_scale`, `.weight_scale_2`, `.input_scale` to a checkpoint.
-inline void add_projection(TensorMap& checkpoint, const std::string& prefix, const QuantizedProjection& p,
-                           int64_t rows, int64_t k, float input_scale) {
+inline void add_projection(TensorMap& checkpoint, const std::string& prefix, const QuantizedProjection& p, int64_t rows,
+                           int64_t k, float input_scale) {
   checkpoint[prefix + ".weight"] = host_tensor({rows, k / 2}, DType::U8, p.packed);
   checkpoint[prefix + ".weight_scale"] = host_tensor({rows, k / 16}, DType::F8_E4M3, p.scales);
   checkpoint[prefix + ".weight_scale_2"] = scalar_f32(p.weight_scale_2);

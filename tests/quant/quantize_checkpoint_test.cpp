@@ -2,6 +2,8 @@
 // through the library, and through the CLI on `fp4serve synth --preset tiny`. Checks the ModelOpt format (names,
 // dtypes, shapes, configs), closeness to the bf16 weights, shared weight_scale_2 in fused groups, exclusions, and
 // that online group quantization (bind_online_quant + quantize_group) gives the tool's bytes exactly.
+#include "quant/quantize_checkpoint.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -15,7 +17,6 @@
 #include "io/json_file.h"
 #include "io/quant_config.h"
 #include "quant/group_quant.h"
-#include "quant/quantize_checkpoint.h"
 #include "quant_test_util.h"
 
 namespace fp4serve::test {
@@ -79,13 +80,24 @@ Bf16Checkpoint make_checkpoint(const fs::path& dir, int64_t dense_intermediate =
   writer.write([&](const TensorDecl& decl, std::span<uint8_t> out) {
     std::memcpy(out.data(), c.values.at(decl.name).data(), out.size());
   });
-  nlohmann::json config = {{"architectures", {"Qwen3MoeForCausalLM"}}, {"hidden_size", kHidden},
-                           {"num_hidden_layers", 2}, {"num_attention_heads", kHeads}, {"num_key_value_heads", 1},
-                           {"head_dim", kHeadDim}, {"intermediate_size", dense_intermediate},
-                           {"moe_intermediate_size", kMoeI}, {"num_experts", kExperts}, {"num_experts_per_tok", 2},
-                           {"norm_topk_prob", true}, {"decoder_sparse_step", 1}, {"mlp_only_layers", {1}},
-                           {"vocab_size", kVocab}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
-                           {"max_position_embeddings", 128}, {"tie_word_embeddings", false}};
+  nlohmann::json config = {{"architectures", {"Qwen3MoeForCausalLM"}},
+                           {"hidden_size", kHidden},
+                           {"num_hidden_layers", 2},
+                           {"num_attention_heads", kHeads},
+                           {"num_key_value_heads", 1},
+                           {"head_dim", kHeadDim},
+                           {"intermediate_size", dense_intermediate},
+                           {"moe_intermediate_size", kMoeI},
+                           {"num_experts", kExperts},
+                           {"num_experts_per_tok", 2},
+                           {"norm_topk_prob", true},
+                           {"decoder_sparse_step", 1},
+                           {"mlp_only_layers", {1}},
+                           {"vocab_size", kVocab},
+                           {"rms_norm_eps", 1e-6},
+                           {"rope_theta", 10000.0},
+                           {"max_position_embeddings", 128},
+                           {"tie_word_embeddings", false}};
   write_json_file(dir / "config.json", config);
   write_json_file(dir / "tokenizer.json", nlohmann::json{{"version", "1.0"}});
   write_json_file(dir / "tokenizer_config.json", nlohmann::json{{"eos_token", "<|im_end|>"}});
@@ -235,16 +247,21 @@ TEST_F(QuantizeCheckpoint, OnlineGroupQuantizationEqualsTheToolsBytes) {
   std::vector<std::unique_ptr<LinearMethod>> linears;
   for (const char* layer : {"model.layers.0", "model.layers.1"}) {
     const std::string p = std::string(layer) + ".self_attn.";
-    linears.push_back(make_linear_method({.name = p + "qkv_proj", .in_features = kHidden,
+    linears.push_back(make_linear_method({.name = p + "qkv_proj",
+                                          .in_features = kHidden,
                                           .shards = {{p + "q_proj", 64}, {p + "k_proj", 32}, {p + "v_proj", 32}}},
                                          true, {}));
   }
-  linears.push_back(make_linear_method({.name = "model.layers.1.mlp.gate_up_proj", .in_features = kHidden,
-                                        .shards = {{"model.layers.1.mlp.gate_proj", kDenseI},
-                                                   {"model.layers.1.mlp.up_proj", kDenseI}}},
-                                       true, {.layout = WeightLayout::Trtllm}));
-  auto moe = make_moe_method({.name = "model.layers.0.mlp.experts", .checkpoint_prefix = "model.layers.0.mlp.experts",
-                              .n_experts = kExperts, .hidden = kHidden, .intermediate = kMoeI},
+  linears.push_back(make_linear_method(
+      {.name = "model.layers.1.mlp.gate_up_proj",
+       .in_features = kHidden,
+       .shards = {{"model.layers.1.mlp.gate_proj", kDenseI}, {"model.layers.1.mlp.up_proj", kDenseI}}},
+      true, {.layout = WeightLayout::Trtllm}));
+  auto moe = make_moe_method({.name = "model.layers.0.mlp.experts",
+                              .checkpoint_prefix = "model.layers.0.mlp.experts",
+                              .n_experts = kExperts,
+                              .hidden = kHidden,
+                              .intermediate = kMoeI},
                              true, {});
   ParameterSet online, loaded;
   std::vector<OnlineQuantGroup> groups;
@@ -276,8 +293,7 @@ TEST_F(QuantizeCheckpoint, OnlineGroupQuantizationEqualsTheToolsBytes) {
   }
   load_bindings(loaded, bindings, tool_output);
   ASSERT_EQ(online.names(), loaded.names());
-  for (const auto& name : online.names())
-    EXPECT_EQ(bytes_of(online.get(name)), bytes_of(loaded.get(name))) << name;
+  for (const auto& name : online.names()) EXPECT_EQ(bytes_of(online.get(name)), bytes_of(loaded.get(name))) << name;
 }
 
 TEST(QuantizeCheckpointOptions, CalibratedInputScalesTakeTheGroupMax) {
@@ -288,9 +304,11 @@ TEST(QuantizeCheckpointOptions, CalibratedInputScalesTakeTheGroupMax) {
   for (const auto& name : in.tensor_names())
     if (name.ends_with("_proj.weight")) amax[name.substr(0, name.size() - 7)] = (next += 0.5f);
   amax.erase("model.layers.1.mlp.down_proj");
-  EXPECT_THAT([&] { quantize_checkpoint({.input_dir = source.dir, .output_dir = fresh_dir("calib_fail"),
-                                         .input_amax = amax}); },
-              ::testing::ThrowsMessage<Error>(HasSubstr("no input amax for linear 'model.layers.1.mlp.down_proj'")));
+  EXPECT_THAT(
+      [&] {
+        quantize_checkpoint({.input_dir = source.dir, .output_dir = fresh_dir("calib_fail"), .input_amax = amax});
+      },
+      ::testing::ThrowsMessage<Error>(HasSubstr("no input amax for linear 'model.layers.1.mlp.down_proj'")));
   amax["model.layers.1.mlp.down_proj"] = 0.0f;  // a linear that never saw input: scale 1.0
   const fs::path out_dir = fresh_dir("calib_out");
   EXPECT_TRUE(quantize_checkpoint({.input_dir = source.dir, .output_dir = out_dir, .input_amax = amax}).calibrated);
@@ -314,10 +332,14 @@ TEST(QuantizeCheckpointOptions, ExcludedModulesStayBf16AndBadRequestsAreRefused)
   EXPECT_EQ(out.tensor("model.layers.0.self_attn.q_proj.weight").info->dtype, DType::U8);
   EXPECT_TRUE(load_quant_config(out_dir).is_excluded("model.layers.1.mlp.up_proj"));
 
-  EXPECT_THAT([&] { quantize_checkpoint({.input_dir = source.dir, .output_dir = fresh_dir("split"),
-                                         .exclude = {"model.layers.0.self_attn.k_proj"}}); },
-              ::testing::ThrowsMessage<Error>(AllOf(HasSubstr("model.layers.0.self_attn.qkv_proj"),
-                                                    HasSubstr("exclude all of its members or none"))));
+  EXPECT_THAT(
+      [&] {
+        quantize_checkpoint({.input_dir = source.dir,
+                             .output_dir = fresh_dir("split"),
+                             .exclude = {"model.layers.0.self_attn.k_proj"}});
+      },
+      ::testing::ThrowsMessage<Error>(
+          AllOf(HasSubstr("model.layers.0.self_attn.qkv_proj"), HasSubstr("exclude all of its members or none"))));
   EXPECT_THAT([&] { quantize_checkpoint({.input_dir = out_dir, .output_dir = fresh_dir("twice")}); },
               ::testing::ThrowsMessage<Error>(HasSubstr("already quantized")));
   EXPECT_THAT([&] { quantize_checkpoint({.input_dir = source.dir, .output_dir = source.dir}); },
@@ -327,8 +349,8 @@ TEST(QuantizeCheckpointOptions, ExcludedModulesStayBf16AndBadRequestsAreRefused)
   EXPECT_THAT([&] { quantize_checkpoint({.input_dir = odd.dir, .output_dir = fresh_dir("odd_out")}); },
               ::testing::ThrowsMessage<Error>(AllOf(HasSubstr("model.layers.1.mlp.down_proj.weight"),
                                                     HasSubstr("24 input features"), HasSubstr("--exclude"))));
-  quantize_checkpoint({.input_dir = odd.dir, .output_dir = fresh_dir("odd_out2"),
-                       .exclude = {"model.layers.1.mlp.down_proj"}});
+  quantize_checkpoint(
+      {.input_dir = odd.dir, .output_dir = fresh_dir("odd_out2"), .exclude = {"model.layers.1.mlp.down_proj"}});
 }
 
 std::string fp4serve_binary() {
@@ -356,10 +378,9 @@ TEST(QuantizeCli, QuantizesTheTinySynthModel) {
   EXPECT_EQ(load_quant_config(out).algo, QuantAlgo::Nvfp4);
   EXPECT_TRUE(fs::exists(out / "tokenizer.json"));
 
-  std::tie(status, output) =
-      run_cli("quantize --in " + synth.string() + " --out " + fresh_dir("cli_calib").string() +
-                  " --calib-prompts prompts.txt",
-              log);
+  std::tie(status, output) = run_cli(
+      "quantize --in " + synth.string() + " --out " + fresh_dir("cli_calib").string() + " --calib-prompts prompts.txt",
+      log);
   EXPECT_NE(status, 0);
   EXPECT_THAT(output, HasSubstr("--calib-prompts prompts.txt"));
 }

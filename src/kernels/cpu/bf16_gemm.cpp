@@ -1,5 +1,6 @@
-#include "kernels/cpu/gemm_rows.h"  // first: sets the summation rules for this file
 #include "kernels/cpu/bf16_gemm.h"
+
+#include "kernels/cpu/gemm_rows.h"  // first: sets the summation rules for this file
 
 namespace fp4serve {
 
@@ -22,8 +23,8 @@ size_t bf16_gemm_scratch_bytes(int64_t m, int64_t k) {
   return carver.used();
 }
 
-void bf16_gemm_cpu(const float* x, int64_t m, int64_t k, const bf16_bits* weight, int64_t n_rows, float* y,
-                   int64_t ldy, uint8_t* scratch) {
+void bf16_gemm_cpu(const float* x, int64_t m, int64_t k, const bf16_bits* weight, int64_t n_rows, float* y, int64_t ldy,
+                   uint8_t* scratch) {
   ScratchCarver carver(scratch);
   const Bf16GemmScratch s = carve(carver, m, k);
   pack_token_tiles(x, k, nullptr, m, s.tiles);

@@ -27,7 +27,9 @@ inline constexpr int64_t kGemmSumBlock = 16;
 inline constexpr int64_t kMinParallelWork = int64_t{1} << 16;
 
 inline int64_t token_tile_count(int64_t m) { return (m + kTokenTile - 1) / kTokenTile; }
-inline size_t token_tiles_floats(int64_t m, int64_t k) { return static_cast<size_t>(token_tile_count(m) * k * kTokenTile); }
+inline size_t token_tiles_floats(int64_t m, int64_t k) {
+  return static_cast<size_t>(token_tile_count(m) * k * kTokenTile);
+}
 
 // Carves 64-byte aligned pieces out of one scratch buffer. With a null base it only measures, so a kernel's
 // "scratch bytes" function and the kernel itself share one carving routine and cannot disagree.
@@ -102,7 +104,8 @@ inline void dot_token_tile(const float* tile, const float* w, int64_t k_dim, flo
   if (full_blocks_end == k_dim) return;
   for (int64_t i = 0; i < kGemmSumBlock; ++i) {
     const int64_t k = full_blocks_end + i;
-    for (int64_t lane = 0; lane < kTokenTile; ++lane) p[i][lane] = k < k_dim ? tile[k * kTokenTile + lane] * w[k] : 0.0f;
+    for (int64_t lane = 0; lane < kTokenTile; ++lane)
+      p[i][lane] = k < k_dim ? tile[k * kTokenTile + lane] * w[k] : 0.0f;
   }
   add_block_sums(p, acc);
 }

@@ -1,4 +1,3 @@
-#include "kernels/cpu/gemm_rows.h"  // first: sets the summation rules for this file
 #include "kernels/cpu/moe_experts.h"
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include "format/layout.h"
 #include "format/nvfp4.h"
 #include "kernels/cpu/bf16_gemm.h"
+#include "kernels/cpu/gemm_rows.h"  // first: sets the summation rules for this file
 
 namespace fp4serve {
 
@@ -25,24 +25,24 @@ void silu_mul_rows(const float* gate_up, int64_t rows, int64_t I, float* act) {
 
 // No expert sees more than m tokens, since a token selects distinct experts.
 struct MoeScratch {
-  int32_t* expert_offsets;  // [E + 1] start of each expert's slots in sorted_slots
-  int32_t* expert_cursor;   // [E]
-  int32_t* sorted_slots;    // [m * top_k] slot ids t * top_k + j, grouped by expert, tokens increasing
-  int32_t* slot_position;   // [m * top_k] index of each slot in sorted_slots
-  int32_t* tokens;          // [m] tokens of the current expert
-  float* expert_out;        // [m * top_k, H] d of each slot, in sorted order
-  float* operand1;          // [m, H] GEMM1 operand of every token (NVFP4)
-  float* row_scales1;       // [m] per-token scales of operand1
-  uint8_t* activation1;     // activation quantization scratch (m, H)
-  float* tiles1;            // token tiles of the current expert's GEMM1 operand
-  float* expert_row_scales; // [m] row_scales1 gathered for the current expert
-  float* gate_up;           // [m, 2I]
-  float* act;               // [m, I]
-  float* operand2;          // [m, I] GEMM2 operand (NVFP4)
-  float* row_scales2;       // [m]
-  uint8_t* activation2;     // activation quantization scratch (m, I)
-  float* tiles2;            // token tiles of the GEMM2 operand
-  float* row_buffers;       // [threads, max(H, I)]
+  int32_t* expert_offsets;   // [E + 1] start of each expert's slots in sorted_slots
+  int32_t* expert_cursor;    // [E]
+  int32_t* sorted_slots;     // [m * top_k] slot ids t * top_k + j, grouped by expert, tokens increasing
+  int32_t* slot_position;    // [m * top_k] index of each slot in sorted_slots
+  int32_t* tokens;           // [m] tokens of the current expert
+  float* expert_out;         // [m * top_k, H] d of each slot, in sorted order
+  float* operand1;           // [m, H] GEMM1 operand of every token (NVFP4)
+  float* row_scales1;        // [m] per-token scales of operand1
+  uint8_t* activation1;      // activation quantization scratch (m, H)
+  float* tiles1;             // token tiles of the current expert's GEMM1 operand
+  float* expert_row_scales;  // [m] row_scales1 gathered for the current expert
+  float* gate_up;            // [m, 2I]
+  float* act;                // [m, I]
+  float* operand2;           // [m, I] GEMM2 operand (NVFP4)
+  float* row_scales2;        // [m]
+  uint8_t* activation2;      // activation quantization scratch (m, I)
+  float* tiles2;             // token tiles of the GEMM2 operand
+  float* row_buffers;        // [threads, max(H, I)]
 };
 
 MoeScratch carve(ScratchCarver& c, const MoeProblem& p, bool nvfp4) {
@@ -85,8 +85,8 @@ void group_slots_by_expert(const MoeProblem& p, const MoeScratch& s) {
   for (int64_t t = 0; t < p.m; ++t)
     for (int64_t j = 0; j < k; ++j) {
       const int32_t e = p.topk_ids[t * k + j];
-      FP4_CHECK(e >= 0 && e < p.n_experts, "{}: topk_ids[{}, {}] = {} is not an expert index in [0, {})", p.layer,
-                t, j, e, p.n_experts);
+      FP4_CHECK(e >= 0 && e < p.n_experts, "{}: topk_ids[{}, {}] = {} is not an expert index in [0, {})", p.layer, t, j,
+                e, p.n_experts);
       for (int64_t earlier = 0; earlier < j; ++earlier)
         FP4_CHECK(p.topk_ids[t * k + earlier] != e, "{}: token {} selects expert {} twice (top-k slots {} and {})",
                   p.layer, t, e, earlier, j);
@@ -165,8 +165,8 @@ void moe_nvfp4_cpu(const MoeProblem& p, const MoeNvfp4Weights& w, uint8_t* scrat
   ScratchCarver carver(scratch);
   const MoeScratch s = carve(carver, p, true);
   const bool per_token = w.activation == Nvfp4Activation::PerToken;
-  const float* operand1 = nvfp4_activation_operand(w.activation, p.x, p.m, H, w.w13_input_scale, s.operand1,
-                                                   s.row_scales1, s.activation1);
+  const float* operand1 =
+      nvfp4_activation_operand(w.activation, p.x, p.m, H, w.w13_input_scale, s.operand1, s.row_scales1, s.activation1);
   const SwizzledScaleShape scales13 = swizzled_scale_shape(2 * I, H / kNvfp4BlockSize);
   const SwizzledScaleShape scales2 = swizzled_scale_shape(H, I / kNvfp4BlockSize);
   run_moe(p, s, [&](int64_t e, const int32_t* tokens, int64_t n, float* out) {
@@ -178,17 +178,21 @@ void moe_nvfp4_cpu(const MoeProblem& p, const MoeNvfp4Weights& w, uint8_t* scrat
     }
     const Nvfp4WeightView w13{.packed = w.w13_packed + e * 2 * I * (H / 2),
                               .block_scales = w.w13_scales + e * scales13.padded_rows * scales13.padded_cols,
-                              .n_rows = 2 * I, .k = H, .row_order = w.w13_row_order};
+                              .n_rows = 2 * I,
+                              .k = H,
+                              .row_order = w.w13_row_order};
     nvfp4_gemm_tiles_cpu(s.tiles1, row_scales, n, w13, 0, I, w.g1_alphas[2 * e], s.gate_up, 2 * I, s.row_buffers);
     nvfp4_gemm_tiles_cpu(s.tiles1, row_scales, n, w13, I, I, w.g1_alphas[2 * e + 1], s.gate_up + I, 2 * I,
                          s.row_buffers);
     silu_mul_rows(s.gate_up, n, I, s.act);
-    const float* operand2 = nvfp4_activation_operand(w.activation, s.act, n, I, w.w2_input_scale, s.operand2,
-                                                     s.row_scales2, s.activation2);
+    const float* operand2 =
+        nvfp4_activation_operand(w.activation, s.act, n, I, w.w2_input_scale, s.operand2, s.row_scales2, s.activation2);
     pack_token_tiles(operand2, I, nullptr, n, s.tiles2);
     const Nvfp4WeightView w2{.packed = w.w2_packed + e * H * (I / 2),
                              .block_scales = w.w2_scales + e * scales2.padded_rows * scales2.padded_cols,
-                             .n_rows = H, .k = I, .row_order = w.w2_row_order};
+                             .n_rows = H,
+                             .k = I,
+                             .row_order = w.w2_row_order};
     nvfp4_gemm_tiles_cpu(s.tiles2, per_token ? s.row_scales2 : nullptr, n, w2, 0, H, w.g2_alphas[e], out, H,
                          s.row_buffers);
   });

@@ -14,8 +14,8 @@
 namespace fp4serve {
 
 struct MoeProblem {
-  std::string_view layer;     // named in errors: "model.layers.0.mlp.experts"
-  const float* x;             // [m, hidden] f32 (bf16-representable)
+  std::string_view layer;  // named in errors: "model.layers.0.mlp.experts"
+  const float* x;          // [m, hidden] f32 (bf16-representable)
   int64_t m;
   int64_t hidden;             // H
   int64_t intermediate;       // I
@@ -23,7 +23,7 @@ struct MoeProblem {
   const int32_t* topk_ids;    // [m, top_k] i32 in [0, E), distinct within a token
   const float* topk_weights;  // [m, top_k] f32
   int64_t top_k;
-  float* y;                   // [m, hidden] f32, bf16-representable
+  float* y;  // [m, hidden] f32, bf16-representable
 };
 
 struct MoeBf16Weights {
@@ -35,14 +35,14 @@ struct MoeNvfp4Weights {
   const uint8_t* w13_packed;  // [E, 2I, H/2] e2m1; logical gate rows [0, I), up rows [I, 2I), stored in w13_row_order
   const uint8_t* w13_scales;  // [E, Np * Kp] e4m3 swizzled per expert, (Np, Kp) = swizzled_scale_shape(2I, H/16)
   Nvfp4RowOrder w13_row_order;
-  const uint8_t* w2_packed;   // [E, H, I/2] e2m1
-  const uint8_t* w2_scales;   // [E, Np * Kp] e4m3, (Np, Kp) = swizzled_scale_shape(H, I/16)
+  const uint8_t* w2_packed;  // [E, H, I/2] e2m1
+  const uint8_t* w2_scales;  // [E, Np * Kp] e4m3, (Np, Kp) = swizzled_scale_shape(H, I/16)
   Nvfp4RowOrder w2_row_order;
-  const float* g1_alphas;     // [E, 2] f32: exact alphas of gate and up
-  const float* g2_alphas;     // [E] f32
+  const float* g1_alphas;  // [E, 2] f32: exact alphas of gate and up
+  const float* g2_alphas;  // [E] f32
   Nvfp4Activation activation;
-  float w13_input_scale;      // Static: global scale of the GEMM1 operand (one per layer)
-  float w2_input_scale;       // Static: global scale of the GEMM2 operand
+  float w13_input_scale;  // Static: global scale of the GEMM1 operand (one per layer)
+  float w2_input_scale;   // Static: global scale of the GEMM2 operand
 };
 
 // Scratch bytes for m tokens (OpenMP inside; call from outside any parallel region).

@@ -1,4 +1,3 @@
-#include "kernels/cpu/gemm_rows.h"  // first: sets the summation rules for this file
 #include "kernels/cpu/nvfp4_gemm.h"
 
 #include <array>
@@ -9,14 +8,18 @@
 #include "format/e4m3.h"
 #include "format/layout.h"
 #include "format/nvfp4.h"
+#include "kernels/cpu/gemm_rows.h"  // first: sets the summation rules for this file
 
 namespace fp4serve {
 
 int64_t nvfp4_physical_row(Nvfp4RowOrder order, int64_t logical_row, int64_t n_rows) {
   switch (order) {
-    case Nvfp4RowOrder::Linear: return logical_row;
-    case Nvfp4RowOrder::Shuffled: return shuffled_row_index(logical_row);
-    case Nvfp4RowOrder::GatedShuffled: return shuffled_row_index(gated_reordered_row_index(logical_row, n_rows));
+    case Nvfp4RowOrder::Linear:
+      return logical_row;
+    case Nvfp4RowOrder::Shuffled:
+      return shuffled_row_index(logical_row);
+    case Nvfp4RowOrder::GatedShuffled:
+      return shuffled_row_index(gated_reordered_row_index(logical_row, n_rows));
   }
   return logical_row;
 }
@@ -123,16 +126,16 @@ void nvfp4_linear_cpu(const Nvfp4LinearArgs& args) {
   float operand_input_scale = 0.0f;  // the input_scale the tiles were quantized with (Static)
   for (size_t i = 0; i < args.shards.size(); ++i) {
     const Nvfp4LinearShard& shard = args.shards[i];
-    const bool needs_operand = i == 0 || (args.activation == Nvfp4Activation::Static &&
-                                          shard.input_scale != operand_input_scale);
+    const bool needs_operand =
+        i == 0 || (args.activation == Nvfp4Activation::Static && shard.input_scale != operand_input_scale);
     if (needs_operand) {
       const float* a = nvfp4_activation_operand(args.activation, args.x, m, k, shard.input_scale, s.operand,
                                                 s.row_scales, s.activation);
       pack_token_tiles(a, k, nullptr, m, s.tiles);
       operand_input_scale = shard.input_scale;
     }
-    nvfp4_gemm_tiles_cpu(s.tiles, row_scales, m, args.weight, first_row, shard.n_rows, shard.alpha,
-                         args.y + first_row, n_total, s.row_buffers);
+    nvfp4_gemm_tiles_cpu(s.tiles, row_scales, m, args.weight, first_row, shard.n_rows, shard.alpha, args.y + first_row,
+                         n_total, s.row_buffers);
     first_row += shard.n_rows;
   }
   FP4_CHECK(first_row == n_total, "nvfp4_linear_cpu: shards cover {} rows, the weight has {}", first_row, n_total);
