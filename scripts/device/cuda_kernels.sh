@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# On the GPU device machine, from the repository root: configure and build test_kernels_cuda and
+# bench_cuda_nvfp4_gemm (Ninja, -j16), run the tests, then the benchmark; every log is tee'd into $OUT.
+# The device image has CMake, Ninja, nvcc and g++ but not the project's Debian -dev packages. Those travel as .deb
+# files in .deps-cuda/ (git-ignored, listed in .git/info/exclude; pass it in `carry`), fetched on the workstation with
+#   mkdir -p .deps-cuda && (cd .deps-cuda && apt-get download $(bash scripts/device/cuda_kernels.sh --list-debs))
+# and unpacked into a private prefix (never into /); binaries find their libraries through an rpath.
+# If the whole library does not build (other engineers' unfinished files travel with the tree), only the sources
+# these two programs need are compiled; --minimal goes there directly (after configuring, which checks the packages).
+set -uo pipefail
+
+debs=(nlohmann-json3-dev libcli11-dev libfmt-dev libfmt9 libspdlog-dev libspdlog1.10 libcpp-httplib-dev
+      libcpp-httplib0.11 libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian libpcre2-dev libpcre2-8-0
+      libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libicu-dev libicu72 pkgconf pkgconf-bin libpkgconf3 pkg-config
+      libbrotli1 libbrotli-dev libssl-dev libssl3 zlib1g-dev zlib1g)
+if [ "${1:-}" = "--list-debs" ]; then echo "${debs[@]}"; exit 0; fi
+minimal_only=0
+[ "${1:-}" = "--minimal" ] && minimal_only=1
+
+OUT=${OUT:-/tmp/fp4serve-device-out}
+BUILD=${BUILD:-build-device}
+DEPS=/tmp/fp4serve-deps
+LIBDIR=$DEPS/usr/lib/x86_64-linux-gnu
+mkdir -p "$OUT"
+start=$(date +%s)
+stamp() { echo "[cuda_kernels.sh +$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/steps.log"; }
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+  nvcc --version | tail -1
+  cmake --version | head -1
+  g++ --version | head -1
+  grep PRETTY_NAME /etc/os-release
+  ldd --version | head -1
+} > "$OUT/env.log" 2>&1
+cat "$OUT/env.log"
+
+# Unpack the carried packages into $DEPS and make their pkg-config files point there.
+if [ -d .deps-cuda ]; then
+  stamp "unpacking $(ls .deps-cuda/*.deb | wc -l) packages into $DEPS"
+  rm -rf "$DEPS" && mkdir -p "$DEPS"
+  for f in .deps-cuda/*.deb; do
+    if command -v dpkg-deb > /dev/null; then
+      dpkg-deb -x "$f" "$DEPS"
+    else
+      (tmp=$(mktemp -d) && cd "$tmp" && ar x "$OLDPWD/$f" && tar -xf data.tar.* -C "$DEPS" && rm -rf "$tmp")
+    fi
+  done
+  sed -i -E "s#^(prefix|exec_prefix|libdir|includedir) *= */usr#\1=$DEPS/usr#" \
+    "$LIBDIR"/pkgconfig/*.pc "$DEPS"/usr/share/pkgconfig/*.pc
+  export PKG_CONFIG_PATH="$LIBDIR/pkgconfig:$DEPS/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  if ! command -v pkg-config > /dev/null; then
+    mkdir -p "$DEPS/bin"
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s/usr/bin/pkgconf "$@"\n' "$LIBDIR" "$DEPS" > "$DEPS/bin/pkg-config"
+    chmod +x "$DEPS/bin/pkg-config"
+    export PATH="$DEPS/bin:$PATH"
+  fi
+  dep_flags=(-DCMAKE_PREFIX_PATH="$DEPS/usr"
+             -Dfmt_DIR="$LIBDIR/cmake/fmt" -Dspdlog_DIR="$LIBDIR/cmake/spdlog" -DGTest_DIR="$LIBDIR/cmake/GTest"
+             -Dbenchmark_DIR="$LIBDIR/cmake/benchmark" -DCLI11_DIR="$DEPS/usr/share/cmake/CLI11"
+             -Dnlohmann_json_DIR="$DEPS/usr/share/cmake/nlohmann_json"
+             -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$LIBDIR -Wl,-rpath,$LIBDIR")
+else
+  stamp "no .deps-cuda folder: using the system's packages"
+  dep_flags=()
+fi
+
+# The fallback: only the sources these two programs need, with the flags CMake would use.
+minimal_build() {
+  local dir="$BUILD/minimal" cuda_lib
+  cuda_lib="$(dirname "$(command -v nvcc)")/../lib64"
+  mkdir -p "$dir"
+  local cxx=(g++ -O2 -g -std=c++20 -fopenmp -Wall -Wextra -DFP4SERVE_HAVE_CUDA=1 -DSPDLOG_FMT_EXTERNAL
+             -DFP4SERVE_SOURCE_DIR="\"$PWD\"" -DFP4SERVE_BINARY_DIR="\"$PWD/$BUILD\"" -Isrc -I. -I"$DEPS/usr/include"
+             -I"$(dirname "$(command -v nvcc)")/../include")
+  local nvcc=(nvcc -O2 -g -lineinfo -std=c++20 --expt-relaxed-constexpr -Xcompiler=-Wall,-Wextra
+              -gencode=arch=compute_90a,code=sm_90a -DFP4SERVE_HAVE_CUDA=1 -Isrc)
+  local pids=() objects=()
+  for f in src/kernels/cuda/*.cu; do
+    "${nvcc[@]}" -c "$f" -o "$dir/$(basename "$f").o" & pids+=($!); objects+=("$dir/$(basename "$f").o")
+  done
+  for f in src/kernels/cuda/nvfp4_gemm.cpp src/kernels/device.cpp src/format/nvfp4.cpp src/format/layout.cpp \
+           src/format/e4m3.cpp; do
+    "${cxx[@]}" -c "$f" -o "$dir/$(basename "$f").o" & pids+=($!); objects+=("$dir/$(basename "$f").o")
+  done
+  "${cxx[@]}" -c tests/kernels_cuda/nvfp4_gemm_test.cpp -o "$dir/test.o" & pids+=($!)
+  "${cxx[@]}" -c tests/kernels_cuda/device_test.cpp -o "$dir/device_test.o" & pids+=($!)
+  "${cxx[@]}" -c bench/cuda_nvfp4_gemm.cpp -o "$dir/bench.o" & pids+=($!)
+  local failed=0
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  [ "$failed" -eq 0 ] || return 1
+  local libs=(-L"$LIBDIR" -Wl,-rpath,"$LIBDIR" -L"$cuda_lib" -Wl,-rpath,"$cuda_lib" -lfmt -lcublas -lcublasLt -lcudart
+              -lpthread -ldl -lrt)
+  mkdir -p "$BUILD/tests" "$BUILD/bench"
+  g++ -fopenmp "$dir/test.o" "$dir/device_test.o" "${objects[@]}" -lgtest_main -lgtest -lgmock "${libs[@]}" \
+    -o "$BUILD/tests/test_kernels_cuda" &&
+    g++ -fopenmp "$dir/bench.o" "${objects[@]}" "${libs[@]}" -o "$BUILD/bench/bench_cuda_nvfp4_gemm"
+}
+
+stamp "configure"
+build_status=1
+if ! cmake -S . -B "$BUILD" -G Ninja -DFP4SERVE_CUDA=ON -DFP4SERVE_BUILD_BENCH=ON "${dep_flags[@]}" \
+     > "$OUT/configure.log" 2>&1; then
+  tail -20 "$OUT/configure.log"
+elif [ "$minimal_only" -eq 0 ]; then
+  stamp "build"
+  cmake --build "$BUILD" --target test_kernels_cuda bench_cuda_nvfp4_gemm -j16 > "$OUT/build.log" 2>&1
+  build_status=$?
+fi
+if [ "$build_status" -ne 0 ]; then
+  grep -E "error|FAILED" "$OUT/build.log" 2> /dev/null | head -20
+  stamp "no full build; building only the NVFP4 kernels, their test and benchmark"
+  minimal_build >> "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; stamp "minimal build FAILED"; exit 1; }
+fi
+echo "build warnings: $(grep -c -i "warning" "$OUT/build.log")"
+
+stamp "tests"
+"$BUILD/tests/test_kernels_cuda" --gtest_brief=1 2>&1 | tee "$OUT/test.log" | tail -30
+test_status=${PIPESTATUS[0]}
+
+if command -v compute-sanitizer > /dev/null; then
+  stamp "memcheck on the padded and odd-K shapes"
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/tests/test_kernels_cuda" --gtest_brief=1 \
+    --gtest_filter='*odd_m3_*:*odd_m100_*:*down_m16_*:*_gated-*DequantCublas*' > "$OUT/memcheck.log" 2>&1
+  echo "memcheck exit status $? (0 = clean)" | tee -a "$OUT/memcheck.log"
+  tail -5 "$OUT/memcheck.log"
+fi
+
+stamp "benchmark"
+"$BUILD/bench/bench_cuda_nvfp4_gemm" 2> "$OUT/bench.err" | tee "$OUT/bench.md"
+bench_status=${PIPESTATUS[0]}
+stamp "done: tests exit $test_status, bench exit $bench_status"
+[ "$test_status" -eq 0 ] && [ "$bench_status" -eq 0 ]

@@ -1,0 +1,168 @@
+// Host side of the NVFP4 W4A16 GEMM: argument validation (messages name the field), path choice and the cuBLAS
+// path. Built only with the CUDA backend; the kernels themselves live in nvfp4_{streaming,dequantize}.cu.
+#ifdef FP4SERVE_HAVE_CUDA
+#include "kernels/cuda/nvfp4_gemm.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/error.h"
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/nvfp4_kernels.h"
+
+namespace fp4serve::cuda {
+namespace {
+
+void check_cublas(cublasStatus_t status, const char* call) {
+  FP4_CHECK(status == CUBLAS_STATUS_SUCCESS, "nvfp4_gemm_w4a16: {} failed: {}", call, cublasGetStatusString(status));
+}
+
+bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+const char* path_name(Nvfp4GemmPath path) {
+  switch (path) {
+    case Nvfp4GemmPath::Auto: return "Auto";
+    case Nvfp4GemmPath::Streaming: return "Streaming";
+    case Nvfp4GemmPath::DequantCublas: return "DequantCublas";
+  }
+  return "?";
+}
+
+// Checks everything the kernels trust and packs the launch arguments.
+Nvfp4LaunchArgs validated_launch_args(const Nvfp4GemmArgs& a) {
+  const Nvfp4WeightView& w = a.weight;
+  FP4_CHECK(w.k >= 16 && w.k % 16 == 0 && w.k <= (int64_t{1} << 30),
+            "nvfp4_gemm_w4a16: weight.k = {} must be a positive multiple of 16 (the NVFP4 block size)", w.k);
+  FP4_CHECK(w.n_rows >= 1 && w.n_rows <= (int64_t{1} << 30), "nvfp4_gemm_w4a16: weight.n_rows = {} is out of range",
+            w.n_rows);
+  FP4_CHECK(a.m >= 0 && a.m <= (int64_t{1} << 30), "nvfp4_gemm_w4a16: m = {} is out of range", a.m);
+  FP4_CHECK(w.n_rows * w.k / 2 < (int64_t{1} << 40), "nvfp4_gemm_w4a16: weight [{}, {}] is too large", w.n_rows, w.k);
+  if (a.m > 0) {
+    FP4_CHECK(a.x != nullptr && aligned(a.x, 16),
+              "nvfp4_gemm_w4a16: x must be a non-null 16-byte aligned device pointer");
+    FP4_CHECK(a.y != nullptr && aligned(a.y, 2),
+              "nvfp4_gemm_w4a16: y must be a non-null 2-byte aligned device pointer");
+  }
+  FP4_CHECK(w.packed != nullptr && aligned(w.packed, 8),
+            "nvfp4_gemm_w4a16: weight.packed must be a non-null 8-byte aligned device pointer");
+  FP4_CHECK(w.block_scales != nullptr && aligned(w.block_scales, 4),
+            "nvfp4_gemm_w4a16: weight.block_scales must be a non-null 4-byte aligned device pointer");
+  if (w.row_order != Nvfp4RowOrder::Linear)
+    FP4_CHECK(w.n_rows % 32 == 0,
+              "nvfp4_gemm_w4a16: weight.row_order is a TRT-LLM shuffle, which needs n_rows % 32 == 0 (got {})",
+              w.n_rows);
+  FP4_CHECK(!a.alphas.empty() && a.alphas.size() <= kMaxNvfp4AlphaRanges,
+            "nvfp4_gemm_w4a16: alphas has {} ranges; give 1 to {} (one per fused shard)", a.alphas.size(),
+            kMaxNvfp4AlphaRanges);
+  Nvfp4LaunchArgs launch{};
+  int64_t previous_end = 0;
+  for (size_t i = 0; i < a.alphas.size(); ++i) {
+    const Nvfp4AlphaRange& range = a.alphas[i];
+    FP4_CHECK(range.row_end > previous_end && range.row_end <= w.n_rows,
+              "nvfp4_gemm_w4a16: alphas[{}].row_end = {} must lie in ({}, {}]", i, range.row_end, previous_end,
+              w.n_rows);
+    FP4_CHECK(std::isfinite(range.alpha), "nvfp4_gemm_w4a16: alphas[{}].alpha = {} is not finite", i, range.alpha);
+    launch.alphas.row_end[i] = static_cast<int32_t>(range.row_end);
+    launch.alphas.alpha[i] = range.alpha;
+    previous_end = range.row_end;
+  }
+  FP4_CHECK(previous_end == w.n_rows, "nvfp4_gemm_w4a16: alphas cover rows [0, {}) but the weight has {} rows",
+            previous_end, w.n_rows);
+  launch.alphas.count = static_cast<int32_t>(a.alphas.size());
+  launch.x = a.x;
+  launch.m = static_cast<int32_t>(a.m);
+  launch.packed = w.packed;
+  launch.block_scales = w.block_scales;
+  launch.n = static_cast<int32_t>(w.n_rows);
+  launch.k = static_cast<int32_t>(w.k);
+  launch.order = w.row_order;
+  launch.y = a.y;
+  launch.stream = a.stream;
+  return launch;
+}
+
+}  // namespace
+
+struct Nvfp4GemmContext::State {
+  cublasHandle_t blas = nullptr;
+  void* blas_workspace = nullptr;
+  uint16_t* weights = nullptr;  // [n, k] bf16 dequantized weights of the DequantCublas path
+  size_t weight_bytes = 0;
+
+  static constexpr size_t kBlasWorkspaceBytes = size_t{32} << 20;
+
+  ~State() {
+    // Destructors must not throw: release what exists and ignore teardown errors (the driver may be gone).
+    if (blas != nullptr) cublasDestroy(blas);
+    if (blas_workspace != nullptr) cudaFree(blas_workspace);
+    if (weights != nullptr) cudaFree(weights);
+  }
+
+  void ensure_blas() {
+    if (blas != nullptr) return;
+    check_cublas(cublasCreate(&blas), "cublasCreate");
+    // A fixed workspace lets cuBLAS calls be captured in CUDA graphs.
+    FP4_CUDA_CHECK(cudaMalloc(&blas_workspace, kBlasWorkspaceBytes));
+    check_cublas(cublasSetWorkspace(blas, blas_workspace, kBlasWorkspaceBytes), "cublasSetWorkspace");
+  }
+
+  void ensure_weights(int64_t n_rows, int64_t k) {
+    const size_t bytes = static_cast<size_t>(n_rows * k) * sizeof(uint16_t);
+    if (bytes <= weight_bytes) return;
+    if (weights != nullptr) FP4_CUDA_CHECK(cudaFree(weights));
+    weights = nullptr;
+    weight_bytes = 0;
+    FP4_CUDA_CHECK(cudaMalloc(&weights, bytes));
+    weight_bytes = bytes;
+  }
+};
+
+Nvfp4GemmContext::Nvfp4GemmContext() : state_(std::make_unique<State>()) {}
+Nvfp4GemmContext::~Nvfp4GemmContext() = default;
+
+void Nvfp4GemmContext::reserve_dequant(int64_t n_rows, int64_t k) {
+  FP4_CHECK(n_rows >= 1 && k >= 16, "Nvfp4GemmContext::reserve_dequant: shape [{}, {}] is empty", n_rows, k);
+  state_->ensure_blas();
+  state_->ensure_weights(n_rows, k);
+}
+
+Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m) {
+  return m <= kNvfp4StreamingMaxTokens ? Nvfp4GemmPath::Streaming : Nvfp4GemmPath::DequantCublas;
+}
+
+void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args) {
+  const Nvfp4LaunchArgs launch = validated_launch_args(args);
+  if (args.m == 0) return;
+  const Nvfp4GemmPath path = args.path == Nvfp4GemmPath::Auto ? nvfp4_gemm_auto_path(args.m) : args.path;
+  if (path == Nvfp4GemmPath::Streaming) {
+    FP4_CHECK(args.m <= kNvfp4StreamingMaxTokens, "nvfp4_gemm_w4a16: path {} takes m <= {} tokens, got m = {}",
+              path_name(path), kNvfp4StreamingMaxTokens, args.m);
+    launch_nvfp4_streaming(launch, nvfp4_streaming_warps_for(args.m, args.weight.n_rows, args.weight.k));
+    return;
+  }
+  Nvfp4GemmContext::State& state = *context.state_;
+  state.ensure_blas();
+  state.ensure_weights(args.weight.n_rows, args.weight.k);
+  launch_nvfp4_dequantize(launch, state.weights);
+  check_cublas(cublasSetStream(state.blas, static_cast<cudaStream_t>(args.stream)), "cublasSetStream");
+  // Row-major y [m, n] = x [m, k] . W^T is column-major y^T [n, m] = W^T^T [n, k] . x^T [k, m]; one GEMM per
+  // alpha range writes its columns of y.
+  const int k = launch.k, m = launch.m, n = launch.n;
+  int first_row = 0;
+  for (int i = 0; i < launch.alphas.count; ++i) {
+    const int rows = launch.alphas.row_end[i] - first_row;
+    const float alpha = launch.alphas.alpha[i] * kDequantizedAlphaFactor, beta = 0.0f;
+    check_cublas(cublasGemmEx(state.blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, m, k, &alpha,
+                              state.weights + static_cast<int64_t>(first_row) * k, CUDA_R_16BF, k, args.x,
+                              CUDA_R_16BF, k, &beta, args.y + first_row, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx");
+    first_row = launch.alphas.row_end[i];
+  }
+}
+
+}  // namespace fp4serve::cuda
+#endif  // FP4SERVE_HAVE_CUDA

@@ -1,0 +1,67 @@
+// NVFP4-weight W4A16 linear on Hopper: y[t, n] = bf16(alpha(n) * sum_k x[t, k] * W_q[n, k]), W_q = e2m1 * e4m3
+// (exact), fp32 accumulation. Weights stay as loaded: packed [N, K/2] in a Nvfp4RowOrder, block scales 128x4-swizzled
+// (nvfp4.md §3a). All tensor pointers are device memory; calls are asynchronous on the given stream. Host-only header.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "format/bf16.h"
+#include "kernels/cpu/nvfp4_gemm.h"
+
+namespace fp4serve::cuda {
+
+// Output rows [previous range's row_end, row_end) are scaled by alpha: one range per fused shard (q/k/v, gate/up),
+// since shards may carry different weight_scale_2.
+struct Nvfp4AlphaRange {
+  int64_t row_end;
+  float alpha;
+};
+inline constexpr size_t kMaxNvfp4AlphaRanges = 8;
+
+// Which kernel runs. Auto picks by shape (nvfp4_gemm_auto_path); the others force a path (tests, benchmarks).
+enum class Nvfp4GemmPath : uint8_t {
+  Auto,
+  Streaming,      // m <= kNvfp4StreamingMaxTokens: weight rows streamed once with 16-byte loads, tensor-core dot
+  DequantCublas,  // any m: weights dequantized to a bf16 workspace, then cuBLAS bf16 GEMM (one per alpha range)
+};
+inline constexpr int64_t kNvfp4StreamingMaxTokens = 32;
+
+struct Nvfp4GemmArgs {
+  const bf16_bits* x = nullptr;  // [m, weight.k] bf16, row-major, 16-byte aligned
+  int64_t m = 0;
+  Nvfp4WeightView weight{};  // device pointers; block-scale padding may hold anything (it is never used)
+  std::span<const Nvfp4AlphaRange> alphas;  // host memory; row_end strictly increasing, last == weight.n_rows
+  bf16_bits* y = nullptr;                   // [m, weight.n_rows] bf16, row-major
+  void* stream = nullptr;                   // cudaStream_t; nullptr is the legacy default stream
+  Nvfp4GemmPath path = Nvfp4GemmPath::Auto;
+};
+
+// Per-thread state of the GEMM: the cuBLAS handle and the bf16 weight workspace of the DequantCublas path, both
+// created on first use on the device current then. Not thread-safe: one context per host thread (or stream).
+class Nvfp4GemmContext {
+ public:
+  Nvfp4GemmContext();
+  ~Nvfp4GemmContext();
+  Nvfp4GemmContext(const Nvfp4GemmContext&) = delete;
+  Nvfp4GemmContext& operator=(const Nvfp4GemmContext&) = delete;
+
+  // Allocates now what the DequantCublas path needs for weights up to n_rows x k, so that later calls allocate
+  // nothing (a CUDA graph capture may not allocate).
+  void reserve_dequant(int64_t n_rows, int64_t k);
+
+ private:
+  friend void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args);
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// The path Auto takes: Streaming for m <= 32, else DequantCublas (measured on H100, bench/RESULTS.md; a tiled
+// mma.sync kernel with shared-memory dequantization lost to DequantCublas at every m > 32 measured and was dropped).
+Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m);
+
+// Validates the arguments (throws fp4serve::Error naming the field at fault), then launches. m == 0 does nothing.
+void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args);
+
+}  // namespace fp4serve::cuda
