@@ -1,0 +1,99 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "common/error.h"
+
+namespace fp4serve {
+
+void SamplingParams::validate(std::string_view request) const {
+  FP4_CHECK(std::isfinite(temperature) && temperature >= 0.0f, "{}: temperature {} must be finite and >= 0", request,
+            temperature);
+  FP4_CHECK(top_k == -1 || top_k >= 1, "{}: top_k {} must be -1 (all tokens) or at least 1", request, top_k);
+  FP4_CHECK(top_p > 0.0f && top_p <= 1.0f, "{}: top_p {} must be in (0, 1]", request, top_p);
+  FP4_CHECK(min_p >= 0.0f && min_p <= 1.0f, "{}: min_p {} must be in [0, 1]", request, min_p);
+  FP4_CHECK(n_top_logprobs >= 0, "{}: top_logprobs_num {} must be >= 0", request, n_top_logprobs);
+}
+
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Token ids ordered by `value` descending, lower id first on ties; only the first `count` are sorted.
+std::vector<int32_t> order_descending(std::span<const float> values, int64_t count) {
+  std::vector<int32_t> order(values.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + count, order.end(),
+                    [&](int32_t a, int32_t b) { return values[a] > values[b] || (values[a] == values[b] && a < b); });
+  order.resize(static_cast<size_t>(count));
+  return order;
+}
+
+}  // namespace
+
+double sampling_uniform(uint64_t seed, int64_t token_index) {
+  const uint64_t bits = splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(token_index));
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;
+}
+
+SampledToken sample_token(std::span<const float> logits, const SamplingParams& params, int64_t token_index) {
+  const int64_t vocab = static_cast<int64_t>(logits.size());
+  FP4_CHECK(vocab > 0, "sampling from an empty logits row");
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  for (int64_t i = 0; i < vocab; ++i)
+    FP4_CHECK(!std::isnan(logits[i]), "sampling: logit of token {} is NaN (the model produced non-finite values)", i);
+  FP4_CHECK(std::isfinite(max_logit), "sampling: the largest logit is {}; logits must be finite or -inf", max_logit);
+
+  // log-softmax of the raw logits, fp32 (max-subtracted; the sum accumulates in fp32 like torch's).
+  float sum_exp = 0.0f;
+  for (float l : logits) sum_exp += std::exp(l - max_logit);
+  const float log_normalizer = max_logit + std::log(sum_exp);
+  auto logprob_of = [&](int32_t token) { return logits[token] - log_normalizer; };
+
+  SampledToken result;
+  if (params.is_greedy()) {
+    result.token = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  } else {
+    const int64_t n_candidates = params.top_k == -1 ? vocab : std::min<int64_t>(params.top_k, vocab);
+    const std::vector<int32_t> order = order_descending(logits, n_candidates);
+    std::vector<double> probs(order.size());
+    const double inv_temperature = 1.0 / static_cast<double>(params.temperature);
+    double total = 0.0;  // over the whole vocabulary, so top_p and min_p see the unfiltered distribution
+    for (float l : logits) total += std::exp((static_cast<double>(l) - max_logit) * inv_temperature);
+    for (size_t i = 0; i < order.size(); ++i)
+      probs[i] = std::exp((static_cast<double>(logits[order[i]]) - max_logit) * inv_temperature) / total;
+
+    size_t n_kept = 0;
+    double mass_before = 0.0;
+    for (; n_kept < probs.size(); ++n_kept) {
+      const bool reached_top_p = n_kept > 0 && mass_before >= params.top_p;
+      const bool below_min_p = probs[n_kept] < params.min_p * probs[0];
+      if (reached_top_p || below_min_p) break;
+      mass_before += probs[n_kept];
+    }
+    const double target = sampling_uniform(params.seed, token_index) * mass_before;
+    double cumulative = 0.0;
+    result.token = order[n_kept - 1];  // rounding can leave target at the total mass
+    for (size_t i = 0; i < n_kept; ++i) {
+      cumulative += probs[i];
+      if (target < cumulative) {
+        result.token = order[i];
+        break;
+      }
+    }
+  }
+  result.logprob = logprob_of(result.token);
+  if (params.n_top_logprobs > 0)
+    for (int32_t token : order_descending(logits, std::min<int64_t>(params.n_top_logprobs, vocab)))
+      result.top_logprobs.emplace_back(token, logprob_of(token));
+  return result;
+}
+
+}  // namespace fp4serve

@@ -1,0 +1,83 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+
+namespace fp4serve {
+
+Scheduler::Scheduler(PageAllocator& pages, SchedulerOptions options) : pages_(pages), options_(options) {
+  FP4_CHECK(options.max_running_sequences > 0 && options.max_prefill_tokens > 0,
+            "scheduler: max_running_sequences {} and max_prefill_tokens {} must be positive",
+            options.max_running_sequences, options.max_prefill_tokens);
+}
+
+void Scheduler::add(Sequence* seq) {
+  seq->status = SequenceStatus::Waiting;
+  waiting_.push_back(seq);
+}
+
+ScheduledBatch Scheduler::schedule() {
+  ScheduledBatch batch = schedule_prefill();
+  return batch.sequences.empty() ? schedule_decode() : batch;
+}
+
+ScheduledBatch Scheduler::schedule_prefill() {
+  ScheduledBatch batch{.sequences = {}, .prefill = true};
+  int64_t n_tokens = 0;
+  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running_sequences) {
+    Sequence* seq = waiting_.front();
+    const int64_t seq_tokens = static_cast<int64_t>(seq->tokens.size());
+    if (!batch.sequences.empty() && n_tokens + seq_tokens > options_.max_prefill_tokens) break;
+    if (!pages_.can_allocate(seq_tokens)) break;
+    pages_.allocate(seq->pages, seq_tokens);
+    waiting_.pop_front();
+    seq->status = SequenceStatus::Running;
+    running_.push_back(seq);
+    batch.sequences.push_back(seq);
+    n_tokens += seq_tokens;
+  }
+  return batch;
+}
+
+ScheduledBatch Scheduler::schedule_decode() {
+  ScheduledBatch batch{.sequences = {}, .prefill = false};
+  std::deque<Sequence*> candidates;
+  candidates.swap(running_);
+  while (!candidates.empty()) {
+    Sequence* seq = candidates.front();
+    candidates.pop_front();
+    bool preempted_self = false;
+    while (!pages_.can_append(seq->pages, 1)) {
+      if (candidates.empty()) {
+        preempt(seq);
+        preempted_self = true;
+        break;
+      }
+      preempt(candidates.back());
+      candidates.pop_back();
+    }
+    if (preempted_self) continue;
+    pages_.append(seq->pages, 1);
+    batch.sequences.push_back(seq);
+  }
+  running_.assign(batch.sequences.begin(), batch.sequences.end());
+  return batch;
+}
+
+void Scheduler::preempt(Sequence* seq) {
+  pages_.free(seq->pages);
+  seq->status = SequenceStatus::Waiting;
+  waiting_.push_front(seq);
+}
+
+void Scheduler::finish(Sequence* seq) {
+  pages_.free(seq->pages);
+  seq->status = SequenceStatus::Finished;
+  for (std::deque<Sequence*>* queue : {&waiting_, &running_}) {
+    const auto it = std::find(queue->begin(), queue->end(), seq);
+    if (it != queue->end()) queue->erase(it);
+  }
+}
+
+}  // namespace fp4serve

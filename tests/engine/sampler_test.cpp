@@ -1,0 +1,115 @@
+// Sampler: greedy and its ties, filters (top-k, top-p, min-p) checked by which tokens can ever be drawn,
+// determinism per (seed, token index), logprobs of the raw logits, bad parameters.
+#include "engine/sampler.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+#include <vector>
+
+#include "common/error.h"
+
+namespace fp4serve {
+namespace {
+
+using testing::HasSubstr;
+using testing::ThrowsMessage;
+
+// Tokens drawn over many token indices (each index is a fresh uniform draw).
+std::set<int32_t> drawn_tokens(const std::vector<float>& logits, SamplingParams params, int n_draws = 2000) {
+  std::set<int32_t> seen;
+  for (int i = 0; i < n_draws; ++i) seen.insert(sample_token(logits, params, i).token);
+  return seen;
+}
+
+TEST(Sampler, GreedyTakesTheLargestLogitAndTheLowestIdOnTies) {
+  const std::vector<float> logits{0.5f, 2.0f, -1.0f, 2.0f};
+  SamplingParams greedy{.temperature = 0.0f};
+  EXPECT_EQ(sample_token(logits, greedy, 0).token, 1);
+  SamplingParams top1{.temperature = 5.0f, .top_k = 1};
+  EXPECT_EQ(drawn_tokens(logits, top1, 100), std::set<int32_t>{1});
+}
+
+TEST(Sampler, LogprobIsTheRawLogSoftmaxWhateverTheTemperature) {
+  const std::vector<float> logits{1.0f, 2.0f, 3.0f};
+  const double log_z = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0));
+  for (float temperature : {0.0f, 0.5f, 2.0f}) {
+    const SampledToken t = sample_token(logits, {.temperature = temperature, .n_top_logprobs = 2}, 3);
+    EXPECT_NEAR(t.logprob, logits[t.token] - log_z, 1e-6);
+    ASSERT_EQ(t.top_logprobs.size(), 2u);
+    EXPECT_EQ(t.top_logprobs[0].first, 2);
+    EXPECT_NEAR(t.top_logprobs[0].second, 3.0 - log_z, 1e-6);
+    EXPECT_EQ(t.top_logprobs[1].first, 1);
+  }
+}
+
+TEST(Sampler, TopKKeepsOnlyTheKMostProbable) {
+  const std::vector<float> logits{0.0f, 1.0f, 0.9f, 0.8f, -0.5f};
+  EXPECT_EQ(drawn_tokens(logits, {.top_k = 2}), (std::set<int32_t>{1, 2}));
+  EXPECT_EQ(drawn_tokens(logits, {.top_k = 100}), (std::set<int32_t>{0, 1, 2, 3, 4}));  // k beyond the vocabulary
+}
+
+TEST(Sampler, TopPKeepsTheShortestPrefixReachingP) {
+  // Probabilities 0.5, 0.25, 0.125, 0.125 (logits are their logs).
+  const std::vector<float> logits{std::log(0.125f), std::log(0.5f), std::log(0.25f), std::log(0.125f)};
+  EXPECT_EQ(drawn_tokens(logits, {.top_p = 0.45f}), std::set<int32_t>{1});  // 0.5 alone reaches 0.45
+  EXPECT_EQ(drawn_tokens(logits, {.top_p = 0.6f}), (std::set<int32_t>{1, 2}));
+  EXPECT_EQ(drawn_tokens(logits, {.top_p = 0.8f}), (std::set<int32_t>{0, 1, 2}));  // tie 0.125: lower id first
+  EXPECT_EQ(drawn_tokens(logits, {.top_p = 0.1f}), std::set<int32_t>{1});          // the top token always stays
+}
+
+TEST(Sampler, MinPDropsTokensBelowAFractionOfTheMax) {
+  const std::vector<float> logits{std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
+  EXPECT_EQ(drawn_tokens(logits, {.min_p = 0.5f}), (std::set<int32_t>{0, 1}));      // >= 0.25
+  EXPECT_EQ(drawn_tokens(logits, {.min_p = 0.29f}), (std::set<int32_t>{0, 1, 2}));  // >= 0.145
+  EXPECT_EQ(drawn_tokens(logits, {.min_p = 1.0f}), std::set<int32_t>{0});
+}
+
+TEST(Sampler, FrequenciesFollowTheTemperedDistribution) {
+  // At temperature 2 the probabilities of logits {0, log 4} are 1/3 and 2/3.
+  const std::vector<float> logits{0.0f, std::log(4.0f)};
+  int ones = 0;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) ones += sample_token(logits, {.temperature = 2.0f, .seed = 7}, i).token;
+  EXPECT_NEAR(ones / double(n), 2.0 / 3.0, 0.02);
+}
+
+TEST(Sampler, SameSeedAndIndexSameTokenDifferentSeedsDiffer) {
+  std::vector<float> logits(50);
+  for (int i = 0; i < 50; ++i) logits[i] = std::sin(i * 1.7f);
+  std::vector<int32_t> a, b, c;
+  for (int i = 0; i < 64; ++i) {
+    a.push_back(sample_token(logits, {.seed = 42}, i).token);
+    b.push_back(sample_token(logits, {.seed = 42}, i).token);
+    c.push_back(sample_token(logits, {.seed = 43}, i).token);
+  }
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_EQ(sampling_uniform(42, 5), sampling_uniform(42, 5));
+  EXPECT_NE(sampling_uniform(42, 5), sampling_uniform(42, 6));
+}
+
+TEST(Sampler, RejectsNaNLogitsAndBadParameters) {
+  EXPECT_THAT(
+      [] {
+        sample_token(std::vector<float>{0.0f, NAN}, {}, 0);
+      },
+      ThrowsMessage<Error>(HasSubstr("logit of token 1 is NaN")));
+  EXPECT_THAT(
+      [] {
+        sample_token(std::vector<float>{-INFINITY, -INFINITY}, {}, 0);
+      },
+      ThrowsMessage<Error>(HasSubstr("largest logit is -inf")));
+  // -inf entries are allowed (masked tokens) and are never drawn.
+  EXPECT_EQ(drawn_tokens({-INFINITY, 0.0f, -INFINITY}, {}, 50), std::set<int32_t>{1});
+  EXPECT_THAT([] { SamplingParams{.temperature = -1.0f}.validate("request 3"); },
+              ThrowsMessage<Error>(HasSubstr("request 3: temperature -1 must be finite and >= 0")));
+  EXPECT_THAT([] { SamplingParams{.top_k = 0}.validate("r"); }, ThrowsMessage<Error>(HasSubstr("top_k 0")));
+  EXPECT_THAT([] { SamplingParams{.top_p = 0.0f}.validate("r"); }, ThrowsMessage<Error>(HasSubstr("top_p 0")));
+  EXPECT_THAT([] { SamplingParams{.min_p = 1.5f}.validate("r"); }, ThrowsMessage<Error>(HasSubstr("min_p 1.5")));
+}
+
+}  // namespace
+}  // namespace fp4serve
