@@ -6,6 +6,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -28,7 +29,8 @@ using ::testing::HasSubstr;
 constexpr int64_t kHidden = 64, kHeads = 2, kHeadDim = 32, kExperts = 4, kMoeI = 32, kDenseI = 64, kVocab = 40;
 
 fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::path(::testing::TempDir()) / ("fp4serve_quant_" + name);
+  // Per process: CTest runs the tests of this suite in parallel processes, each with its own SetUpTestSuite.
+  const fs::path dir = fs::path(::testing::TempDir()) / ("fp4serve_quant_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(dir);
   return dir;
 }
