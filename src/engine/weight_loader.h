@@ -27,7 +27,7 @@ enum class SourceFormat {
 struct LoadOptions {
   size_t staging_bytes = size_t{64} << 20;  // chunk size of the staging buffer
   FileOpener open_file = open_posix_file;   // tests inject I/O faults here
-  std::function<void()> between_validate_and_commit;  // tests change files here
+  std::function<void()> between_validate_and_commit{};  // tests change files here
 };
 
 struct LoadResult {

@@ -1,0 +1,366 @@
+// Hot reload on the real model (issue: "Hot weight reload"): checkpoints made through the public CLI (synth +
+// quantize), loaded with WeightUpdater. A reload must give the bytes (derived ones included) and logits of a fresh
+// start, keep every storage address, never grow memory, and leave the model byte-identical on any bad input.
+#include <gtest/gtest.h>
+#include <malloc.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "engine/weight_updater.h"
+#include "engine/weights_digest.h"
+#include "io/checkpoint.h"
+#include "io/quant_config.h"
+#include "model/qwen3_model.h"
+
+namespace fp4serve {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string fp4serve_bin() {
+  const char* env = std::getenv("FP4SERVE_BIN");
+  return env ? env : FP4SERVE_BINARY_DIR "/fp4serve";
+}
+
+void run_cli(const std::string& args) {
+  std::string cmd = fp4serve_bin() + " " + args + " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
+// Checkpoints shared by the suite: two bf16 models (seeds 1, 2), their NVFP4 versions, and a 3-layer one.
+struct Checkpoints {
+  fs::path root, a_bf16, b_bf16, a, b, three_layers;
+};
+Checkpoints* ckpts = nullptr;
+
+class Reload : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ckpts = new Checkpoints;
+    ckpts->root = fs::temp_directory_path() / ("fp4serve_reload_" + std::to_string(::getpid()));
+    fs::remove_all(ckpts->root);
+    fs::create_directories(ckpts->root);
+    ckpts->a_bf16 = ckpts->root / "a_bf16";
+    ckpts->b_bf16 = ckpts->root / "b_bf16";
+    ckpts->a = ckpts->root / "a";
+    ckpts->b = ckpts->root / "b";
+    ckpts->three_layers = ckpts->root / "three";
+    run_cli("synth --arch qwen3-moe --preset tiny --seed 1 --out " + ckpts->a_bf16.string());
+    run_cli("synth --arch qwen3-moe --preset tiny --seed 2 --out " + ckpts->b_bf16.string());
+    run_cli("quantize --in " + ckpts->a_bf16.string() + " --out " + ckpts->a.string());
+    run_cli("quantize --in " + ckpts->b_bf16.string() + " --out " + ckpts->b.string());
+    fs::path three_bf16 = ckpts->root / "three_bf16";
+    run_cli("synth --arch qwen3-moe --preset tiny --layers 3 --seed 3 --out " + three_bf16.string());
+    run_cli("quantize --in " + three_bf16.string() + " --out " + ckpts->three_layers.string());
+  }
+  static void TearDownTestSuite() {
+    fs::remove_all(ckpts->root);
+    delete ckpts;
+  }
+};
+
+struct Served {
+  std::unique_ptr<Qwen3Model> model;
+  std::unique_ptr<WeightUpdater> updater;
+};
+
+Served serve(const fs::path& dir, QuantOptions options, LoadOptions load_options = {}) {
+  ModelConfig config = load_model_config(dir);
+  Served s;
+  s.model = std::make_unique<Qwen3Model>(config, load_quant_config(dir), options);
+  s.updater = std::make_unique<WeightUpdater>(*s.model, config, std::move(load_options));
+  s.updater->load(dir);
+  return s;
+}
+
+// Every parameter name (aliases included) -> its bytes.
+std::map<std::string, std::vector<uint8_t>> snapshot(const Qwen3Model& model) {
+  std::map<std::string, std::vector<uint8_t>> out;
+  for (const auto& name : model.params().names()) {
+    Tensor host = to_host(model.params().get(name));
+    out[name].assign(host.raw(), host.raw() + host.nbytes());
+  }
+  return out;
+}
+
+// Names the first parameter whose bytes differ (a whole-map EXPECT_EQ would print megabytes).
+::testing::AssertionResult same_state(const std::map<std::string, std::vector<uint8_t>>& a,
+                                      const std::map<std::string, std::vector<uint8_t>>& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << a.size() << " vs " << b.size() << " parameters";
+  for (const auto& [name, bytes] : a) {
+    auto it = b.find(name);
+    if (it == b.end()) return ::testing::AssertionFailure() << "parameter " << name << " missing";
+    if (it->second != bytes) return ::testing::AssertionFailure() << "parameter " << name << " differs";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+std::map<std::string, const uint8_t*> addresses(const Qwen3Model& model) {
+  std::map<std::string, const uint8_t*> out;
+  for (const auto& name : model.params().names()) out[name] = model.params().get(name).raw();
+  return out;
+}
+
+// Logits of every position of one sequence, as raw float bits.
+std::vector<uint32_t> logits(Qwen3Model& model, const std::vector<int32_t>& tokens) {
+  const ModelConfig& c = model.config();
+  const int64_t page_size = 16, n_pages = (static_cast<int64_t>(tokens.size()) + page_size - 1) / page_size;
+  Shape kv_shape{c.num_hidden_layers, n_pages, page_size, c.num_key_value_heads, c.head_dim};
+  KvCacheTensors kv{Tensor::empty(kv_shape, DType::BF16, Device::CPU), Tensor::empty(kv_shape, DType::BF16, Device::CPU)};
+  std::vector<int32_t> pages(n_pages);
+  for (int64_t i = 0; i < n_pages; ++i) pages[i] = static_cast<int32_t>(i);
+  ForwardBatch batch{.sequences = {{tokens, 0, pages}}, .kv_cache = &kv, .all_logits = true};
+  ForwardOutput out = model.forward(batch);
+  Tensor host = to_host(out.all_logits);
+  std::vector<uint32_t> bits(host.numel());
+  std::memcpy(bits.data(), host.raw(), host.nbytes());
+  return bits;
+}
+
+const std::vector<int32_t> kPrompt{257, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 258, 10, 65, 66};
+
+struct Mode {
+  WeightLayout layout;
+  ActQuant act;
+};
+std::vector<Mode> all_modes() {
+  std::vector<Mode> modes;
+  for (WeightLayout layout : {WeightLayout::Cutlass, WeightLayout::Trtllm})
+    for (ActQuant act : {ActQuant::None, ActQuant::Static, ActQuant::PerToken}) modes.push_back({layout, act});
+  return modes;
+}
+std::string describe(const Mode& m) {
+  return std::string(weight_layout_name(m.layout)) + "/" + std::string(act_quant_name(m.act));
+}
+
+TEST_F(Reload, AToBEqualsFreshBBitwiseInEveryLayoutAndActivationMode) {
+  for (const Mode& mode : all_modes()) {
+    SCOPED_TRACE(describe(mode));
+    QuantOptions options{.layout = mode.layout, .act_quant = mode.act};
+    Served fresh_b = serve(ckpts->b, options);
+    Served served = serve(ckpts->a, options);
+    auto a_state = snapshot(*served.model);
+    auto a_logits = logits(*served.model, kPrompt);
+
+    served.updater->load(ckpts->b);
+    EXPECT_TRUE(same_state(snapshot(*served.model), snapshot(*fresh_b.model)));
+    EXPECT_EQ(logits(*served.model, kPrompt), logits(*fresh_b.model, kPrompt));
+    EXPECT_NE(logits(*served.model, kPrompt), a_logits);
+
+    served.updater->load(ckpts->a);
+    EXPECT_TRUE(same_state(snapshot(*served.model), a_state));
+    EXPECT_EQ(logits(*served.model, kPrompt), a_logits);
+    served.updater->load(ckpts->a);  // A into A changes nothing
+    EXPECT_TRUE(same_state(snapshot(*served.model), a_state));
+    EXPECT_EQ(model_weights_digest(*served.model), checkpoint_digest(ckpts->a));
+  }
+}
+
+TEST_F(Reload, AddressesStayAndMemoryDoesNotGrow) {
+  Served served = serve(ckpts->a, {.layout = WeightLayout::Trtllm, .act_quant = ActQuant::Static});
+  auto before = addresses(*served.model);
+  size_t param_bytes = served.model->params().total_bytes();
+  for (int i = 0; i < 10; ++i) served.updater->load(i % 2 ? ckpts->a : ckpts->b);
+  EXPECT_EQ(addresses(*served.model), before);
+
+  // After warming up (allocator pools), 50 more reloads must not grow the heap in use.
+  size_t in_use_before = mallinfo2().uordblks;
+  for (int i = 0; i < 50; ++i) served.updater->load(i % 2 ? ckpts->a : ckpts->b);
+  size_t in_use_after = mallinfo2().uordblks;
+  EXPECT_LT(in_use_after, in_use_before + (256u << 10)) << in_use_before << " -> " << in_use_after;
+  EXPECT_EQ(served.model->params().total_bytes(), param_bytes);
+  EXPECT_EQ(addresses(*served.model), before);
+  EXPECT_EQ(served.updater->reloads(), 60);
+}
+
+TEST_F(Reload, SmallStagingBufferGivesTheSameBytes) {
+  Served big = serve(ckpts->b, {});
+  Served small = serve(ckpts->a, {}, {.staging_bytes = 4096});  // tensors span many chunks
+  LoadResult r = small.updater->load(ckpts->b);
+  EXPECT_TRUE(same_state(snapshot(*small.model), snapshot(*big.model)));
+  EXPECT_LE(r.peak_staging_bytes, 4096u);
+}
+
+TEST_F(Reload, Bf16OnlineReloadEqualsQuantizeThenReload) {
+  for (const Mode& mode : all_modes()) {
+    SCOPED_TRACE(describe(mode));
+    QuantOptions options{.layout = mode.layout, .act_quant = mode.act};
+    Served quantized = serve(ckpts->a, options);
+    quantized.updater->load(ckpts->b);
+    Served online = serve(ckpts->a, options);
+    LoadResult r = online.updater->load(ckpts->b_bf16);
+    EXPECT_EQ(r.format, SourceFormat::Bf16Online);
+    EXPECT_TRUE(same_state(snapshot(*online.model), snapshot(*quantized.model)));
+    EXPECT_EQ(model_weights_digest(*online.model), checkpoint_digest(ckpts->b));
+  }
+}
+
+// ---- failure cases: each leaves the served model byte-identical ----
+
+struct Mutable {
+  std::map<std::string, TensorDecl> decls;
+  std::map<std::string, std::vector<uint8_t>> bytes;
+};
+
+Mutable read_all(const fs::path& dir) {
+  Mutable m;
+  Checkpoint ckpt = Checkpoint::open(dir);
+  for (const auto& name : ckpt.tensor_names()) {
+    const CheckpointTensor& t = ckpt.tensor(name);
+    m.decls[name] = {name, t.info->dtype, t.info->shape};
+    m.bytes[name].assign(t.bytes.begin(), t.bytes.end());
+  }
+  return m;
+}
+
+// Writes `m` as a single-file checkpoint with `source`'s config files.
+fs::path write_variant(const fs::path& source, const fs::path& dir, const Mutable& m) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const char* f : {"config.json", "hf_quant_config.json"})
+    if (fs::exists(source / f)) fs::copy_file(source / f, dir / f);
+  std::vector<TensorDecl> decls;
+  for (const auto& [name, d] : m.decls) decls.push_back(d);
+  SafetensorsWriter writer(dir / "model.safetensors", decls);
+  for (const auto& d : decls) writer.write(d.name, m.bytes.at(d.name));
+  writer.finish();
+  return dir;
+}
+
+class ReloadFailure : public Reload {
+ protected:
+  void SetUp() override {
+    served_ = serve(ckpts->a, {.layout = WeightLayout::Trtllm, .act_quant = ActQuant::Static});
+    before_ = snapshot(*served_.model);
+    logits_before_ = logits(*served_.model, kPrompt);
+  }
+  // The reload of `dir` must fail with every fragment in its message, and change nothing.
+  void expect_refused(const fs::path& dir, const std::vector<std::string>& fragments) {
+    try {
+      served_.updater->load(dir);
+      ADD_FAILURE() << "reload of " << dir << " succeeded";
+    } catch (const Error& e) {
+      for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(served_.updater->state(), WeightLoader::State::Loaded);
+    EXPECT_TRUE(same_state(snapshot(*served_.model), before_));
+    EXPECT_EQ(logits(*served_.model, kPrompt), logits_before_);
+  }
+  fs::path variant(const std::string& name, const std::function<void(Mutable&)>& edit) {
+    Mutable m = read_all(ckpts->b);
+    edit(m);
+    return write_variant(ckpts->b, ckpts->root / ("variant_" + name), m);
+  }
+
+  Served served_;
+  std::map<std::string, std::vector<uint8_t>> before_;
+  std::vector<uint32_t> logits_before_;
+};
+
+const std::string kExpert = "model.layers.1.mlp.experts.3.down_proj";
+const std::string kQProj = "model.layers.0.self_attn.q_proj";
+
+TEST_F(ReloadFailure, MissingExpert) {
+  expect_refused(variant("missing", [](Mutable& m) {
+                   for (const char* s : {".weight", ".weight_scale", ".weight_scale_2", ".input_scale"}) {
+                     m.decls.erase(kExpert + s);
+                     m.bytes.erase(kExpert + s);
+                   }
+                 }),
+                 {kExpert + ".weight", "missing"});
+}
+
+TEST_F(ReloadFailure, ExtraUnknownTensor) {
+  expect_refused(variant("extra",
+                         [](Mutable& m) {
+                           m.decls["model.layers.0.mlp.experts.99.up_proj.weight"] = {
+                               "model.layers.0.mlp.experts.99.up_proj.weight", DType::U8, {4}};
+                           m.bytes["model.layers.0.mlp.experts.99.up_proj.weight"] = {1, 2, 3, 4};
+                         }),
+                 {"experts.99.up_proj.weight", "not part of this model"});
+}
+
+TEST_F(ReloadFailure, WrongShapeAndWrongDtype) {
+  expect_refused(variant("shape",
+                         [](Mutable& m) {
+                           auto& d = m.decls[kQProj + ".weight"];
+                           d.shape = {d.shape[1], d.shape[0]};
+                         }),
+                 {kQProj + ".weight", "shape"});
+  expect_refused(variant("dtype", [](Mutable& m) { m.decls[kQProj + ".weight_scale"].dtype = DType::U8; }),
+                 {kQProj + ".weight_scale", "dtype is U8"});
+}
+
+TEST_F(ReloadFailure, NonFiniteOrNonPositiveScales) {
+  for (float bad : {std::nanf(""), 0.0f, -0.5f}) {
+    expect_refused(variant("scale",
+                           [&](Mutable& m) {
+                             std::memcpy(m.bytes[kExpert + ".weight_scale_2"].data(), &bad, 4);
+                           }),
+                   {kExpert + ".weight_scale_2", "finite and > 0"});
+  }
+  expect_refused(variant("nan_block", [](Mutable& m) { m.bytes[kQProj + ".weight_scale"][5] = 0x7F; }),
+                 {kQProj + ".weight_scale", "NaN"});
+}
+
+TEST_F(ReloadFailure, TruncatedShardEmptyDirMissingShardAndWrongArchitecture) {
+  fs::path truncated = variant("truncated", [](Mutable&) {});
+  fs::resize_file(truncated / "model.safetensors", fs::file_size(truncated / "model.safetensors") - 100);
+  expect_refused(truncated, {"model.safetensors"});
+
+  fs::path empty = ckpts->root / "empty";
+  fs::create_directories(empty);
+  expect_refused(empty, {empty.string()});
+
+  fs::path missing_shard = ckpts->root / "missing_shard";
+  fs::remove_all(missing_shard);
+  fs::copy(ckpts->b, missing_shard);
+  nlohmann::json index = nlohmann::json::parse(std::ifstream(missing_shard / "model.safetensors.index.json"));
+  index["weight_map"][kQProj + ".weight"] = "model-99999-of-99999.safetensors";
+  std::ofstream(missing_shard / "model.safetensors.index.json") << index.dump();
+  expect_refused(missing_shard, {"model-99999-of-99999.safetensors"});
+
+  expect_refused(ckpts->three_layers, {"num_hidden_layers", "config.json"});
+}
+
+TEST_F(ReloadFailure, FileChangedInPlaceAfterValidationKeepsTheOldWeights) {
+  fs::path c = variant("in_place", [](Mutable&) {});
+  bool armed = false;
+  LoadOptions options;
+  options.between_validate_and_commit = [&] {
+    if (!armed) return;
+    std::fstream f(c / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-7, std::ios::end);
+    char byte = static_cast<char>(f.get() ^ 0x5A);
+    f.seekp(-7, std::ios::end);
+    f.put(byte);
+  };
+  served_ = serve(ckpts->a, {.layout = WeightLayout::Trtllm, .act_quant = ActQuant::Static}, options);
+  armed = true;
+  expect_refused(c, {"changed on disk after validation", "previous weights"});
+}
+
+TEST_F(ReloadFailure, ShardDeletedAfterValidationLoadsTheValidatedNewWeightsCompletely) {
+  Served fresh_b = serve(ckpts->b, {.layout = WeightLayout::Trtllm, .act_quant = ActQuant::Static});
+  fs::path c = variant("deleted", [](Mutable&) {});
+  bool armed = false;
+  LoadOptions options;
+  options.between_validate_and_commit = [&] {
+    if (armed) fs::remove(c / "model.safetensors");
+  };
+  served_ = serve(ckpts->a, {.layout = WeightLayout::Trtllm, .act_quant = ActQuant::Static}, options);
+  armed = true;
+  served_.updater->load(c);  // the open descriptor still holds the validated bytes: all new, never a mix
+  EXPECT_TRUE(same_state(snapshot(*served_.model), snapshot(*fresh_b.model)));
+}
+
+}  // namespace
+}  // namespace fp4serve
