@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   fp4serve::tools::register_synth(app);
   fp4serve::tools::register_inspect(app);
   fp4serve::tools::register_quantize(app);
+  fp4serve::tools::register_generate(app);
+  fp4serve::tools::register_digest(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -6,7 +6,8 @@
 
 namespace fp4serve {
 
-Scheduler::Scheduler(PageAllocator& pages, SchedulerOptions options) : pages_(pages), options_(options) {
+Scheduler::Scheduler(PageAllocator& pages, PrefixCache* prefix_cache, SchedulerOptions options)
+    : pages_(pages), prefix_cache_(prefix_cache), options_(options) {
   FP4_CHECK(options.max_running_sequences > 0 && options.max_prefill_tokens > 0,
             "scheduler: max_running_sequences {} and max_prefill_tokens {} must be positive",
             options.max_running_sequences, options.max_prefill_tokens);
@@ -22,20 +23,33 @@ ScheduledBatch Scheduler::schedule() {
   return batch.sequences.empty() ? schedule_decode() : batch;
 }
 
+bool Scheduler::make_free(int64_t n_pages) {
+  return prefix_cache_ ? prefix_cache_->make_free(n_pages) : pages_.n_free_pages() >= n_pages;
+}
+
 ScheduledBatch Scheduler::schedule_prefill() {
   ScheduledBatch batch{.sequences = {}, .prefill = true};
-  int64_t n_tokens = 0;
+  int64_t n_batch_tokens = 0;
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running_sequences) {
     Sequence* seq = waiting_.front();
-    const int64_t seq_tokens = static_cast<int64_t>(seq->tokens.size());
-    if (!batch.sequences.empty() && n_tokens + seq_tokens > options_.max_prefill_tokens) break;
-    if (!pages_.can_allocate(seq_tokens)) break;
-    pages_.allocate(seq->pages, seq_tokens);
+    const int64_t n_tokens = static_cast<int64_t>(seq->tokens.size());
+    std::vector<int32_t> hits =
+        prefix_cache_ ? prefix_cache_->match(seq->tokens, n_tokens - 1) : std::vector<int32_t>{};
+    const int64_t n_cached = static_cast<int64_t>(hits.size()) * pages_.page_size();
+    const int64_t n_new = n_tokens - n_cached;
+    const bool over_budget = !batch.sequences.empty() && n_batch_tokens + n_new > options_.max_prefill_tokens;
+    if (over_budget || !make_free(pages_.pages_for(n_tokens) - static_cast<int64_t>(hits.size()))) {
+      for (int32_t page : hits) pages_.release(page);
+      break;
+    }
+    seq->pages = {.pages = std::move(hits), .n_tokens = n_cached};
+    pages_.append(seq->pages, n_new);
+    seq->n_cached_tokens = n_cached;
     waiting_.pop_front();
     seq->status = SequenceStatus::Running;
     running_.push_back(seq);
     batch.sequences.push_back(seq);
-    n_tokens += seq_tokens;
+    n_batch_tokens += n_new;
   }
   return batch;
 }
@@ -48,7 +62,7 @@ ScheduledBatch Scheduler::schedule_decode() {
     Sequence* seq = candidates.front();
     candidates.pop_front();
     bool preempted_self = false;
-    while (!pages_.can_append(seq->pages, 1)) {
+    while (!pages_.can_append(seq->pages, 1) && !make_free(1)) {
       if (candidates.empty()) {
         preempt(seq);
         preempted_self = true;
@@ -66,6 +80,7 @@ ScheduledBatch Scheduler::schedule_decode() {
 }
 
 void Scheduler::preempt(Sequence* seq) {
+  ++n_preemptions_;
   pages_.free(seq->pages);
   seq->status = SequenceStatus::Waiting;
   waiting_.push_front(seq);

@@ -18,9 +18,9 @@ std::string_view finish_reason_name(FinishReason reason);  // "length" | "stop" 
 
 struct GenerateRequest {
   std::vector<int32_t> input_ids;  // the prompt, non-empty
-  SamplingParams sampling;
+  SamplingParams sampling{};
   int64_t max_new_tokens = 128;
-  std::vector<int32_t> stop_token_ids;  // finish on any of these (in addition to EOS unless ignore_eos)
+  std::vector<int32_t> stop_token_ids{};  // finish on any of these (in addition to EOS unless ignore_eos)
   bool ignore_eos = false;
 };
 
@@ -34,6 +34,7 @@ struct Sequence {
   std::vector<float> output_logprobs;                                       // one per generated token
   std::vector<std::vector<std::pair<int32_t, float>>> output_top_logprobs;  // when sampling.n_top_logprobs > 0
   PageTable pages;
+  int64_t n_cached_tokens = 0;  // positions its latest prefill took from the prefix cache (fed from there on)
   SequenceStatus status = SequenceStatus::Waiting;
   std::optional<FinishReason> finish_reason;
   std::optional<int32_t> matched_stop_token;

@@ -19,9 +19,9 @@ struct KvCacheTensors {
 };
 
 struct SequenceInput {
-  std::span<const int32_t> token_ids;   // the new tokens
-  int64_t start_position = 0;           // position of token_ids[0]; positions before it are in the cache
-  std::span<const int32_t> page_table;  // pages covering positions [0, start_position + token_ids.size())
+  std::span<const int32_t> token_ids{};   // the new tokens
+  int64_t start_position = 0;             // position of token_ids[0]; positions before it are in the cache
+  std::span<const int32_t> page_table{};  // pages covering positions [0, start_position + token_ids.size())
 };
 
 // Optional taps into the forward pass (calibration, routing replay, tests). Each receives host-readable tensors
@@ -37,7 +37,7 @@ struct ForwardObserver {
 };
 
 struct ForwardBatch {
-  std::vector<SequenceInput> sequences;
+  std::vector<SequenceInput> sequences{};
   const KvCacheTensors* kv_cache = nullptr;
   bool all_logits = false;  // also return the logits of every new token (prompt logprobs)
   const ForwardObserver* observer = nullptr;

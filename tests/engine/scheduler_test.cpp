@@ -19,7 +19,7 @@ struct Fixture {
   std::vector<std::unique_ptr<Sequence>> owned;
 
   Fixture(int64_t n_pages, int64_t page_size, SchedulerOptions options)
-      : pages(n_pages, page_size), scheduler(pages, options) {}
+      : pages(n_pages, page_size), scheduler(pages, nullptr, options) {}
 
   Sequence* add(int64_t id, int64_t n_prompt_tokens) {
     auto seq = std::make_unique<Sequence>();
@@ -103,6 +103,7 @@ TEST(Scheduler, PreemptsTheNewestSequenceWhenDecodeLacksPages) {
   EXPECT_EQ(b->status, SequenceStatus::Waiting);
   EXPECT_TRUE(b->pages.pages.empty());
   EXPECT_EQ(f.scheduler.waiting().front(), b);
+  EXPECT_EQ(f.scheduler.n_preemptions(), 1);
   EXPECT_EQ(a->pages.n_tokens, 5);
   sample_one(batch);
   // a finishes: b comes back with a prefill over all its 4 tokens (prompt + the one it generated).

@@ -1,13 +1,11 @@
 #include "test_support.h"
 
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <random>
 
-#include "engine/weight_loader.h"
 #include "format/bf16.h"
 #include "format/nvfp4.h"
 #include "io/json_file.h"
@@ -171,12 +169,6 @@ void write_checkpoint(const fs::path& dir, const ModelConfig& config, const Quan
   writer.finish();
 }
 
-std::unique_ptr<Qwen3Model> load_model(const fs::path& dir, const QuantOptions& options) {
-  auto model = std::make_unique<Qwen3Model>(load_model_config(dir), load_quant_config(dir), options);
-  WeightLoader(*model).load(dir, SourceFormat::Native);
-  return model;
-}
-
 SequenceRun run_sequence(Qwen3Model& model, const std::vector<int32_t>& tokens) {
   const ModelConfig& c = model.config();
   const int64_t page_size = 16, n_pages = (static_cast<int64_t>(tokens.size()) + page_size - 1) / page_size;
@@ -206,18 +198,6 @@ SequenceRun run_sequence(Qwen3Model& model, const std::vector<int32_t>& tokens) 
                            .observer = &observer};
   run.logits = as_doubles(model.forward(batch).all_logits);
   return run;
-}
-
-TempDir::TempDir(const std::string& tag) {
-  static int counter = 0;
-  path_ = fs::temp_directory_path() / fmt::format("fp4serve_{}_{}_{}", tag, ::getpid(), counter++);
-  fs::remove_all(path_);
-  fs::create_directories(path_);
-}
-
-TempDir::~TempDir() {
-  std::error_code ignored;
-  fs::remove_all(path_, ignored);
 }
 
 }  // namespace fp4serve::testing_support

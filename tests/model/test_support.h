@@ -1,6 +1,6 @@
 // Test support: checkpoints written from the HF tensor names of qwen3-moe.md (not from the model's bindings, so a
 // wrong binding shows as a load error) with random bf16 weights and norms that differ from 1 (a swapped norm shows),
-// an NVFP4 (ModelOpt) version quantized with quant/group_quant.h, loading, and running one sequence.
+// an NVFP4 (ModelOpt) version quantized with quant/group_quant.h, and running one sequence with observers.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -15,6 +15,7 @@
 #include "io/quant_config.h"
 #include "model/qwen3_model.h"
 #include "tensor/tensor.h"
+#include "tests/model/test_util.h"
 
 namespace fp4serve::testing_support {
 
@@ -41,9 +42,6 @@ QuantConfig nvfp4_quant_config();  // excludes lm_head, routers and embeddings
 void write_checkpoint(const std::filesystem::path& dir, const ModelConfig& config, const QuantConfig& quant,
                       const TensorMap& tensors);
 
-// Builds a model from the directory's configs and loads it with the weight loader (native format).
-std::unique_ptr<Qwen3Model> load_model(const std::filesystem::path& dir, const QuantOptions& options = {});
-
 // One sequence through the model from position 0 with its own KV cache (pages in reverse order, so paging shows).
 struct SequenceRun {
   std::vector<double> logits;                      // [T * V], every position
@@ -53,16 +51,5 @@ struct SequenceRun {
   std::map<std::string, std::vector<float>> linear_inputs;
 };
 SequenceRun run_sequence(Qwen3Model& model, const std::vector<int32_t>& tokens);
-
-// A fresh temporary directory removed at destruction.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag);
-  ~TempDir();
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 }  // namespace fp4serve::testing_support

@@ -1,0 +1,174 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+
+namespace fp4serve {
+
+std::string_view finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Stop:
+      return "stop";
+    case FinishReason::Abort:
+      return "abort";
+  }
+  return "?";
+}
+
+namespace {
+KvCacheGeometry geometry_of(const ModelConfig& config) {
+  return {.n_layers = config.num_hidden_layers, .n_kv_heads = config.num_key_value_heads, .head_dim = config.head_dim};
+}
+}  // namespace
+
+Engine::Engine(std::unique_ptr<Qwen3Model> model, EngineOptions options)
+    : model_(std::move(model)),
+      options_(std::move(options)),
+      kv_cache_(geometry_of(model_->config()), options_.kv_cache_tokens, options_.page_size, model_->options().device),
+      prefix_cache_(options_.enable_prefix_cache ? std::make_unique<PrefixCache>(kv_cache_.pages()) : nullptr),
+      scheduler_(kv_cache_.pages(), prefix_cache_.get(), options_.scheduler),
+      weight_version_(options_.weight_version) {}
+
+void Engine::check_request(const GenerateRequest& request, std::string_view name) const {
+  const ModelConfig& config = model_->config();
+  request.sampling.validate(name);
+  FP4_CHECK(!request.input_ids.empty(), "{}: the prompt is empty; send at least one token", name);
+  for (size_t i = 0; i < request.input_ids.size(); ++i)
+    FP4_CHECK(request.input_ids[i] >= 0 && request.input_ids[i] < config.vocab_size,
+              "{}: input id {} at position {} is outside the vocabulary [0, {})", name, request.input_ids[i], i,
+              config.vocab_size);
+  FP4_CHECK(request.max_new_tokens >= 0, "{}: max_new_tokens {} must be >= 0", name, request.max_new_tokens);
+  const int64_t total = static_cast<int64_t>(request.input_ids.size()) + request.max_new_tokens;
+  FP4_CHECK(total <= config.max_position_embeddings,
+            "{}: {} prompt tokens + max_new_tokens {} exceed the model's context of {} tokens", name,
+            request.input_ids.size(), request.max_new_tokens, config.max_position_embeddings);
+  FP4_CHECK(total <= kv_cache_.token_capacity(),
+            "{}: {} prompt tokens + max_new_tokens {} exceed the KV cache of {} tokens; lower max_new_tokens or "
+            "enlarge the cache",
+            name, request.input_ids.size(), request.max_new_tokens, kv_cache_.token_capacity());
+}
+
+int64_t Engine::add_request(GenerateRequest request) {
+  check_request(request, fmt::format("request {}", next_request_id_));
+  return queue_request(std::move(request));
+}
+
+int64_t Engine::queue_request(GenerateRequest request) {
+  const int64_t id = next_request_id_++;
+  auto seq = std::make_unique<Sequence>();
+  seq->id = id;
+  seq->tokens = request.input_ids;
+  seq->n_prompt_tokens = static_cast<int64_t>(request.input_ids.size());
+  seq->request = std::move(request);
+  if (seq->request.max_new_tokens == 0) {
+    seq->status = SequenceStatus::Finished;
+    seq->finish_reason = FinishReason::Length;
+  } else {
+    scheduler_.add(seq.get());
+  }
+  sequences_.emplace(id, std::move(seq));
+  return id;
+}
+
+bool Engine::is_stop_token(const Sequence& seq, int32_t token) const {
+  const auto contains = [token](const std::vector<int32_t>& ids) {
+    return std::find(ids.begin(), ids.end(), token) != ids.end();
+  };
+  return contains(seq.request.stop_token_ids) || (!seq.request.ignore_eos && contains(options_.eos_token_ids));
+}
+
+std::vector<StepToken> Engine::step() {
+  const ScheduledBatch scheduled = scheduler_.schedule();
+  if (scheduled.sequences.empty()) return {};
+
+  ForwardBatch batch{.sequences = {}, .kv_cache = &kv_cache_.tensors()};
+  for (const Sequence* seq : scheduled.sequences) {
+    const int64_t start = scheduled.prefill ? seq->n_cached_tokens : static_cast<int64_t>(seq->tokens.size()) - 1;
+    batch.sequences.push_back({.token_ids = std::span(seq->tokens).subspan(static_cast<size_t>(start)),
+                               .start_position = start,
+                               .page_table = seq->pages.pages});
+  }
+  const ForwardOutput output = model_->forward(batch);
+
+  std::vector<StepToken> produced;
+  const int64_t vocab = model_->config().vocab_size;
+  for (size_t i = 0; i < scheduled.sequences.size(); ++i) {
+    Sequence& seq = *scheduled.sequences[i];
+    const std::span<const float> logits(output.last_logits.data<float>() + static_cast<int64_t>(i) * vocab,
+                                        static_cast<size_t>(vocab));
+    if (scheduled.prefill && prefix_cache_) prefix_cache_->insert(seq.tokens, seq.pages.pages, seq.pages.n_tokens);
+    SampledToken sampled = sample_token(logits, seq.request.sampling, seq.n_output_tokens());
+    seq.tokens.push_back(sampled.token);
+    seq.output_logprobs.push_back(sampled.logprob);
+    if (seq.request.sampling.n_top_logprobs > 0) seq.output_top_logprobs.push_back(sampled.top_logprobs);
+
+    if (seq.n_output_tokens() >= seq.request.max_new_tokens) {
+      seq.finish_reason = FinishReason::Length;
+    } else if (is_stop_token(seq, sampled.token)) {
+      seq.finish_reason = FinishReason::Stop;
+      seq.matched_stop_token = sampled.token;
+    }
+    if (seq.finish_reason) {
+      if (prefix_cache_) prefix_cache_->insert(seq.tokens, seq.pages.pages, seq.pages.n_tokens);
+      scheduler_.finish(&seq);
+    }
+    produced.push_back({.request_id = seq.id,
+                        .token = sampled.token,
+                        .logprob = sampled.logprob,
+                        .top_logprobs = std::move(sampled.top_logprobs),
+                        .finished = seq.finish_reason.has_value()});
+  }
+  return produced;
+}
+
+void Engine::abort(int64_t request_id) {
+  const auto it = sequences_.find(request_id);
+  FP4_CHECK(it != sequences_.end(), "abort: request {} is unknown (never added, or its result was already taken)",
+            request_id);
+  Sequence& seq = *it->second;
+  if (seq.status == SequenceStatus::Finished) return;
+  seq.finish_reason = FinishReason::Abort;
+  scheduler_.finish(&seq);
+}
+
+void Engine::flush_prefix_cache() {
+  if (prefix_cache_) prefix_cache_->clear();
+}
+
+GenerateResult Engine::take_result(int64_t request_id) {
+  const auto it = sequences_.find(request_id);
+  FP4_CHECK(it != sequences_.end(), "request {} is unknown (never added, or its result was already taken)", request_id);
+  const Sequence& seq = *it->second;
+  FP4_CHECK(seq.status == SequenceStatus::Finished, "request {} has not finished yet", request_id);
+  GenerateResult result{
+      .request_id = request_id,
+      .output_ids = std::vector<int32_t>(seq.tokens.begin() + seq.n_prompt_tokens, seq.tokens.end()),
+      .output_logprobs = seq.output_logprobs,
+      .output_top_logprobs = seq.output_top_logprobs,
+      .finish_reason = *seq.finish_reason,
+      .matched_stop_token = seq.matched_stop_token,
+      .prompt_tokens = seq.n_prompt_tokens,
+      .cached_tokens = seq.n_cached_tokens,
+      .weight_version = weight_version_,
+  };
+  sequences_.erase(it);
+  return result;
+}
+
+std::vector<GenerateResult> Engine::generate(std::vector<GenerateRequest> requests) {
+  for (size_t i = 0; i < requests.size(); ++i) check_request(requests[i], fmt::format("request {}", i));
+  std::vector<int64_t> ids;
+  for (GenerateRequest& request : requests) ids.push_back(queue_request(std::move(request)));
+  while (has_unfinished())
+    FP4_CHECK(!step().empty(),
+              "engine: no sequence could be scheduled although requests are waiting (a request "
+              "larger than the KV cache slipped through validation)");
+  std::vector<GenerateResult> results;
+  for (int64_t id : ids) results.push_back(take_result(id));
+  return results;
+}
+
+}  // namespace fp4serve

@@ -1,0 +1,52 @@
+// Reuse of prompt prefixes across requests, by whole KV pages: a full page is keyed by a chain hash of every token
+// up to its end (XXH64 of its tokens seeded with the previous page's key), so a hit on page i means the same
+// tokens [0, (i + 1) * page_size) and the same KV. Hits are verified against the stored tokens. The cache holds one
+// reference on each cached page; pages held only by the cache are evicted least recently used first when the
+// allocator runs short. Only pages whose every position is computed are cached, so a shared page is never written.
+// Not thread-safe: the engine thread owns it.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/page_allocator.h"
+
+namespace fp4serve {
+
+class PrefixCache {
+ public:
+  explicit PrefixCache(PageAllocator& pages) : pages_(pages) {}
+  ~PrefixCache();
+  PrefixCache(const PrefixCache&) = delete;
+  PrefixCache& operator=(const PrefixCache&) = delete;
+
+  // The cached pages holding the longest run of whole pages that starts `tokens` and spans at most max_tokens
+  // tokens. Each returned page is retained once more: the caller owns that reference.
+  std::vector<int32_t> match(std::span<const int32_t> tokens, int64_t max_tokens);
+  // Caches the whole pages among the first n_computed positions of a sequence (tokens and its page table).
+  void insert(std::span<const int32_t> tokens, std::span<const int32_t> pages, int64_t n_computed);
+  // Evicts pages held only by the cache until n_pages pages are free or nothing more can be evicted; returns
+  // whether n_pages are free.
+  bool make_free(int64_t n_pages);
+  // Releases every cached page (the pages sequences still hold stay theirs).
+  void clear();
+
+  int64_t n_cached_pages() const { return static_cast<int64_t>(entries_.size()); }
+
+ private:
+  struct Entry {
+    int32_t page;
+    uint64_t parent_key;          // the previous page's key (0 for the first page)
+    std::vector<int32_t> tokens;  // [page_size], to verify hits
+    uint64_t last_use;
+  };
+  uint64_t key_of(uint64_t parent_key, std::span<const int32_t> page_tokens) const;
+  const Entry* find(uint64_t key, uint64_t parent_key, std::span<const int32_t> page_tokens) const;
+
+  PageAllocator& pages_;
+  std::unordered_map<uint64_t, Entry> entries_;  // by key
+  uint64_t clock_ = 0;                           // ticks at each match / insert, for LRU
+};
+
+}  // namespace fp4serve
