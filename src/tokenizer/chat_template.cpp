@@ -65,20 +65,27 @@ void refuse_unknown_switches(std::string_view source) {
   }
 }
 
-// Each rule of Qwen3's template that decides the rendered text, compacted.
-constexpr std::array<std::string_view, 6> kQwen3Rules{
-    "{%ifmessages[0].role=='system'%}{{'<|im_start|>system\\n'+messages[0].content+'<|im_end|>\\n'}}{%endif%}",
-    "not(message.content.startswith('<tool_response>')andmessage.content.endswith('</tool_response>'))",
-    "{%if(message.role=='user')or(message.role=='system'andnotloop.first)%}"
-    "{{'<|im_start|>'+message.role+'\\n'+content+'<|im_end|>'+'\\n'}}",
-    "{%setreasoning_content=content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n')%}"
-    "{%setcontent=content.split('</think>')[-1].lstrip('\\n')%}",
-    "{%ifloop.index0>ns.last_query_index%}{%ifloop.lastor(notloop.lastandreasoning_content)%}"
-    "{{'<|im_start|>'+message.role+'\\n<think>\\n'+reasoning_content.strip('\\n')+'\\n</think>\\n\\n'+"
-    "content.lstrip('\\n')}}{%else%}{{'<|im_start|>'+message.role+'\\n'+content}}{%endif%}{%else%}"
-    "{{'<|im_start|>'+message.role+'\\n'+content}}{%endif%}",
-    "{{'<|im_end|>\\n'}}{%elifmessage.role=='tool'%}",
-};
+// Each rule of Qwen3's template that decides the rendered text, compacted, met by either of its spellings: the
+// first Qwen3 release reads message.content directly, later ones a `content` copy that is '' unless a string
+// (the same text for our string contents). An empty second spelling means the rule has one.
+constexpr std::array<std::array<std::string_view, 2>, 6> kQwen3Rules{{
+    {"{%ifmessages[0].role=='system'%}{{'<|im_start|>system\\n'+messages[0].content+'<|im_end|>\\n'}}{%endif%}", ""},
+    {"not(message.content.startswith('<tool_response>')andmessage.content.endswith('</tool_response>'))", ""},
+    {"{%if(message.role=='user')or(message.role=='system'andnotloop.first)%}"
+     "{{'<|im_start|>'+message.role+'\\n'+content+'<|im_end|>'+'\\n'}}",
+     "{%if(message.role=='user')or(message.role=='system'andnotloop.first)%}"
+     "{{'<|im_start|>'+message.role+'\\n'+message.content+'<|im_end|>'+'\\n'}}"},
+    {"{%setreasoning_content=content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n')%}"
+     "{%setcontent=content.split('</think>')[-1].lstrip('\\n')%}",
+     "{%setcontent=message.content.split('</think>')[-1].lstrip('\\n')%}{%setreasoning_content=message.content."
+     "split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n')%}"},
+    {"{%ifloop.index0>ns.last_query_index%}{%ifloop.lastor(notloop.lastandreasoning_content)%}"
+     "{{'<|im_start|>'+message.role+'\\n<think>\\n'+reasoning_content.strip('\\n')+'\\n</think>\\n\\n'+"
+     "content.lstrip('\\n')}}{%else%}{{'<|im_start|>'+message.role+'\\n'+content}}{%endif%}{%else%}"
+     "{{'<|im_start|>'+message.role+'\\n'+content}}{%endif%}",
+     ""},
+    {"{{'<|im_end|>\\n'}}{%elifmessage.role=='tool'%}", ""},
+}};
 constexpr std::string_view kQwen3GenerationPrompt =
     "{%ifadd_generation_prompt%}{{'<|im_start|>assistant\\n'}}"
     "{%ifenable_thinkingisdefinedandenable_thinkingisfalse%}{{'<think>\\n\\n</think>\\n\\n'}}{%endif%}{%endif%}";
@@ -127,8 +134,8 @@ ChatTemplate ChatTemplate::from_jinja(std::string_view source) {
     if (compact == chatml) return ChatTemplate(Variant::kChatMl);
   }
   if (contains(compact, "enable_thinking") || contains(compact, "<think>")) {
-    for (std::string_view rule : kQwen3Rules) {
-      FP4_CHECK(contains(compact, rule),
+    for (const auto& [rule, other_spelling] : kQwen3Rules) {
+      FP4_CHECK(contains(compact, rule) || (!other_spelling.empty() && contains(compact, other_spelling)),
                 "chat template not supported: it handles <think> but differs from Qwen3's template (missing rule "
                 "{}); {}",
                 rule, kSupported);

@@ -27,15 +27,57 @@ pcre2_match_data* thread_match_data() {
 
 }  // namespace
 
+std::string with_oniguruma_whitespace(std::string_view pattern, std::string_view where) {
+  std::string out;
+  out.reserve(pattern.size());
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char escaped = pattern[++i];
+      if (escaped == 's') {
+        out += in_class ? std::string(kWhitespaceClassBody) : fmt::format("[{}]", kWhitespaceClassBody);
+      } else if (escaped == 'S') {
+        FP4_CHECK(!in_class, "{}: \\S inside a character class is not supported in regex \"{}\"", where, pattern);
+        out += fmt::format("[^{}]", kWhitespaceClassBody);
+      } else {
+        out += c;
+        out += escaped;
+      }
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out += c;
+      // A ']' first in a class (after an optional '^') is a literal.
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {
+      const size_t end = pattern.find(":]", i + 2);  // a POSIX class such as [:alpha:] inside a class
+      if (end != std::string_view::npos) {
+        out += pattern.substr(i, end + 2 - i);
+        i = end + 1;
+        continue;
+      }
+    }
+    if (in_class && c == ']') in_class = false;
+    out += c;
+  }
+  return out;
+}
+
 Regex::Regex(std::string_view pattern, bool literal, std::string_view where) {
   // PCRE2_LITERAL rejects PCRE2_UCP (a literal has no character classes to interpret).
   uint32_t options = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &error_code,
+  const std::string compiled = literal ? std::string(pattern) : with_oniguruma_whitespace(pattern, where);
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(compiled.data()), compiled.size(), options, &error_code,
                                    &error_offset, nullptr);
-  FP4_CHECK(code != nullptr, "{}: cannot compile regex \"{}\" at offset {}: {}", where, pattern, error_offset,
-            pcre2_message(error_code));
+  FP4_CHECK(code != nullptr, "{}: cannot compile regex \"{}\" (as \"{}\") at offset {}: {}", where, pattern, compiled,
+            error_offset, pcre2_message(error_code));
   code_ = std::shared_ptr<void>(code, [](void* p) { pcre2_code_free(static_cast<pcre2_code*>(p)); });
   // JIT is an accelerator only: pcre2_match falls back to the interpreter when it is unavailable.
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
