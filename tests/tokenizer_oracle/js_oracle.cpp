@@ -167,13 +167,18 @@ OracleAnswer run_js_oracle(const std::vector<CorpusText>& texts, const std::vect
   const std::string corpus = corpus_json(texts, chats).dump();
   Xxh64 digest;
   for (const std::string& part : {corpus, script, read_file(kSourceDir / "package-lock.json")}) digest.update(part);
-  const fs::path answer_path = kWorkDir / fmt::format("answer-{:016x}.json", digest.digest());
+  const std::string answer_digest = fmt::format("{:016x}", digest.digest());
+  const fs::path answer_path = kWorkDir / "answer.json";
+  const fs::path digest_path = kWorkDir / "answer.digest";  // of the inputs answer.json was made from
   const fs::path tokenizer_dir = kWorkDir / "qwen3";
-  if (!fs::exists(answer_path) || !fs::exists(tokenizer_dir / "tokenizer.json")) {
+  if (!fs::exists(digest_path) || read_file(digest_path) != answer_digest || !fs::exists(answer_path) ||
+      !fs::exists(tokenizer_dir / "tokenizer.json")) {
+    fs::remove(digest_path);
     write_file(kWorkDir / "corpus.json", corpus);
     run_logged("node oracle.mjs corpus.json answer.partial qwen3", kOracleTimeoutSeconds, kWorkDir / "node.log",
                "running the JS tokenizer oracle");
     fs::rename(kWorkDir / "answer.partial", answer_path);
+    write_file(digest_path, answer_digest);
   }
   OracleAnswer answer = parse_answer(answer_path, texts.size(), chats.size());
   answer.tokenizer_dir = tokenizer_dir;
