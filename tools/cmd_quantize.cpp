@@ -1,12 +1,17 @@
 // fp4serve quantize: a bf16 HF checkpoint -> a ModelOpt NVFP4 checkpoint (src/quant/quantize_checkpoint.h does the
-// work; this file only maps flags). Calibration (--calib-prompts) fills QuantizeOptions::input_amax from the model
-// forward once the engine provides it; until then the flag is refused rather than silently ignored.
+// work; this file only maps flags). Calibration (--calib-prompts FILE: one prompt per line, empty lines skipped,
+// encoded with the input's tokenizer.json) fills QuantizeOptions::input_amax from the bf16 model's forward
+// (engine/calibration.h).
+#include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
+#include "engine/calibration.h"
 #include "quant/quantize_checkpoint.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/commands.h"
 
 namespace fp4serve::tools {
@@ -17,13 +22,21 @@ struct QuantizeFlags {
   std::vector<std::string> exclude;
 };
 
+std::map<std::string, float> calibrate(const QuantizeFlags& flags) {
+  if (flags.calib_prompts.empty()) return {};
+  std::ifstream file(flags.calib_prompts);
+  FP4_CHECK(file.good(), "--calib-prompts {}: cannot open the file", flags.calib_prompts);
+  const Tokenizer tokenizer = Tokenizer::from_files(flags.in);
+  std::vector<std::vector<int32_t>> prompts;
+  for (std::string line; std::getline(file, line);)
+    if (!line.empty()) prompts.push_back(tokenizer.encode(line));
+  FP4_CHECK(!prompts.empty(), "--calib-prompts {}: no prompts (one per line)", flags.calib_prompts);
+  return calibrate_input_amax(flags.in, prompts);
+}
+
 void run_quantize(const QuantizeFlags& flags) {
-  FP4_CHECK(flags.calib_prompts.empty(),
-            "--calib-prompts {}: calibration needs the model forward (calibrate_input_amax in src/engine), which this "
-            "build does not have yet; quantize without it (input_scale = 1.0) and serve with --act-quant none or "
-            "per-token",
-            flags.calib_prompts);
-  quantize_checkpoint({.input_dir = flags.in, .output_dir = flags.out, .exclude = flags.exclude});
+  quantize_checkpoint(
+      {.input_dir = flags.in, .output_dir = flags.out, .exclude = flags.exclude, .input_amax = calibrate(flags)});
 }
 }  // namespace
 
@@ -35,7 +48,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--exclude", flags->exclude,
                   "Module glob kept bf16, in addition to lm_head, model.layers.*.mlp.gate, model.embed_tokens "
                   "(repeatable)");
-  cmd->add_option("--calib-prompts", flags->calib_prompts, "Prompts file for input-scale calibration");
+  cmd->add_option("--calib-prompts", flags->calib_prompts,
+                  "Prompts for input-scale calibration: a text file, one prompt per line");
   cmd->callback([flags] { run_quantize(*flags); });
 }
 

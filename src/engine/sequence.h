@@ -17,7 +17,7 @@ enum class FinishReason { Length, Stop, Abort };
 std::string_view finish_reason_name(FinishReason reason);  // "length" | "stop" | "abort" (SGLang's spelling)
 
 struct GenerateRequest {
-  std::vector<int32_t> input_ids;  // the prompt, non-empty
+  std::vector<int32_t> input_ids{};  // the prompt, non-empty
   SamplingParams sampling{};
   int64_t max_new_tokens = 128;
   std::vector<int32_t> stop_token_ids{};  // finish on any of these (in addition to EOS unless ignore_eos)
