@@ -122,18 +122,6 @@ void check_buffer_tiling(const std::string& path, const std::vector<TensorInfo>&
 
 }  // namespace
 
-uint64_t shape_numel(std::span<const int64_t> shape, std::string_view what) {
-  uint64_t numel = 1;
-  for (int64_t dim : shape) {
-    FP4_CHECK(dim >= 0, "{}: negative dimension {} in shape {}", what, dim, shape_to_string(shape));
-    FP4_CHECK(!__builtin_mul_overflow(numel, static_cast<uint64_t>(dim), &numel), "{}: shape {} overflows", what,
-              shape_to_string(shape));
-  }
-  return numel;
-}
-
-std::string shape_to_string(std::span<const int64_t> shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
-
 // ---------------------------------------------------------------------------------------------------------- reader
 
 struct SafetensorsFile::Mapping {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "format/dtype.h"
+#include "format/shape.h"
 #include "io/file_reader.h"
 
 namespace fp4serve {
@@ -19,9 +20,6 @@ namespace fp4serve {
 // The spec's bound on L (safetensors' own readers use the same): larger headers are rejected unread.
 inline constexpr uint64_t kSafetensorsMaxHeaderBytes = 100'000'000;
 
-// Product of dims (1 for a scalar shape []); throws on a negative dim or overflow, naming `what`.
-uint64_t shape_numel(std::span<const int64_t> shape, std::string_view what);
-std::string shape_to_string(std::span<const int64_t> shape);  // "[3, 4]"
 
 struct TensorInfo {
   std::string name;

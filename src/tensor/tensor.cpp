@@ -7,14 +7,6 @@
 
 namespace fp4serve {
 
-std::string shape_to_string(const Shape& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
-
-int64_t shape_numel(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) FP4_CHECK(d >= 0, "negative dimension in shape {}", shape_to_string(shape));
   Tensor t;

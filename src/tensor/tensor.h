@@ -8,13 +8,12 @@
 #include <vector>
 
 #include "format/dtype.h"
+#include "format/shape.h"
 #include "tensor/storage.h"
 
 namespace fp4serve {
 
 using Shape = std::vector<int64_t>;
-std::string shape_to_string(const Shape& shape);  // "[2, 3]"
-int64_t shape_numel(const Shape& shape);
 
 struct Tensor {
   std::shared_ptr<Storage> storage;
