@@ -8,6 +8,7 @@ void register_synth(CLI::App& app);
 void register_inspect(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_serve(CLI::App& app);
 void register_digest(CLI::App& app);
 
 }  // namespace fp4serve::tools

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   fp4serve::tools::register_inspect(app);
   fp4serve::tools::register_quantize(app);
   fp4serve::tools::register_generate(app);
+  fp4serve::tools::register_serve(app);
   fp4serve::tools::register_digest(app);
   try {
     app.parse(argc, argv);

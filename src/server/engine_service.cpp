@@ -1,0 +1,363 @@
+#include "server/engine_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "common/error.h"
+#include "io/quant_config.h"
+#include "model/qwen3_model.h"
+
+namespace fp4serve {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+}  // namespace
+
+struct EngineService::Pending {
+  int64_t ticket;
+  GenerateRequest request;
+  std::string rid;
+  std::shared_ptr<RequestChannel> channel;
+};
+
+struct EngineService::Active {
+  int64_t ticket;
+  std::string rid;
+  std::shared_ptr<RequestChannel> channel;
+  int64_t prompt_tokens;
+};
+
+struct EngineService::ReloadInProgress {
+  ReloadRequest request;
+  std::promise<ReloadOutcome> promise;
+  Clock::time_point requested_at;
+};
+
+EngineService::EngineService(EngineServiceOptions options)
+    : options_(std::move(options)), model_config_(load_model_config(options_.model_path)) {
+  std::vector<int32_t>& eos = options_.engine.eos_token_ids;
+  for (int id : model_config_.eos_token_ids)
+    if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(id);
+  auto model = std::make_unique<Qwen3Model>(model_config_, load_quant_config(options_.model_path), options_.quant);
+  engine_ = std::make_unique<Engine>(std::move(model), options_.engine);
+  kv_cache_tokens_ = engine_->kv_cache().token_capacity();
+  updater_ = std::make_unique<WeightUpdater>(engine_->model(), model_config_);
+  updater_->load(options_.model_path);
+  weight_version_ = engine_->weight_version();
+  model_path_ = options_.model_path.string();
+  publish_stats();
+  thread_ = std::thread([this] { run(); });
+}
+
+EngineService::~EngineService() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+void EngineService::post(std::function<void()> task) {
+  {
+    std::lock_guard lock(mutex_);
+    tasks_.push_back(std::move(task));
+  }
+  wake_.notify_all();
+}
+
+std::string EngineService::weight_version() const {
+  std::lock_guard lock(stats_mutex_);
+  return weight_version_;
+}
+
+std::string EngineService::model_path() const {
+  std::lock_guard lock(stats_mutex_);
+  return model_path_;
+}
+
+ServiceStats EngineService::stats() const {
+  std::lock_guard lock(stats_mutex_);
+  return stats_;
+}
+
+std::shared_ptr<RequestChannel> EngineService::submit(GenerateRequest request, std::string rid,
+                                                      std::string_view name) {
+  engine_->check_request(request, name);
+  if (!serving_) {
+    throw ServiceBusy("the served weights are inconsistent after a failed reload; reload a valid checkpoint "
+                      "with /update_weights_from_disk");
+  }
+  const int64_t limit = options_.engine.scheduler.max_running_sequences + options_.max_queued_requests;
+  if (in_flight_.fetch_add(1) >= limit) {
+    in_flight_.fetch_sub(1);
+    std::lock_guard lock(stats_mutex_);
+    ++stats_.requests_rejected_busy;
+    throw ServiceBusy(fmt::format("the server is at capacity ({} requests in flight); retry later", limit));
+  }
+  auto channel = std::make_shared<RequestChannel>(next_ticket_++);
+  post([this, pending = Pending{channel->ticket(), std::move(request), std::move(rid), channel}]() mutable {
+    if (reload_ || paused_)
+      held_.push_back(std::move(pending));
+    else
+      admit(std::move(pending));
+  });
+  return channel;
+}
+
+void EngineService::cancel(int64_t ticket) {
+  post([this, ticket] { abort_where([ticket](const std::string&, int64_t t) { return t == ticket; }); });
+}
+
+int64_t EngineService::abort(const std::string& rid) {
+  std::promise<int64_t> done;
+  std::future<int64_t> count = done.get_future();
+  post([&] {
+    const size_t before = active_.size() + held_.size();
+    abort_where([&rid](const std::string& r, int64_t) { return r == rid; });
+    done.set_value(static_cast<int64_t>(before - active_.size() - held_.size()));
+  });
+  return count.get();
+}
+
+int64_t EngineService::abort_all() {
+  std::promise<int64_t> done;
+  std::future<int64_t> count = done.get_future();
+  post([&] {
+    const size_t before = active_.size() + held_.size();
+    abort_where([](const std::string&, int64_t) { return true; });
+    done.set_value(static_cast<int64_t>(before - active_.size() - held_.size()));
+  });
+  return count.get();
+}
+
+ReloadOutcome EngineService::update_weights(ReloadRequest request) {
+  auto reload = std::make_unique<ReloadInProgress>(ReloadInProgress{std::move(request), {}, Clock::now()});
+  std::future<ReloadOutcome> outcome = reload->promise.get_future();
+  post([this, reload = std::shared_ptr<ReloadInProgress>(std::move(reload))]() mutable {
+    if (reload_) {
+      reload->promise.set_value({.success = false,
+                                 .message = "another weight update is in progress; retry when it has finished",
+                                 .num_paused_requests = 0});
+      return;
+    }
+    reload_ = std::make_unique<ReloadInProgress>(std::move(*reload));
+    if (reload_->request.abort_all_requests) {
+      // Requests already in the engine end with "abort"; held ones have not started and run on the new weights.
+      std::vector<int64_t> ids;
+      for (const auto& [id, active] : active_) ids.push_back(id);
+      for (int64_t id : ids) end_active(id, std::nullopt);
+    }
+  });
+  return outcome.get();
+}
+
+FlushOutcome EngineService::flush_cache() {
+  std::promise<FlushOutcome> done;
+  std::future<FlushOutcome> outcome = done.get_future();
+  post([&] {
+    if (!active_.empty() || !held_.empty()) {
+      done.set_value({false, fmt::format("cache not flushed: {} requests are in flight; flush when the server is "
+                                         "idle", active_.size() + held_.size())});
+      return;
+    }
+    engine_->flush_prefix_cache();
+    done.set_value({true, "Cache flushed."});
+  });
+  return outcome.get();
+}
+
+void EngineService::pause() {
+  post([this] { paused_ = true; });
+}
+
+void EngineService::resume() {
+  post([this] {
+    paused_ = false;
+    if (!reload_) start_held();
+  });
+}
+
+void EngineService::admit(Pending pending) {
+  const int64_t prompt_tokens = static_cast<int64_t>(pending.request.input_ids.size());
+  const bool no_tokens = pending.request.max_new_tokens == 0;
+  int64_t id;
+  try {
+    id = engine_->add_request(std::move(pending.request));
+  } catch (const Error& e) {
+    pending.channel->close_with_error({400, e.what()});
+    --in_flight_;
+    return;
+  }
+  pending.channel->admitted(engine_->weight_version());
+  active_.emplace(id, Active{pending.ticket, std::move(pending.rid), std::move(pending.channel), prompt_tokens});
+  if (no_tokens) end_active(id, std::nullopt);  // finished at admission: it never appears in a step
+}
+
+// Takes the request's result (aborting it first if it still runs) and closes its channel.
+void EngineService::end_active(int64_t engine_id, std::optional<ChannelError> error) {
+  auto it = active_.find(engine_id);
+  if (it == active_.end()) return;
+  Active active = std::move(it->second);
+  active_.erase(it);
+  --in_flight_;
+  if (error) {
+    engine_->abort(engine_id);
+    engine_->take_result(engine_id);
+    active.channel->close_with_error(std::move(*error));
+    return;
+  }
+  engine_->abort(engine_id);  // no-op for a finished request
+  GenerateResult result = engine_->take_result(engine_id);
+  {
+    std::lock_guard lock(stats_mutex_);
+    switch (result.finish_reason) {
+      case FinishReason::Stop: ++stats_.requests_finished_stop; break;
+      case FinishReason::Length: ++stats_.requests_finished_length; break;
+      case FinishReason::Abort: ++stats_.requests_finished_abort; break;
+    }
+    stats_.prompt_tokens_total += result.prompt_tokens;
+    stats_.generation_tokens_total += static_cast<int64_t>(result.output_ids.size());
+    stats_.cached_tokens_total += result.cached_tokens;
+  }
+  active.channel->close(std::move(result));
+}
+
+void EngineService::abort_where(const std::function<bool(const std::string& rid, int64_t ticket)>& matches) {
+  std::vector<int64_t> ids;
+  for (const auto& [id, active] : active_)
+    if (matches(active.rid, active.ticket)) ids.push_back(id);
+  for (int64_t id : ids) end_active(id, std::nullopt);
+  std::deque<Pending> kept;
+  for (Pending& pending : held_) {
+    if (!matches(pending.rid, pending.ticket)) {
+      kept.push_back(std::move(pending));
+      continue;
+    }
+    GenerateResult result;
+    result.finish_reason = FinishReason::Abort;
+    result.prompt_tokens = static_cast<int64_t>(pending.request.input_ids.size());
+    result.weight_version = engine_->weight_version();
+    pending.channel->close(std::move(result));
+    --in_flight_;
+    std::lock_guard lock(stats_mutex_);
+    ++stats_.requests_finished_abort;
+  }
+  held_.swap(kept);
+}
+
+bool EngineService::can_step() const {
+  return serving_ && engine_->has_unfinished() && (!paused_ || reload_ != nullptr);
+}
+
+void EngineService::run() {
+  while (true) {
+    std::vector<std::function<void()>> tasks;
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || !tasks_.empty() || can_step() || (reload_ && active_.empty()); });
+      if (stopping_) break;
+      tasks.swap(tasks_);
+    }
+    for (auto& task : tasks) task();
+    finish_reload_if_drained();
+    if (can_step()) step_once();
+    publish_stats();
+  }
+  abort_where([](const std::string&, int64_t) { return true; });
+  if (reload_) reload_->promise.set_value({false, "the server is shutting down", 0});
+}
+
+void EngineService::step_once() {
+  std::vector<StepToken> produced;
+  try {
+    produced = engine_->step();
+  } catch (const std::exception& e) {
+    fail_everything(fmt::format("the engine failed: {}", e.what()));
+    return;
+  }
+  for (StepToken& token : produced) {
+    auto it = active_.find(token.request_id);
+    if (it == active_.end()) continue;
+    it->second.channel->push({token.token, token.logprob, std::move(token.top_logprobs)});
+    if (token.finished) end_active(token.request_id, std::nullopt);
+  }
+}
+
+// A failed step leaves the engine in an unknown state: every request fails and the server stops serving.
+void EngineService::fail_everything(const std::string& message) {
+  spdlog::critical("{}; the server no longer serves requests", message);
+  serving_ = false;
+  std::vector<int64_t> ids;
+  for (const auto& [id, active] : active_) ids.push_back(id);
+  for (int64_t id : ids) end_active(id, ChannelError{500, message});
+  for (Pending& pending : held_) {
+    pending.channel->close_with_error({500, message});
+    --in_flight_;
+  }
+  held_.clear();
+}
+
+void EngineService::finish_reload_if_drained() {
+  if (!reload_ || !active_.empty()) return;
+  const ReloadRequest& request = reload_->request;
+  ReloadOutcome outcome{.success = false, .message = {}, .num_paused_requests = static_cast<int64_t>(held_.size())};
+  const Clock::time_point load_start = Clock::now();
+  try {
+    updater_->load(request.model_path);
+    if (request.flush_cache) engine_->flush_prefix_cache();
+    if (request.weight_version) engine_->set_weight_version(*request.weight_version);
+    outcome.success = true;
+    outcome.message = fmt::format("Succeeded to update model weights from {}; weight_version {}",
+                                  request.model_path.string(), engine_->weight_version());
+    serving_ = true;
+  } catch (const std::exception& e) {
+    outcome.message = fmt::format("Failed to update model weights: {}", e.what());
+    if (updater_->state() == WeightLoader::State::Inconsistent) {
+      serving_ = false;
+      outcome.message += "; the served weights are now inconsistent: requests are refused until a reload succeeds";
+      fail_everything(outcome.message);
+    } else {
+      outcome.message += "; the server keeps serving the previous weights";
+    }
+  }
+  spdlog::log(outcome.success ? spdlog::level::info : spdlog::level::err, "{}", outcome.message);
+  {
+    std::lock_guard lock(stats_mutex_);
+    const double load_seconds = seconds_since(load_start);
+    (outcome.success ? stats_.reloads_succeeded : stats_.reloads_failed) += 1;
+    stats_.reload_seconds_total += load_seconds;
+    stats_.last_reload_seconds = load_seconds;
+    stats_.last_reload_pause_seconds = seconds_since(reload_->requested_at);
+    weight_version_ = engine_->weight_version();
+    if (outcome.success) model_path_ = request.model_path.string();
+  }
+  reload_->promise.set_value(std::move(outcome));
+  reload_.reset();
+  if (!paused_) start_held();
+}
+
+void EngineService::start_held() {
+  std::deque<Pending> held;
+  held.swap(held_);
+  for (Pending& pending : held) admit(std::move(pending));
+}
+
+void EngineService::publish_stats() {
+  const PageAllocator& pages = engine_->kv_cache().pages();
+  std::lock_guard lock(stats_mutex_);
+  stats_.running_requests = static_cast<int64_t>(active_.size());
+  stats_.held_requests = static_cast<int64_t>(held_.size());
+  stats_.kv_pages_total = pages.n_pages();
+  stats_.kv_pages_used = pages.n_pages() - pages.n_free_pages();
+  stats_.kv_page_size = pages.page_size();
+  stats_.paused = paused_;
+}
+
+}  // namespace fp4serve

@@ -1,0 +1,148 @@
+// The engine thread (llama.cpp server style): ONE thread owns the Engine, the model and the weight updater; every
+// public method here is thread-safe and only posts a task to that thread (waiting on a future where it answers).
+// Between two engine steps the thread runs posted tasks (admit, cancel, abort, reload, flush, pause/continue).
+// Reload keeps versions unmixed: new requests are held back while the running ones drain (or are aborted first),
+// then the weights change, then the held requests start; every result names the weights that produced all of it.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/error.h"
+#include "engine/engine.h"
+#include "engine/weight_updater.h"
+#include "io/model_config.h"
+#include "quant/method.h"
+#include "server/request_channel.h"
+
+namespace fp4serve {
+
+struct EngineServiceOptions {
+  std::filesystem::path model_path;
+  QuantOptions quant;
+  EngineOptions engine;               // eos ids from config.json are added to engine.eos_token_ids
+  int64_t max_queued_requests = 256;  // admitted beyond the running batch; one more -> ServiceBusy
+};
+
+// Thrown by submit() when the queue is full or the weights cannot serve; the HTTP layer answers 503.
+class ServiceBusy : public Error {
+ public:
+  using Error::Error;
+};
+
+struct ReloadRequest {
+  std::filesystem::path model_path;
+  bool flush_cache = true;
+  bool abort_all_requests = false;
+  std::optional<std::string> weight_version;  // unchanged when absent
+};
+
+struct ReloadOutcome {
+  bool success = false;
+  std::string message;
+  int64_t num_paused_requests = 0;  // requests held back (admitted, not started) while the weights changed
+};
+
+struct FlushOutcome {
+  bool success = false;
+  std::string message;
+};
+
+// A consistent snapshot for /metrics and /get_server_info.
+struct ServiceStats {
+  int64_t running_requests = 0;  // in the engine (its waiting queue included)
+  int64_t held_requests = 0;     // admitted but held back by a reload or a pause
+  int64_t kv_pages_total = 0, kv_pages_used = 0, kv_page_size = 0;
+  int64_t requests_finished_stop = 0, requests_finished_length = 0, requests_finished_abort = 0;
+  int64_t requests_rejected_busy = 0;
+  int64_t prompt_tokens_total = 0, generation_tokens_total = 0, cached_tokens_total = 0;
+  int64_t reloads_succeeded = 0, reloads_failed = 0;
+  double reload_seconds_total = 0, last_reload_seconds = 0;
+  double last_reload_pause_seconds = 0;  // from the reload request to the held requests' restart
+  bool paused = false;
+};
+
+class EngineService {
+ public:
+  // Builds the model, loads model_path (throws Error naming the file on failure) and starts the engine thread.
+  explicit EngineService(EngineServiceOptions options);
+  ~EngineService();  // aborts what is still running and joins the thread
+  EngineService(const EngineService&) = delete;
+  EngineService& operator=(const EngineService&) = delete;
+
+  // Validates (throws Error naming `name` and the field: a 400) and queues a request; `rid` groups requests for
+  // abort(rid). Throws ServiceBusy when max_running + max_queued requests are in flight.
+  std::shared_ptr<RequestChannel> submit(GenerateRequest request, std::string rid, std::string_view name);
+  // Ends one request with finish reason "abort" (a client that went away); unknown tickets are ignored.
+  void cancel(int64_t ticket);
+  // Ends every request of `rid` (or all of them) with finish reason "abort"; returns how many.
+  int64_t abort(const std::string& rid);
+  int64_t abort_all();
+
+  ReloadOutcome update_weights(ReloadRequest request);  // blocks until done
+  FlushOutcome flush_cache();                           // refused while requests are in flight
+  void pause();                                         // running requests freeze, new ones are held
+  void resume();
+
+  const ModelConfig& model_config() const { return model_config_; }
+  int64_t kv_cache_tokens() const { return kv_cache_tokens_; }
+  std::string weight_version() const;
+  std::string model_path() const;
+  ServiceStats stats() const;
+
+ private:
+  struct Pending;
+  struct Active;
+
+  void run();
+  void post(std::function<void()> task);
+  bool can_step() const;
+  void step_once();
+  void admit(Pending pending);
+  void end_active(int64_t engine_id, std::optional<ChannelError> error);
+  void abort_where(const std::function<bool(const std::string& rid, int64_t ticket)>& matches);
+  void finish_reload_if_drained();
+  void start_held();
+  void fail_everything(const std::string& message);
+  void publish_stats();
+
+  EngineServiceOptions options_;
+  ModelConfig model_config_;
+  int64_t kv_cache_tokens_ = 0;
+  std::unique_ptr<Engine> engine_;           // engine thread only (after construction)
+  std::unique_ptr<WeightUpdater> updater_;   // engine thread only
+
+  // Engine-thread state.
+  std::map<int64_t, Active> active_;         // by engine request id
+  std::deque<Pending> held_;
+  struct ReloadInProgress;
+  std::unique_ptr<ReloadInProgress> reload_;
+  bool paused_ = false;
+
+  // Shared state.
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<std::function<void()>> tasks_;
+  bool stopping_ = false;
+  std::atomic<int64_t> next_ticket_{0};
+  std::atomic<int64_t> in_flight_{0};
+  std::atomic<bool> serving_{true};  // false once a failed reload left the weights inconsistent
+  mutable std::mutex stats_mutex_;
+  ServiceStats stats_;
+  std::string weight_version_;
+  std::string model_path_;
+  std::thread thread_;
+};
+
+}  // namespace fp4serve

@@ -1,0 +1,56 @@
+// The HTTP front: cpp-httplib routes for every endpoint of http-api.md, API keys, the request body limit, slow
+// client timeouts and JSON errors for every failure (4xx for the client's mistakes, the server keeps serving).
+// Handler threads only parse, post work to the EngineService and wait; stop() is thread-safe.
+#pragma once
+#include <httplib.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "server/engine_service.h"
+#include "server/http_util.h"
+#include "server/server_options.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace fp4serve {
+
+class HttpServer {
+ public:
+  // The service and tokenizer must outlive the server.
+  HttpServer(ServerOptions options, EngineService& service, const Tokenizer& tokenizer,
+             std::optional<ChatTemplate> chat_template);
+
+  int bind();    // binds options.host:port (port 0: any free one); returns the port; throws Error on failure
+  void listen();  // serves until stop()
+  void stop();
+
+ private:
+  void add_routes();
+  // Wraps a handler: API key check, errors -> JSON (Error: 400, HttpError: its status, anything else: 500).
+  httplib::Server::Handler guarded(bool admin, std::function<void(const httplib::Request&, httplib::Response&)> h);
+  void check_key(const httplib::Request& request, bool admin) const;
+  std::filesystem::path allowed_model_path(const std::string& model_path) const;
+
+  void update_weights(const httplib::Request& request, httplib::Response& response);
+  void abort_request(const httplib::Request& request, httplib::Response& response);
+  void health_generate(httplib::Response& response);
+  nlohmann::json server_info() const;
+
+  // cpp-httplib 0.11 listens with a backlog of 5: a burst of clients reconnecting together (every stream ends at
+  // an abort-all) overflows it and connections fail. Listening again on the bound socket raises it.
+  class Listener : public httplib::Server {
+   public:
+    void raise_backlog(int backlog);
+  };
+
+  ServerOptions options_;
+  EngineService& service_;
+  const Tokenizer& tokenizer_;
+  std::optional<ChatTemplate> chat_template_;
+  ApiContext context_;
+  Listener http_;
+};
+
+}  // namespace fp4serve

@@ -1,0 +1,41 @@
+// The launch arguments of `fp4serve serve` (SGLang's spellings where it has one). Plain data: tools/cmd_serve.cpp
+// fills it from the command line; /get_server_info reports it back with the keys redacted.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fp4serve {
+
+struct ServerOptions {
+  std::string model_path;
+  std::string served_model_name;  // OpenAI "model"; default: the model directory's name
+  std::string host = "127.0.0.1";
+  int port = 30000;               // 0: any free port (the log line "listening on" names it)
+  std::string device = "cpu";
+  int tp = 1;
+  std::string moe_backend = "cutlass";
+  std::string act_quant = "static";
+  std::string weight_version = "default";
+
+  int64_t max_running_requests = 64;
+  int64_t max_queued_requests = 256;    // beyond the running ones; more -> 503 with Retry-After
+  int64_t max_total_tokens = 0;         // KV cache tokens; 0: from mem_fraction_static
+  double mem_fraction_static = 0.2;     // share of host memory for weights + KV cache (CPU device)
+  int64_t chunked_prefill_size = 2048;  // prefill tokens per step
+  int64_t page_size = 16;
+  bool disable_radix_cache = false;
+
+  std::string api_key;                          // all endpoints; "" = open
+  std::string admin_api_key;                    // reload, flush, pause, abort-all; "" = api_key guards them
+  std::vector<std::string> allowed_model_dirs;  // reload model_path must lie inside one; empty = anywhere
+  int64_t max_request_body_bytes = 8 << 20;
+  int read_timeout_seconds = 30;                // a client slower than this to send its request is dropped
+  int http_threads = 128;                       // one per open connection (streams hold theirs)
+};
+
+nlohmann::json to_json(const ServerOptions& options);  // keys shown as "<set>" / ""
+
+}  // namespace fp4serve
