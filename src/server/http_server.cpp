@@ -27,9 +27,9 @@ bool same_secret(std::string_view given, std::string_view expected) {
   return difference == 0;
 }
 
+// Component-wise, so /models-evil is not inside /models.
 bool is_inside(const std::filesystem::path& path, const std::filesystem::path& dir) {
-  auto [dir_end, path_at] = std::mismatch(dir.begin(), dir.end(), path.begin(), path.end());
-  return dir_end == dir.end();
+  return std::mismatch(dir.begin(), dir.end(), path.begin(), path.end()).first == dir.end();
 }
 
 }  // namespace
