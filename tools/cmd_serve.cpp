@@ -143,7 +143,8 @@ void register_serve(CLI::App& app) {
                   "Share of host memory for weights + KV cache")
       ->check(CLI::Range(0.01, 0.95))
       ->capture_default_str();
-  cmd->add_option("--chunked-prefill-size", options->chunked_prefill_size, "Prefill tokens per engine step")
+  cmd->add_option("--chunked-prefill-size", options->chunked_prefill_size,
+                  "Prefill token budget per engine step (a longer prompt still runs alone in one step)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--page-size", options->page_size, "KV cache page size in tokens")

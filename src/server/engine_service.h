@@ -99,6 +99,8 @@ class EngineService {
   int64_t kv_cache_tokens() const { return kv_cache_tokens_; }
   std::string weight_version() const;
   std::string model_path() const;
+  // False once the engine failed or a failed reload left the weights inconsistent: requests are refused.
+  bool serving() const { return serving_; }
   ServiceStats stats() const;
 
  private:

@@ -184,7 +184,12 @@ void HttpServer::add_routes() {
                   {"max_context_length", config.max_position_embeddings}});
   }));
   http_.Get("/get_server_info", guarded(false, [this](auto&, auto& r) { send_json(r, server_info()); }));
-  http_.Get("/health", guarded(false, [this](auto&, auto& r) { send_json(r, nlohmann::json::object()); }));
+  http_.Get("/health", guarded(false, [this](auto&, auto& r) {
+    if (!service_.serving())
+      throw HttpError(503, "the server cannot generate: its weights are inconsistent after a failed reload, or the "
+                           "engine failed (see the log); reload a valid checkpoint");
+    send_json(r, nlohmann::json::object());
+  }));
   http_.Get("/health_generate", guarded(false, [this](auto&, auto& r) { health_generate(r); }));
   http_.Get("/metrics", guarded(false, [this](auto&, auto& r) {
     r.set_content(prometheus_metrics(service_.stats(), service_.weight_version()), "text/plain; version=0.0.4");
