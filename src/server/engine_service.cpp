@@ -30,7 +30,6 @@ struct EngineService::Active {
   int64_t ticket;
   std::string rid;
   std::shared_ptr<RequestChannel> channel;
-  int64_t prompt_tokens;
 };
 
 struct EngineService::ReloadInProgress {
@@ -185,7 +184,6 @@ void EngineService::resume() {
 }
 
 void EngineService::admit(Pending pending) {
-  const int64_t prompt_tokens = static_cast<int64_t>(pending.request.input_ids.size());
   const bool no_tokens = pending.request.max_new_tokens == 0;
   int64_t id;
   try {
@@ -196,7 +194,7 @@ void EngineService::admit(Pending pending) {
     return;
   }
   pending.channel->admitted(engine_->weight_version());
-  active_.emplace(id, Active{pending.ticket, std::move(pending.rid), std::move(pending.channel), prompt_tokens});
+  active_.emplace(id, Active{pending.ticket, std::move(pending.rid), std::move(pending.channel)});
   if (no_tokens) end_active(id, std::nullopt);  // finished at admission: it never appears in a step
 }
 
@@ -356,7 +354,6 @@ void EngineService::publish_stats() {
   stats_.held_requests = static_cast<int64_t>(held_.size());
   stats_.kv_pages_total = pages.n_pages();
   stats_.kv_pages_used = pages.n_pages() - pages.n_free_pages();
-  stats_.kv_page_size = pages.page_size();
   stats_.paused = paused_;
 }
 

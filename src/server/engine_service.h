@@ -63,7 +63,7 @@ struct FlushOutcome {
 struct ServiceStats {
   int64_t running_requests = 0;  // in the engine (its waiting queue included)
   int64_t held_requests = 0;     // admitted but held back by a reload or a pause
-  int64_t kv_pages_total = 0, kv_pages_used = 0, kv_page_size = 0;
+  int64_t kv_pages_total = 0, kv_pages_used = 0;
   int64_t requests_finished_stop = 0, requests_finished_length = 0, requests_finished_abort = 0;
   int64_t requests_rejected_busy = 0;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0, cached_tokens_total = 0;
