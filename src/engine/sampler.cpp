@@ -61,30 +61,50 @@ SampledToken sample_token(std::span<const float> logits, const SamplingParams& p
   if (params.is_greedy()) {
     result.token = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   } else {
-    const int64_t n_candidates = params.top_k == -1 ? vocab : std::min<int64_t>(params.top_k, vocab);
-    const std::vector<int32_t> order = order_descending(logits, n_candidates);
-    std::vector<double> probs(order.size());
     const double inv_temperature = 1.0 / static_cast<double>(params.temperature);
+    auto weight = [&](int32_t token) {
+      return std::exp((static_cast<double>(logits[token]) - max_logit) * inv_temperature);
+    };
     double total = 0.0;  // over the whole vocabulary, so top_p and min_p see the unfiltered distribution
-    for (float l : logits) total += std::exp((static_cast<double>(l) - max_logit) * inv_temperature);
-    for (size_t i = 0; i < order.size(); ++i)
-      probs[i] = std::exp((static_cast<double>(logits[order[i]]) - max_logit) * inv_temperature) / total;
+    for (int32_t token = 0; token < vocab; ++token) total += weight(token);
 
-    size_t n_kept = 0;
-    double mass_before = 0.0;
-    for (; n_kept < probs.size(); ++n_kept) {
-      const bool reached_top_p = n_kept > 0 && mass_before >= params.top_p;
-      const bool below_min_p = probs[n_kept] < params.min_p * probs[0];
-      if (reached_top_p || below_min_p) break;
-      mass_before += probs[n_kept];
+    std::vector<int32_t> candidates;  // in draw order
+    std::vector<double> probs;
+    if (params.top_k == -1 && params.top_p == 1.0f && params.min_p == 0.0f) {
+      candidates.resize(static_cast<size_t>(vocab));
+      std::iota(candidates.begin(), candidates.end(), 0);
+      for (int32_t token : candidates) probs.push_back(weight(token) / total);
+    } else {
+      // Sort only as far as the filters reach: a prefix of 256, grown 4x until top_p or min_p cut inside it.
+      const int64_t limit = params.top_k == -1 ? vocab : std::min<int64_t>(params.top_k, vocab);
+      for (int64_t count = std::min<int64_t>(limit, 256);; count = std::min(limit, count * 4)) {
+        candidates = order_descending(logits, count);
+        probs.clear();
+        for (int32_t token : candidates) probs.push_back(weight(token) / total);
+        size_t n_kept = 0;
+        double mass_before = 0.0;
+        for (; n_kept < probs.size(); ++n_kept) {
+          const bool reached_top_p = n_kept > 0 && mass_before >= params.top_p;
+          const bool below_min_p = probs[n_kept] < params.min_p * probs[0];
+          if (reached_top_p || below_min_p) break;
+          mass_before += probs[n_kept];
+        }
+        if (n_kept < candidates.size() || count == limit) {
+          candidates.resize(n_kept);
+          probs.resize(n_kept);
+          break;
+        }
+      }
     }
-    const double target = sampling_uniform(params.seed, token_index) * mass_before;
+    double kept_mass = 0.0;
+    for (double p : probs) kept_mass += p;
+    const double target = sampling_uniform(params.seed, token_index) * kept_mass;
     double cumulative = 0.0;
-    result.token = order[n_kept - 1];  // rounding can leave target at the total mass
-    for (size_t i = 0; i < n_kept; ++i) {
+    result.token = candidates.back();  // rounding can leave target at the kept mass
+    for (size_t i = 0; i < candidates.size(); ++i) {
       cumulative += probs[i];
       if (target < cumulative) {
-        result.token = order[i];
+        result.token = candidates[i];
         break;
       }
     }

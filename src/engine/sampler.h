@@ -30,9 +30,10 @@ struct SampledToken {
 };
 
 // Greedy: the largest logit, lowest token id on ties. Otherwise: probabilities softmax(logits / temperature) in
-// double, ordered most probable first (lower id on ties); keep the first top_k, then the shortest prefix whose mass
-// reaches top_p, then those >= min_p * max; draw u in [0, 1) from (seed, token_index) and take the first token
-// whose cumulative kept mass exceeds u * total kept mass.
+// double. With a filter on, candidates are ordered most probable first (lower id on ties) and cut to the first
+// top_k, then to the shortest prefix whose mass reaches top_p, then to those >= min_p * max; with none (top_k -1,
+// top_p 1, min_p 0) every token is a candidate in id order (no sort). Draw u in [0, 1) from (seed, token_index) and
+// take the first candidate whose cumulative mass exceeds u * the candidates' total mass.
 SampledToken sample_token(std::span<const float> logits, const SamplingParams& params, int64_t token_index);
 
 // The uniform draw in [0, 1) for (seed, token_index): a counter-based hash (splitmix64), no hidden state.

@@ -40,6 +40,7 @@ class Qwen3Model final : public LoadableModel {
   std::vector<std::pair<std::string, Tensor>> export_logical() const override;
 
   // Runs the batch; writes the new tokens' keys and values into batch.kv_cache. Throws before weights are ready.
+  // CPU only so far: a model built with device cuda holds (and reloads) its weights there but throws here.
   ForwardOutput forward(const ForwardBatch& batch);
 
  private:

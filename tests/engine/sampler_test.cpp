@@ -60,6 +60,15 @@ TEST(Sampler, TopPKeepsTheShortestPrefixReachingP) {
   EXPECT_EQ(drawn_tokens(logits, {.top_p = 0.1f}), std::set<int32_t>{1});          // the top token always stays
 }
 
+TEST(Sampler, TopPOverAFlatDistributionReachesBeyondTheFirstSortedPrefix) {
+  // 1000 equal logits: top_p 0.5 keeps ids 0..499 (ties: lower id first), more than the first sorted prefix (256).
+  const std::vector<float> flat(1000, 0.0f);
+  const std::set<int32_t> drawn = drawn_tokens(flat, {.top_p = 0.5f}, 3000);
+  EXPECT_LT(*drawn.rbegin(), 500);
+  EXPECT_GT(*drawn.rbegin(), 400);
+  EXPECT_GT(drawn.size(), 400u);
+}
+
 TEST(Sampler, MinPDropsTokensBelowAFractionOfTheMax) {
   const std::vector<float> logits{std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
   EXPECT_EQ(drawn_tokens(logits, {.min_p = 0.5f}), (std::set<int32_t>{0, 1}));      // >= 0.25

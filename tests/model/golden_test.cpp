@@ -5,6 +5,7 @@
 // bf16 storage compound over the layers).
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <random>
 
 #include "golden_reference.h"
@@ -107,6 +108,10 @@ struct GoldenCase {
   bool tied;
 };
 
+void PrintTo(const GoldenCase& c, std::ostream* out) {
+  *out << architecture_name(c.architecture) << (c.tied ? " tied" : "");
+}
+
 class Bf16Golden : public ::testing::TestWithParam<GoldenCase> {};
 
 TEST_P(Bf16Golden, LogitsLayersAndRoutingMatchFloat64) {
@@ -139,6 +144,10 @@ struct Nvfp4Case {
 // <= 6e-4, against >= 5e-3 for a golden in another activation mode. Max errors are dominated by the flips and not
 // bounded; end to end, the flips compound and the run is not compared.
 constexpr Tolerances kW4A4{.per_layer_nmse = 2e-3, .per_layer_max = 0, .logits = 0.04, .end_to_end = 0};
+
+void PrintTo(const Nvfp4Case& c, std::ostream* out) {
+  *out << architecture_name(c.architecture) << " act " << act_quant_name(c.act_quant);
+}
 
 class Nvfp4Golden : public ::testing::TestWithParam<Nvfp4Case> {};
 
