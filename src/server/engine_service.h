@@ -43,6 +43,8 @@ class ServiceBusy : public Error {
 
 struct ReloadRequest {
   std::filesystem::path model_path;
+  // false keeps cached prefixes (SGLang's semantics): only right when the new weights are the same, else later
+  // requests would reuse keys/values the old weights computed.
   bool flush_cache = true;
   bool abort_all_requests = false;
   std::optional<std::string> weight_version;  // unchanged when absent
