@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The main job on the bundled model: describe it, check the loaded weights against the files (digest), generate,
-# then hot-reload a second checkpoint into the same parameters and generate again.
+# then serve it over HTTP and hot-reload a second checkpoint into the same parameters while it runs.
 set -euo pipefail
 bin=${1:-build/fp4serve}
 model=models/qwen3-moe-tiny-nvfp4
 other=models/qwen3-moe-tiny-nvfp4-b
+port=${FP4SERVE_DEMO_PORT:-30000}
+log=$(mktemp)
 
 echo "== fp4serve inspect $model (first lines)"
 "$bin" inspect "$model" | sed -n 1,12p  # sed reads everything: no SIGPIPE under pipefail
@@ -16,5 +18,18 @@ echo "== fp4serve generate (greedy, NVFP4 weights, per-token NVFP4 activations)"
 "$bin" generate --model-path "$model" --prompt "The answer is" --max-new-tokens 12 --temperature 0 \
   --act-quant per-token --logprobs --json
 echo
-echo "== hot reload of $other into the running model: see tests/reload and, over HTTP, fp4serve serve"
-"$bin" digest --load "$other"
+echo "== fp4serve serve on 127.0.0.1:$port, then a hot reload over HTTP"
+OMP_WAIT_POLICY=passive "$bin" serve --model-path "$model" --port "$port" --act-quant per-token > "$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
+ask() {
+  curl -sf "http://127.0.0.1:$port/generate" -H 'Content-Type: application/json' \
+    -d '{"text": "The answer is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}'
+  echo
+}
+ask
+curl -sf "http://127.0.0.1:$port/update_weights_from_disk" -H 'Content-Type: application/json' \
+  -d "{\"model_path\": \"$other\", \"weight_version\": \"b\"}"
+echo
+ask
