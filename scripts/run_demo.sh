@@ -14,12 +14,12 @@ echo
 echo "== fp4serve digest --load: the weights the model holds (layouts inverted) equal the files"
 "$bin" digest --load --moe-backend trtllm "$model"
 echo
-echo "== fp4serve generate (greedy, NVFP4 weights, per-token NVFP4 activations)"
+echo "== fp4serve generate (greedy, NVFP4 weights and activations, calibrated static input scales)"
 "$bin" generate --model-path "$model" --prompt "The answer is" --max-new-tokens 12 --temperature 0 \
-  --act-quant per-token --logprobs --json
+  --logprobs --json
 echo
 echo "== fp4serve serve on 127.0.0.1:$port, then a hot reload over HTTP"
-OMP_WAIT_POLICY=passive "$bin" serve --model-path "$model" --port "$port" --act-quant per-token > "$log" 2>&1 &
+OMP_WAIT_POLICY=passive "$bin" serve --model-path "$model" --port "$port" > "$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
