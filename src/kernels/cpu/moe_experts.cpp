@@ -8,20 +8,11 @@
 #include "format/nvfp4.h"
 #include "kernels/cpu/bf16_gemm.h"
 #include "kernels/cpu/gemm_rows.h"  // first: sets the summation rules for this file
+#include "kernels/cpu/silu_mul.h"
 
 namespace fp4serve {
 
 namespace {
-
-// act[t, i] = bf16(bf16(silu(gate[t, i])) * up[t, i]), silu(g) = g / (1 + exp(-g)) in fp32: HF's bf16 module,
-// the same rule as the dense MLP's silu_mul. Called per expert on few rows, so it stays on one thread.
-void silu_mul_rows(const float* gate_up, int64_t rows, int64_t I, float* act) {
-  for (int64_t t = 0; t < rows; ++t)
-    for (int64_t i = 0; i < I; ++i) {
-      const float gate = gate_up[t * 2 * I + i], up = gate_up[t * 2 * I + I + i];
-      act[t * I + i] = round_to_bf16(round_to_bf16(gate / (1.0f + std::exp(-gate))) * up);
-    }
-}
 
 // No expert sees more than m tokens, since a token selects distinct experts.
 struct MoeScratch {
@@ -151,7 +142,7 @@ void moe_bf16_cpu(const MoeProblem& p, const MoeBf16Weights& weights, uint8_t* s
   run_moe(p, s, [&](int64_t e, const int32_t* tokens, int64_t n, float* out) {
     pack_token_tiles(p.x, H, tokens, n, s.tiles1);
     bf16_gemm_tiles_cpu(s.tiles1, n, H, weights.w13 + e * 2 * I * H, 2 * I, s.gate_up, 2 * I, s.row_buffers);
-    silu_mul_rows(s.gate_up, n, I, s.act);
+    silu_mul_cpu(s.gate_up, n, I, s.act);
     pack_token_tiles(s.act, I, nullptr, n, s.tiles2);
     bf16_gemm_tiles_cpu(s.tiles2, n, I, weights.w2 + e * H * I, H, out, H, s.row_buffers);
   });
@@ -184,7 +175,7 @@ void moe_nvfp4_cpu(const MoeProblem& p, const MoeNvfp4Weights& w, uint8_t* scrat
     nvfp4_gemm_tiles_cpu(s.tiles1, row_scales, n, w13, 0, I, w.g1_alphas[2 * e], s.gate_up, 2 * I, s.row_buffers);
     nvfp4_gemm_tiles_cpu(s.tiles1, row_scales, n, w13, I, I, w.g1_alphas[2 * e + 1], s.gate_up + I, 2 * I,
                          s.row_buffers);
-    silu_mul_rows(s.gate_up, n, I, s.act);
+    silu_mul_cpu(s.gate_up, n, I, s.act);
     const float* operand2 =
         nvfp4_activation_operand(w.activation, s.act, n, I, w.w2_input_scale, s.operand2, s.row_scales2, s.activation2);
     pack_token_tiles(operand2, I, nullptr, n, s.tiles2);
