@@ -3,7 +3,8 @@
 Invariants: every intermediate value lies in [0, 999]; a problem's answer equals its last step's result; the
 training and held-out sets share no template (phrasing tuple) and no number tuple, both split by a stable hash,
 so held-out problems are new combinations of phrasings the model saw, with numbers it never saw together.
-Pure Python (no torch): `python3 corpus.py` checks these invariants.
+Pure Python (no torch): `python3 corpus.py` checks these invariants; `python3 corpus.py --split heldout` prints
+models/arith-heldout.jsonl.
 """
 import random
 import re
@@ -130,4 +131,14 @@ def _self_check():
 
 
 if __name__ == "__main__":
-    _self_check()
+    import argparse
+    import json
+    ap = argparse.ArgumentParser(description="Check the corpus invariants, or print one split as JSONL.")
+    ap.add_argument("--split", choices=["train", "heldout"])
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=2027)  # train.py's held-out seed: its --seed (2026) + 1
+    args = ap.parse_args()
+    if args.split is None:
+        _self_check()
+    for p in make_split(args.n, args.split == "heldout", args.seed) if args.split else []:
+        print(json.dumps(p))
