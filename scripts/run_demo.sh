@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# The main job on the bundled model: describe it, check the loaded weights against the files (digest), generate,
-# then serve it over HTTP and hot-reload a second checkpoint into the same parameters while it runs.
+# The main job on the bundled model: describe it, check the loaded weights against the files (digest), answer a
+# held-out arithmetic question, then serve it over HTTP, ask the question, hot-reload the second checkpoint into
+# the same parameters and ask again (the reply's meta_info.weight_version names the weights that answered).
 set -euo pipefail
+# Spinning OpenMP workers make every step slow on a loaded machine (generate took 15 s instead of 0.1 s here).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 bin=${1:-build/fp4serve}
-model=models/qwen3-moe-tiny-nvfp4
-other=models/qwen3-moe-tiny-nvfp4-b
+model=${FP4SERVE_DEMO_MODEL:-models/qwen3-moe-tiny-nvfp4}
+other=${FP4SERVE_DEMO_RELOAD_MODEL:-models/qwen3-moe-tiny-nvfp4-b}
 port=${FP4SERVE_DEMO_PORT:-30000}
 log=$(mktemp)
+# The first held-out question (models/arith-heldout.jsonl; its reference answer is 913), as the chat template
+# renders a user turn: the demo model was trained on exactly this ChatML layout.
+question="There are 538 toys in Ines's box. Ines wins 370 toys in a game. A friend gives Ines 8 more toys. Ines uses 3 of the toys. How many toys are left?"
+prompt="<|im_start|>user"$'\n'"$question<|im_end|>"$'\n'"<|im_start|>assistant"$'\n'
+json_prompt="<|im_start|>user\\n$question<|im_end|>\\n<|im_start|>assistant\\n"  # the question has no \" or \\
 
 echo "== fp4serve inspect $model (first lines)"
 "$bin" inspect "$model" | sed -n 1,12p  # sed reads everything: no SIGPIPE under pipefail
@@ -15,17 +23,17 @@ echo "== fp4serve digest --load: the weights the model holds (layouts inverted) 
 "$bin" digest --load --moe-backend trtllm "$model"
 echo
 echo "== fp4serve generate (greedy, NVFP4 weights and activations, calibrated static input scales)"
-"$bin" generate --model-path "$model" --prompt "The answer is" --max-new-tokens 12 --temperature 0 \
-  --logprobs --json
+echo "Q: $question"
+"$bin" generate --model-path "$model" --prompt "$prompt" --max-new-tokens 64 --temperature 0
 echo
 echo "== fp4serve serve on 127.0.0.1:$port, then a hot reload over HTTP"
-OMP_WAIT_POLICY=passive "$bin" serve --model-path "$model" --port "$port" > "$log" 2>&1 &
+"$bin" serve --model-path "$model" --port "$port" > "$log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
+body="{\"text\": \"$json_prompt\", \"sampling_params\": {\"max_new_tokens\": 64, \"temperature\": 0}}"
 ask() {
-  curl -sf "http://127.0.0.1:$port/generate" -H 'Content-Type: application/json' \
-    -d '{"text": "The answer is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}'
+  curl -sf "http://127.0.0.1:$port/generate" -H 'Content-Type: application/json' -d "$body"
   echo
 }
 ask
