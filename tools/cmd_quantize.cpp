@@ -1,7 +1,10 @@
 // fp4serve quantize: a bf16 HF checkpoint -> a ModelOpt NVFP4 checkpoint (src/quant/quantize_checkpoint.h does the
-// work; this file only maps flags). Calibration (--calib-prompts FILE: one prompt per line, empty lines skipped,
-// encoded with the input's tokenizer.json) fills QuantizeOptions::input_amax from the bf16 model's forward
-// (engine/calibration.h).
+// work; this file only maps flags). Calibration (--calib-prompts FILE: one prompt per line, empty lines skipped, or
+// one JSON string per line in a .jsonl file; encoded with the input's tokenizer.json) fills
+// QuantizeOptions::input_amax from the bf16 model's forward (engine/calibration.h).
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -27,9 +30,22 @@ std::map<std::string, float> calibrate(const QuantizeFlags& flags) {
   std::ifstream file(flags.calib_prompts);
   FP4_CHECK(file.good(), "--calib-prompts {}: cannot open the file", flags.calib_prompts);
   const Tokenizer tokenizer = Tokenizer::from_files(flags.in);
+  // A .jsonl file holds one JSON string per line, so prompts can span lines (chat turns).
+  const bool jsonl = std::filesystem::path(flags.calib_prompts).extension() == ".jsonl";
   std::vector<std::vector<int32_t>> prompts;
-  for (std::string line; std::getline(file, line);)
-    if (!line.empty()) prompts.push_back(tokenizer.encode(line));
+  int line_number = 0;
+  for (std::string line; std::getline(file, line);) {
+    ++line_number;
+    if (line.empty()) continue;
+    if (!jsonl) {
+      prompts.push_back(tokenizer.encode(line));
+      continue;
+    }
+    const nlohmann::json prompt = nlohmann::json::parse(line, nullptr, false);
+    FP4_CHECK(prompt.is_string(), "--calib-prompts {}:{}: a .jsonl prompt file holds one JSON string per line",
+              flags.calib_prompts, line_number);
+    prompts.push_back(tokenizer.encode(prompt.get<std::string>()));
+  }
   FP4_CHECK(!prompts.empty(), "--calib-prompts {}: no prompts (one per line)", flags.calib_prompts);
   return calibrate_input_amax(flags.in, prompts);
 }
@@ -49,7 +65,7 @@ void register_quantize(CLI::App& app) {
                   "Module glob kept bf16, in addition to lm_head, model.layers.*.mlp.gate, model.embed_tokens "
                   "(repeatable)");
   cmd->add_option("--calib-prompts", flags->calib_prompts,
-                  "Prompts for input-scale calibration: a text file, one prompt per line");
+                  "Prompts for input-scale calibration: a text file, one prompt per line (.jsonl: one JSON string per line)");
   cmd->callback([flags] { run_quantize(*flags); });
 }
 

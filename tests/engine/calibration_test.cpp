@@ -5,6 +5,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <cstring>
@@ -86,6 +87,34 @@ TEST(Calibration, RecordsEveryLinearAndFeedsQuantize) {
             amax.at("model.layers.0.self_attn.q_proj") / (6.0f * 448.0f));
   EXPECT_EQ(input_scale("model.layers.2.mlp.experts.3.down_proj"),
             amax.at("model.layers.2.mlp.experts.3.down_proj") / (6.0f * 448.0f));
+}
+
+// A .jsonl prompt file carries prompts that span lines (chat turns): quantize calibrates on exactly those prompts
+// (input scales equal calibrate_input_amax over them), and a line that is not a JSON string is named.
+TEST(Calibration, JsonlPromptsSpanLines) {
+  TempDir dir("calibration_jsonl");
+  const std::filesystem::path model_dir = synth_tiny(dir);
+  const std::string chat = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n2+3=5\n#### 5";
+  const Tokenizer tokenizer = Tokenizer::from_files(model_dir);
+  const std::map<std::string, float> amax = calibrate_input_amax(model_dir, {tokenizer.encode(chat)});
+  const std::filesystem::path prompts_file = dir.path() / "prompts.jsonl";
+  std::ofstream(prompts_file) << nlohmann::json(chat).dump() << "\n\n";
+  const std::filesystem::path out = dir.path() / "nvfp4";
+  CommandResult r = run_fp4serve(fmt::format("quantize --in '{}' --out '{}' --calib-prompts '{}'", model_dir.string(),
+                                             out.string(), prompts_file.string()),
+                                 true);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  float input_scale;
+  std::memcpy(&input_scale, Checkpoint::open(out).tensor("model.layers.1.self_attn.o_proj.input_scale").bytes.data(),
+              sizeof input_scale);
+  EXPECT_EQ(input_scale, amax.at("model.layers.1.self_attn.o_proj") / (6.0f * 448.0f));
+
+  std::ofstream(prompts_file) << nlohmann::json(chat).dump() << "\n" << "plain text\n";
+  r = run_fp4serve(fmt::format("quantize --in '{}' --out '{}' --calib-prompts '{}'", model_dir.string(),
+                               (dir.path() / "bad").string(), prompts_file.string()),
+                   true);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, ::testing::HasSubstr("prompts.jsonl:2: a .jsonl prompt file holds one JSON string per line"));
 }
 
 }  // namespace
