@@ -4,7 +4,7 @@ Invariants: every intermediate value lies in [0, 999]; a problem's answer equals
 training and held-out sets share no template (phrasing tuple) and no number tuple, both split by a stable hash,
 so held-out problems are new combinations of phrasings the model saw, with numbers it never saw together.
 Pure Python (no torch): `python3 corpus.py` checks these invariants; `python3 corpus.py --split heldout` prints
-models/arith-heldout.jsonl.
+models/arith-heldout.jsonl, `--split train --n 64 --seed 1 --calib` models/arith-calibration.jsonl.
 """
 import random
 import re
@@ -135,10 +135,12 @@ if __name__ == "__main__":
     import json
     ap = argparse.ArgumentParser(description="Check the corpus invariants, or print one split as JSONL.")
     ap.add_argument("--split", choices=["train", "heldout"])
+    ap.add_argument("--calib", action="store_true",
+                    help="print whole chat turns as JSON strings (fp4serve quantize --calib-prompts FILE.jsonl)")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--seed", type=int, default=2027)  # train.py's held-out seed: its --seed (2026) + 1
     args = ap.parse_args()
     if args.split is None:
         _self_check()
     for p in make_split(args.n, args.split == "heldout", args.seed) if args.split else []:
-        print(json.dumps(p))
+        print(json.dumps(chat_prompt(p["question"]) + p["solution"] + "<|im_end|>" if args.calib else p))
