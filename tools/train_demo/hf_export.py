@@ -68,7 +68,8 @@ def expected_names(cfg):
         names |= {p + n + ".weight" for n in ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj",
                                               "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                                               "self_attn.q_norm", "self_attn.k_norm", "mlp.gate")}
-        names |= {f"{p}mlp.experts.{e}.{w}_proj.weight" for e in range(cfg["num_experts"]) for w in ("gate", "up", "down")}
+        names |= {f"{p}mlp.experts.{e}.{w}_proj.weight"
+                  for e in range(cfg["num_experts"]) for w in ("gate", "up", "down")}
     return names
 
 
