@@ -61,9 +61,12 @@ struct SplitWorkspace {
 
 void run_kernel(Kernel kernel, const cuda::Nvfp4FusedConfig& fused, cuda::Nvfp4GemmContext& context,
                 const cuda::Nvfp4GemmArgs& args) {
-  if (kernel == Kernel::Auto || kernel == Kernel::DequantCublas) {
+  const bool public_fused = kernel == Kernel::Fused && fused.token_tiles == 0;
+  if (kernel == Kernel::Auto || kernel == Kernel::DequantCublas || public_fused) {
     cuda::Nvfp4GemmArgs public_args = args;
-    public_args.path = kernel == Kernel::Auto ? cuda::Nvfp4GemmPath::Auto : cuda::Nvfp4GemmPath::DequantCublas;
+    public_args.path = kernel == Kernel::Auto            ? cuda::Nvfp4GemmPath::Auto
+                       : kernel == Kernel::DequantCublas ? cuda::Nvfp4GemmPath::DequantCublas
+                                                         : cuda::Nvfp4GemmPath::Fused;
     cuda::nvfp4_gemm_w4a16(context, public_args);
     return;
   }
@@ -109,7 +112,7 @@ std::string case_name(const testing::TestParamInfo<GemmCase>& info) {
   const char* order = c.order == Nvfp4RowOrder::Linear ? "" : c.order == Nvfp4RowOrder::Shuffled ? "_shuffled"
                                                                                                   : "_gated";
   std::string config;
-  if (c.kernel == Kernel::Fused)
+  if (c.kernel == Kernel::Fused && c.fused.token_tiles != 0)
     config = "_t" + std::to_string(c.fused.token_tiles) + "w" + std::to_string(c.fused.warps_n) + "s" +
              std::to_string(c.fused.k_splits);
   return c.shape_name + "_m" + std::to_string(c.m) + "_" + kernel_name(c.kernel) + config + order;
@@ -168,9 +171,10 @@ std::vector<GemmCase> gemm_cases() {
   std::vector<GemmCase> cases;
   for (const Layer& layer : layers)
     for (int64_t m : {1, 3, 16, 100, 512}) {
-      // Auto (the fused kernel up to m = 256, then cuBLAS); the cuBLAS path at every m, and the streaming kernel
-      // with 3 warps per CTA (several batches of steps per warp, warps' steps interleaved) wherever it applies.
-      std::vector<Kernel> kernels = {Kernel::Auto, Kernel::DequantCublas};
+      // Auto; the fused kernel with its rule's configuration (Kernel::Fused with token_tiles 0) and the cuBLAS
+      // path at every m, and the streaming kernel with 3 warps per CTA (several batches of steps per warp, warps'
+      // steps interleaved) wherever it applies.
+      std::vector<Kernel> kernels = {Kernel::Auto, Kernel::Fused, Kernel::DequantCublas};
       if (m <= cuda::kNvfp4StreamingMaxTokens) kernels.push_back(Kernel::StreamingFewWarps);
       for (Kernel kernel : kernels)
         cases.push_back({layer.name, layer.k, layer.shards, m, kernel, Nvfp4RowOrder::Linear});
@@ -199,6 +203,26 @@ std::vector<GemmCase> gemm_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Qwen3Shapes, Nvfp4GemmTest, testing::ValuesIn(gemm_cases()), case_name);
+
+// The measured rule (bench/RESULTS.md, H100) on the benchmark's shapes; Streaming never past its token limit.
+TEST(Nvfp4GemmCuda, AutoPathFollowsTheMeasuredRule) {
+  using cuda::Nvfp4GemmPath;
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(1, 5120, 2048), Nvfp4GemmPath::Streaming);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(32, 2048, 4096), Nvfp4GemmPath::Streaming);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(64, 5120, 2048), Nvfp4GemmPath::DequantCublas);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(16, 8192, 8192), Nvfp4GemmPath::Streaming);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(32, 8192, 8192), Nvfp4GemmPath::Fused);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(1, 151936, 2048), Nvfp4GemmPath::Fused);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(128, 28672, 8192), Nvfp4GemmPath::Fused);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(129, 28672, 8192), Nvfp4GemmPath::DequantCublas);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(4096, 96, 48), Nvfp4GemmPath::DequantCublas);
+  for (int64_t m = 1; m <= 256; ++m)
+    for (int64_t n : {96, 5120, 151936}) {
+      if (cuda::nvfp4_gemm_auto_path(m, n, 2048) == Nvfp4GemmPath::Streaming) {
+        EXPECT_LE(m, cuda::kNvfp4StreamingMaxTokens) << "m " << m << ", n " << n;
+      }
+    }
+}
 
 TEST(Nvfp4GemmCuda, ZeroTokensWritesNothing) {
   SKIP_WITHOUT_GPU();

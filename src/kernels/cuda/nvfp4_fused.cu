@@ -396,14 +396,14 @@ int nvfp4_fused_max_splits(int64_t k, int warps_n) {
 }
 
 int nvfp4_fused_splits_for(int64_t m, int64_t n, int64_t k, int token_tiles, int warps_n) {
-  // Split K until about two CTAs per multiprocessor of an H100 (132), keeping >= 2 stages per split.
+  // Split K only while the tiles leave multiprocessors of an H100 (132) idle: the partials' round trip and the last
+  // CTA's serial pass cost more than the extra CTAs bring once every SM has one (measured, bench/RESULTS.md).
   const int64_t tiles = ceil_div(m, 8 * token_tiles) * ceil_div(n, 16 * warps_n);
-  return static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(ceil_div(2 * 132, tiles), nvfp4_fused_max_splits(k, warps_n) / 2)));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(132 / tiles, nvfp4_fused_max_splits(k, warps_n))));
 }
 
 Nvfp4FusedConfig nvfp4_fused_config_for(int64_t m, int64_t n, int64_t k) {
-  const int token_tiles = token_tiles_for(m), warps_n = m <= 16 ? 2 : 8;
+  const int token_tiles = token_tiles_for(m), warps_n = m <= 16 ? 4 : 8;
   return {token_tiles, warps_n, nvfp4_fused_splits_for(m, n, k, token_tiles, warps_n)};
 }
 
