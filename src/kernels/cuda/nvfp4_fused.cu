@@ -234,8 +234,7 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
       dequantize_word(codes[h].z, splats[1], a[2][h]);
       dequantize_word(codes[h].w, splats[1], a[3][h]);
     }
-    // Straight-line code (no early exit for padding token tiles) so that consecutive mma go to independent
-    // accumulators: chains of dependent mma.sync, not bandwidth, limited the first version (bench/RESULTS.md).
+    // Straight-line code (no early exit for padding token tiles): consecutive mma go to independent accumulators.
     const uint8_t* token_base = base + T::kCodeBytes + T::kScaleBytes;
 #pragma unroll
     for (int word = 0; word < 4; ++word) {
