@@ -40,6 +40,15 @@ timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 "$tests" --gtes
 echo "memcheck exit status $? (0 = clean)" | tee -a "$OUT/memcheck.log"
 tail -4 "$OUT/memcheck.log"
 
+if command -v ncu > /dev/null; then
+  stamp "ncu: every kernel of the layer at m = 1 and m = 16 (Qwen3-30B-A3B shapes; two forwards each)"
+  for case in qwen3_m1 qwen3_m16_trtllm; do
+    timeout 100 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum,sm__warps_active.avg.pct_of_peak_sustained_active \
+      "$tests" --gtest_filter="Shapes/MoeLayerTest.*/$case" > "$OUT/ncu_$case.log" 2>&1
+    grep -E "^  [a-zA-Z_].*\(|gpu__time_duration|dram__bytes_read|warps_active" "$OUT/ncu_$case.log" | head -44
+  done
+fi
+
 stamp "benchmark"
 "$bench" 2> "$OUT/bench.err" | tee "$OUT/bench.md"
 bench_status=${PIPESTATUS[0]}

@@ -56,6 +56,8 @@ const MoeCase kCases[] = {
     // Odd: K = 16 * 3 and 16 * 5 (half 32-element chunks), few experts, no renormalization.
     {"odd_m7", 5, 3, 48, 80, 7, WeightLayout::Cutlass, false, false},
     {"odd_ties_m33", 6, 2, 80, 48, 33, WeightLayout::Cutlass, true, true},
+    // H = 4096 (kMoeMaxK): two k-steps per warp with four token tiles.
+    {"wide_m20_trtllm", 4, 2, 4096, 64, 20, WeightLayout::Trtllm, true, false},
 };
 
 struct HostMoe {

@@ -168,7 +168,7 @@ void moe_layer_forward(MoeLayerContext& context, const MoeLayerShape& shape, con
                        .n_active = w.routing.n_active,
                        .out = w.activated,
                        .stream = stream};
-  launch_moe_grouped_gemm(gemm1, true, max_active);
+  launch_moe_grouped_gemm(gemm1, true, m, max_active);
   MoeGroupedGemm gemm2 = gemm1;
   gemm2.a = w.activated;
   gemm2.a_rows = nullptr;
@@ -179,7 +179,7 @@ void moe_layer_forward(MoeLayerContext& context, const MoeLayerShape& shape, con
   gemm2.k = I;
   gemm2.alphas = weights.g2_alphas;
   gemm2.out = w.expert_out;
-  launch_moe_grouped_gemm(gemm2, false, max_active);
+  launch_moe_grouped_gemm(gemm2, false, m, max_active);
   launch_moe_combine(w.expert_out, w.routing, m, k, H, args.y, stream);
 }
 
