@@ -1,6 +1,6 @@
 // Grouped W4A16 expert GEMMs and the weighted combine of the MoE layer. A CTA owns 16 output rows (gated: 16 gate and
 // the matching 16 up rows) of one active expert, loads its share of the packed weights once (warps split K in
-// 128-element steps, kSteps each, as in nvfp4_streaming.cu) and then walks the expert's tokens 8 * kTokenTiles at a time:
+// 128-element steps, up to kSteps each, as in nvfp4_streaming.cu) and then walks the expert's tokens 32 at a time:
 // dequantize in registers, mma.sync against the gathered activations, partial sums added across warps in shared memory
 // in a fixed order. CTAs of grid rows past the number of active experts exit at once, so unrouted experts cost no
 // weight traffic.
@@ -17,6 +17,8 @@ namespace {
 
 constexpr int kStepElements = 128;  // 4 lanes (t) x 32 elements
 constexpr int kMaxWarps = 16;
+constexpr int kTokenTiles = 4;      // tokens per pass: 4 mma column tiles of 8
+constexpr int kTokensPerPass = kTokenTiles * 8;
 
 struct StepWeights {
   uint4 codes[2];      // rows g and g + 8 of the tile
@@ -25,12 +27,10 @@ struct StepWeights {
 
 __device__ __forceinline__ float round_bf16(float v) { return __uint_as_float(bf16x2_bits(v, 0.0f) << 16); }
 
-// kTokenTiles mma column tiles of 8 tokens per pass over the expert's tokens; aligned16: 16-byte weight loads.
-template <bool kGated, int kSteps, int kTokenTiles>
+template <bool kGated, int kSteps>
 __global__ void __launch_bounds__(kMaxWarps * 32) moe_grouped_kernel(const MoeGroupedGemm g, int32_t padded_rows,
-                                                                     int32_t padded_scale_cols, bool aligned16) {
+                                                                     int32_t padded_scale_cols) {
   constexpr int kTiles = kGated ? 2 : 1;  // gated: tile 0 = gate rows, tile 1 = up rows
-  constexpr int kTokensPerPass = kTokenTiles * 8;
   extern __shared__ float partial_sums[];  // [warps][kTiles][kTokenTiles][4][32]
   if (static_cast<int32_t>(blockIdx.y) >= *g.n_active) return;
   const int32_t expert = g.active_experts[blockIdx.y];
@@ -68,13 +68,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32) moe_grouped_kernel(const MoeGr
         w.scales[h] = 0;
         if (valid <= 0) continue;
         const uint8_t* p = row_codes[tile][h] + first / 2;
-        if (aligned16 && valid >= 32) {
-          w.codes[h] = load_streamed_16(p);
-        } else {
-          const uint2 low = load_streamed_8(p);
-          const uint2 high = valid >= 32 ? load_streamed_8(p + 8) : make_uint2(0, 0);
-          w.codes[h] = make_uint4(low.x, low.y, high.x, high.y);
-        }
+        const uint2 low = load_streamed_8(p);
+        const uint2 high = valid >= 32 ? load_streamed_8(p + 8) : make_uint2(0, 0);
+        w.codes[h] = make_uint4(low.x, low.y, high.x, high.y);
         const uint32_t two = __ldg(reinterpret_cast<const uint16_t*>(scales + row_scales[tile][h] +
                                                                      swizzled_block_offset(2 * chunk)));
         w.scales[h] = valid >= 32 ? two : (two & 0xFFu);  // a half chunk's second scale is padding
@@ -193,52 +189,38 @@ __global__ void moe_combine_kernel(const uint16_t* expert_out, const MoeRoutingB
                  bf16x2_bits(sum[6], sum[7]));
 }
 
-bool aligned16(const MoeGroupedGemm& g) {
-  return g.k % 32 == 0 && reinterpret_cast<uintptr_t>(g.packed) % 16 == 0;
-}
-
-template <bool kGated, int kSteps, int kTokenTiles>
-void launch_grouped(const MoeGroupedGemm& g, int32_t max_active) {
-  const int32_t n_steps = (g.k + kStepElements - 1) / kStepElements;
-  const int n_warps = (n_steps + kSteps - 1) / kSteps;
+template <bool kGated, int kSteps>
+void launch_grouped(const MoeGroupedGemm& g, int n_warps, int32_t max_active) {
   constexpr int kTiles = kGated ? 2 : 1;
   const SwizzledScaleShape padded = swizzled_scale_shape(g.n_rows, g.k / 16);
   const size_t shared_bytes = static_cast<size_t>(n_warps) * kTiles * kTokenTiles * 4 * 32 * sizeof(float);
-  auto kernel = moe_grouped_kernel<kGated, kSteps, kTokenTiles>;
+  auto kernel = moe_grouped_kernel<kGated, kSteps>;
   FP4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(shared_bytes)));
   const int32_t row_tiles = (kGated ? g.n_rows / 2 : g.n_rows) / 16;
   kernel<<<dim3(row_tiles, max_active), n_warps * 32, shared_bytes, static_cast<cudaStream_t>(g.stream)>>>(
-      g, static_cast<int32_t>(padded.padded_rows), static_cast<int32_t>(padded.padded_cols), aligned16(g));
+      g, static_cast<int32_t>(padded.padded_rows), static_cast<int32_t>(padded.padded_cols));
   FP4_CUDA_CHECK(cudaGetLastError());
 }
 
-// Few tokens per expert (decode, small batches): fewer token tiles free registers for two k-steps per warp, so half as
-// many warps carry twice the loads each and two CTAs fit on a multiprocessor (twice the weight bytes in flight; the
-// gated kernel spills ~160 bytes of its cached weights to L1 at the 128-register cap).
-// Otherwise one step per warp, up to 16 warps (k <= 2048), or two for k up to kMoeMaxK = 4096 (the gated kernel then
-// spills a little).
 template <bool kGated>
-void launch_grouped_shape(const MoeGroupedGemm& g, int32_t max_tokens_per_expert, int32_t max_active) {
+void launch_grouped_steps(const MoeGroupedGemm& g, int32_t max_active) {
   const int32_t n_steps = (g.k + kStepElements - 1) / kStepElements;
-  if (max_tokens_per_expert <= 8)
-    launch_grouped<kGated, 2, 1>(g, max_active);
-  else if (max_tokens_per_expert <= 16)
-    launch_grouped<kGated, 2, 2>(g, max_active);
-  else if (n_steps <= kMaxWarps)
-    launch_grouped<kGated, 1, 4>(g, max_active);
+  const int n_warps = n_steps < kMaxWarps ? n_steps : kMaxWarps;
+  // Up to 16 steps (k <= 2048) one per warp; up to kMoeMaxK = 4096 two (the gated kernel then spills a little).
+  if (n_steps <= kMaxWarps)
+    launch_grouped<kGated, 1>(g, n_warps, max_active);
   else
-    launch_grouped<kGated, 2, 4>(g, max_active);
+    launch_grouped<kGated, 2>(g, n_warps, max_active);
 }
 
 }  // namespace
 
-void launch_moe_grouped_gemm(const MoeGroupedGemm& gemm, bool gated, int32_t max_tokens_per_expert,
-                             int32_t max_active) {
+void launch_moe_grouped_gemm(const MoeGroupedGemm& gemm, bool gated, int32_t max_active) {
   if (gated)
-    launch_grouped_shape<true>(gemm, max_tokens_per_expert, max_active);
+    launch_grouped_steps<true>(gemm, max_active);
   else
-    launch_grouped_shape<false>(gemm, max_tokens_per_expert, max_active);
+    launch_grouped_steps<false>(gemm, max_active);
 }
 
 void launch_moe_combine(const uint16_t* expert_out, const MoeRoutingBuffers& routing, int32_t m, int32_t top_k,

@@ -45,10 +45,8 @@ struct MoeGroupedGemm {
   uint16_t* out;            // [m * k, I] gated, [m * k, n_rows] plain
   void* stream;
 };
-// max_tokens_per_expert (m) picks the tile shape; max_active bounds n_active (min(E, m * k)): one grid row per
-// possibly active expert.
-void launch_moe_grouped_gemm(const MoeGroupedGemm& gemm, bool gated, int32_t max_tokens_per_expert,
-                             int32_t max_active);
+// max_active bounds n_active (min(E, m * k)): one grid row per possibly active expert.
+void launch_moe_grouped_gemm(const MoeGroupedGemm& gemm, bool gated, int32_t max_active);
 
 // y[t, :] = bf16(sum over j < k in order of topk_weights[t, j] * expert_out[slot_position[t * k + j], :]).
 void launch_moe_combine(const uint16_t* expert_out, const MoeRoutingBuffers& routing, int32_t m, int32_t top_k,

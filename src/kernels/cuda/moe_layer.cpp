@@ -99,6 +99,9 @@ struct MoeLayerContext::State {
     check_cublas(cublasCreate(&blas), "cublasCreate");
     FP4_CUDA_CHECK(cudaMalloc(&blas_workspace, kBlasWorkspaceBytes));
     check_cublas(cublasSetWorkspace(blas, blas_workspace, kBlasWorkspaceBytes), "cublasSetWorkspace");
+    // Logits must be fp32 sums rounded to bf16 once: a split-K reduction in the output type would round twice
+    // (seen on H100 at H = 4096, E = 4: a different top-k order than the single-rounded reference).
+    check_cublas(cublasSetMathMode(blas, CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION), "cublasSetMathMode");
   }
 };
 
@@ -168,7 +171,7 @@ void moe_layer_forward(MoeLayerContext& context, const MoeLayerShape& shape, con
                        .n_active = w.routing.n_active,
                        .out = w.activated,
                        .stream = stream};
-  launch_moe_grouped_gemm(gemm1, true, m, max_active);
+  launch_moe_grouped_gemm(gemm1, true, max_active);
   MoeGroupedGemm gemm2 = gemm1;
   gemm2.a = w.activated;
   gemm2.a_rows = nullptr;
@@ -179,7 +182,7 @@ void moe_layer_forward(MoeLayerContext& context, const MoeLayerShape& shape, con
   gemm2.k = I;
   gemm2.alphas = weights.g2_alphas;
   gemm2.out = w.expert_out;
-  launch_moe_grouped_gemm(gemm2, false, m, max_active);
+  launch_moe_grouped_gemm(gemm2, false, max_active);
   launch_moe_combine(w.expert_out, w.routing, m, k, H, args.y, stream);
 }
 
