@@ -139,6 +139,14 @@ struct Bf16Baseline {
   int groups = 0;
 };
 
+// A device copy of a host array of device pointers (cuBLAS grouped GEMMs read their operands' addresses there).
+template <typename Pointer>
+Pointer* device_pointers(const std::vector<Pointer>& host) {
+  Pointer* device = device_alloc<Pointer>(host.size());
+  check(cudaMemcpy(device, host.data(), host.size() * sizeof(Pointer), cudaMemcpyHostToDevice), "upload pointers");
+  return device;
+}
+
 Bf16Baseline make_baseline(const std::vector<int32_t>& ids, const Stack& w13, const Stack& w2, uint16_t* xs,
                            uint16_t* act, uint16_t* gate_up, uint16_t* out) {
   std::vector<int> counts(E, 0);
@@ -173,19 +181,12 @@ Bf16Baseline make_baseline(const std::vector<int32_t>& ids, const Stack& w13, co
   b.betas.assign(b.groups, 0.0f);
   b.trans_a.assign(b.groups, CUBLAS_OP_T);
   b.trans_b.assign(b.groups, CUBLAS_OP_N);
-  auto upload = [&](const auto& host, auto*& device) {
-    using Element = std::remove_cv_t<std::remove_pointer_t<std::remove_reference_t<decltype(device)>>>;
-    device = reinterpret_cast<std::remove_reference_t<decltype(device)>>(device_alloc<Element>(host.size()));
-    check(cudaMemcpy(const_cast<void*>(static_cast<const void*>(device)), host.data(), host.size() * sizeof(void*),
-                     cudaMemcpyHostToDevice),
-          "upload pointers");
-  };
-  upload(a1, b.a1);
-  upload(b1, b.b1);
-  upload(c1, b.c1);
-  upload(a2, b.a2);
-  upload(b2, b.b2);
-  upload(c2, b.c2);
+  b.a1 = device_pointers(a1);
+  b.b1 = device_pointers(b1);
+  b.c1 = device_pointers(c1);
+  b.a2 = device_pointers(a2);
+  b.b2 = device_pointers(b2);
+  b.c2 = device_pointers(c2);
   return b;
 }
 
