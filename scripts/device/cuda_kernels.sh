@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU device machine, from the repository root: configure and build test_kernels_cuda and
-# bench_cuda_nvfp4_gemm (Ninja, -j16), run the tests, then the benchmark; every log is tee'd into $OUT.
+# bench_cuda_nvfp4_gemm (Ninja, -j16), run the tests, memcheck a subset, then the benchmark (--no-bench skips it);
+# every log is tee'd into $OUT.
 # The device image has CMake, Ninja, nvcc and g++ but not the project's Debian -dev packages. Those travel as .deb
 # files in .deps-cuda/ (git-ignored, listed in .git/info/exclude; pass it in `carry`), fetched on the workstation with
 #   mkdir -p .deps-cuda && (cd .deps-cuda && apt-get download $(bash scripts/device/cuda_kernels.sh --list-debs))
@@ -15,7 +16,11 @@ debs=(nlohmann-json3-dev libcli11-dev libfmt-dev libfmt9 libspdlog-dev libspdlog
       libbrotli1 libbrotli-dev libssl-dev libssl3 zlib1g-dev zlib1g)
 if [ "${1:-}" = "--list-debs" ]; then echo "${debs[@]}"; exit 0; fi
 minimal_only=0
-[ "${1:-}" = "--minimal" ] && minimal_only=1
+run_bench=1
+for arg in "$@"; do
+  [ "$arg" = "--minimal" ] && minimal_only=1
+  [ "$arg" = "--no-bench" ] && run_bench=0
+done
 
 OUT=${OUT:-/tmp/fp4serve-device-out}
 BUILD=${BUILD:-build-device}
@@ -79,12 +84,14 @@ minimal_build() {
   for f in src/kernels/cuda/*.cu; do
     "${nvcc[@]}" -c "$f" -o "$dir/$(basename "$f").o" & pids+=($!); objects+=("$dir/$(basename "$f").o")
   done
-  for f in src/kernels/cuda/nvfp4_gemm.cpp src/kernels/device.cpp src/format/nvfp4.cpp src/format/layout.cpp \
+  for f in src/kernels/cuda/*.cpp src/kernels/device.cpp src/format/nvfp4.cpp src/format/layout.cpp \
            src/format/e4m3.cpp; do
     "${cxx[@]}" -c "$f" -o "$dir/$(basename "$f").o" & pids+=($!); objects+=("$dir/$(basename "$f").o")
   done
-  "${cxx[@]}" -c tests/kernels_cuda/nvfp4_gemm_test.cpp -o "$dir/test.o" & pids+=($!)
-  "${cxx[@]}" -c tests/kernels_cuda/device_test.cpp -o "$dir/device_test.o" & pids+=($!)
+  local tests=()
+  for f in tests/kernels_cuda/*.cpp; do
+    "${cxx[@]}" -c "$f" -o "$dir/test_$(basename "$f").o" & pids+=($!); tests+=("$dir/test_$(basename "$f").o")
+  done
   "${cxx[@]}" -c bench/cuda_nvfp4_gemm.cpp -o "$dir/bench.o" & pids+=($!)
   local failed=0
   for p in "${pids[@]}"; do wait "$p" || failed=1; done
@@ -92,7 +99,7 @@ minimal_build() {
   local libs=(-L"$LIBDIR" -Wl,-rpath,"$LIBDIR" -L"$cuda_lib" -Wl,-rpath,"$cuda_lib" -lfmt -lcublas -lcublasLt -lcudart
               -lpthread -ldl -lrt)
   mkdir -p "$BUILD/tests" "$BUILD/bench"
-  g++ -fopenmp "$dir/test.o" "$dir/device_test.o" "${objects[@]}" -lgtest_main -lgtest -lgmock "${libs[@]}" \
+  g++ -fopenmp "${tests[@]}" "${objects[@]}" -lgtest_main -lgtest -lgmock "${libs[@]}" \
     -o "$BUILD/tests/test_kernels_cuda" &&
     g++ -fopenmp "$dir/bench.o" "${objects[@]}" "${libs[@]}" -o "$BUILD/bench/bench_cuda_nvfp4_gemm"
 }
@@ -119,15 +126,19 @@ stamp "tests"
 test_status=${PIPESTATUS[0]}
 
 if command -v compute-sanitizer > /dev/null; then
-  stamp "memcheck on the padded and odd-K shapes"
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/tests/test_kernels_cuda" --gtest_brief=1 \
-    --gtest_filter='*odd_m3_*:*odd_m100_*:*down_m16_*:*_gated-*DequantCublas*' > "$OUT/memcheck.log" 2>&1
+  stamp "memcheck on the padded and odd-K shapes, every fused tile shape, the grouped kernel"
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/tests/test_kernels_cuda" --gtest_brief=1 \
+    --gtest_filter='*odd_m3_*:*odd_m100_*:*down_m16_*:*_gated-*DequantCublas*:*odd200_m5_Fused*:*odd_m*_Fused*:*odd_uneven*:*w13_decode*' \
+    > "$OUT/memcheck.log" 2>&1
   echo "memcheck exit status $? (0 = clean)" | tee -a "$OUT/memcheck.log"
   tail -5 "$OUT/memcheck.log"
 fi
 
-stamp "benchmark"
-"$BUILD/bench/bench_cuda_nvfp4_gemm" 2> "$OUT/bench.err" | tee "$OUT/bench.md"
-bench_status=${PIPESTATUS[0]}
+bench_status=0
+if [ "$run_bench" -eq 1 ]; then
+  stamp "benchmark"
+  "$BUILD/bench/bench_cuda_nvfp4_gemm" 2> "$OUT/bench.err" | tee "$OUT/bench.md"
+  bench_status=${PIPESTATUS[0]}
+fi
 stamp "done: tests exit $test_status, bench exit $bench_status"
 [ "$test_status" -eq 0 ] && [ "$bench_status" -eq 0 ]
