@@ -203,7 +203,9 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
     }
   };
 
-  float acc[kTokenTiles][4] = {};
+  // Few token tiles: several accumulator chains per tile, added at the end.
+  constexpr int kChains = kTokenTiles >= 4 ? 1 : 4 / kTokenTiles;
+  float acc[kChains][kTokenTiles][4] = {};
   auto compute_stage = [&](int32_t stage, int slot) {
     const uint8_t* base = shared + slot * T::kStageBytes;
     const int row = warp_n * 16 + g;
@@ -232,24 +234,26 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
       dequantize_word(codes[h].z, splats[1], a[2][h]);
       dequantize_word(codes[h].w, splats[1], a[3][h]);
     }
+    // Straight-line code (no early exit for padding token tiles) so that consecutive mma go to independent
+    // accumulators: chains of dependent mma.sync, not bandwidth, limited the first version (bench/RESULTS.md).
     const uint8_t* token_base = base + T::kCodeBytes + T::kScaleBytes;
 #pragma unroll
-    for (int tt = 0; tt < kTokenTiles; ++tt) {
-      const int token = tt * 8 + g;
-      if (tt * 8 >= tokens) break;  // uniform: the rest of the tile is padding
-      const uint8_t* token_row = token_base + token * (T::kStageK * 2);
+    for (int word = 0; word < 4; ++word) {
+      uint32_t pairs[kTokenTiles][4];
 #pragma unroll
-      for (int word = 0; word < 4; ++word) {
-        const int part = warp_k * 16 + t * 4 + word;
-        const uint4 xv = *reinterpret_cast<const uint4*>(token_row + swizzled_token_chunk(part, token) * 16);
-        uint32_t pairs[4];
-        permute_x_pairs(xv, pairs);
+      for (int tt = 0; tt < kTokenTiles; ++tt) {
+        const int token = tt * 8 + g, part = warp_k * 16 + t * 4 + word;
+        permute_x_pairs(*reinterpret_cast<const uint4*>(token_base + token * (T::kStageK * 2) +
+                                                        swizzled_token_chunk(part, token) * 16),
+                        pairs[tt]);
+      }
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const uint32_t frag[4] = {a[word][0][2 * half], a[word][1][2 * half], a[word][0][2 * half + 1],
-                                    a[word][1][2 * half + 1]};
-          mma_bf16_m16n8k16(acc[tt], frag, pairs[2 * half], pairs[2 * half + 1]);
-        }
+      for (int half = 0; half < 2; ++half) {
+        const uint32_t frag[4] = {a[word][0][2 * half], a[word][1][2 * half], a[word][0][2 * half + 1],
+                                  a[word][1][2 * half + 1]};
+#pragma unroll
+        for (int tt = 0; tt < kTokenTiles; ++tt)
+          mma_bf16_m16n8k16(acc[(word * 2 + half) % kChains][tt], frag, pairs[tt][2 * half], pairs[tt][2 * half + 1]);
       }
     }
   };
@@ -269,6 +273,12 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
   }
   wait_copies<0>();
   __syncthreads();
+#pragma unroll
+  for (int c = 1; c < kChains; ++c)
+#pragma unroll
+    for (int tt = 0; tt < kTokenTiles; ++tt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[0][tt][e] += acc[c][tt][e];
 
   // Warps that split a stage's K add into warp_k == 0, in warp_k order.
   if constexpr (T::kWarpsK > 1) {
@@ -278,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
       for (int tt = 0; tt < kTokenTiles; ++tt)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          sums[(((warp_k - 1) * kWarpsN + warp_n) * kTokenTiles * 4 + tt * 4 + e) * 32 + lane] = acc[tt][e];
+          sums[(((warp_k - 1) * kWarpsN + warp_n) * kTokenTiles * 4 + tt * 4 + e) * 32 + lane] = acc[0][tt][e];
     __syncthreads();
     if (warp_k == 0)
       for (int w = 1; w < T::kWarpsK; ++w)
@@ -286,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
         for (int tt = 0; tt < kTokenTiles; ++tt)
 #pragma unroll
           for (int e = 0; e < 4; ++e)
-            acc[tt][e] += sums[(((w - 1) * kWarpsN + warp_n) * kTokenTiles * 4 + tt * 4 + e) * 32 + lane];
+            acc[0][tt][e] += sums[(((w - 1) * kWarpsN + warp_n) * kTokenTiles * 4 + tt * 4 + e) * 32 + lane];
   }
 
   if (p.k_splits > 1) {
@@ -298,7 +308,7 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
     if (warp_k == 0)
 #pragma unroll
       for (int r = 0; r < kTokenTiles * 4; ++r)
-        tile_partials[blockIdx.z * kTileFloats + r * kWarpsN * 32 + threadIdx.x] = acc[r / 4][r % 4];
+        tile_partials[blockIdx.z * kTileFloats + r * kWarpsN * 32 + threadIdx.x] = acc[0][r / 4][r % 4];
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -314,7 +324,7 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
         float sum = 0.0f;
         for (int s = 0; s < p.k_splits; ++s) sum += __ldcg(&tile_partials[s * kTileFloats + r * kWarpsN * 32 +
                                                                           threadIdx.x]);
-        acc[r / 4][r % 4] = sum;
+        acc[0][r / 4][r % 4] = sum;
       }
   }
   if (warp_k != 0) return;
@@ -338,7 +348,7 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
       const int32_t row = first_n + warp_n * 16 + g + 8 * (e / 2), token = tt * 8 + 2 * t + e % 2;
       if (row < p.n && token < tokens)
         p.y[static_cast<int64_t>(work.first_row + token) * p.n + row] =
-            static_cast<uint16_t>(bf16x2_bits(acc[tt][e] * row_alpha[e / 2], 0.0f) & 0xFFFFu);
+            static_cast<uint16_t>(bf16x2_bits(acc[0][tt][e] * row_alpha[e / 2], 0.0f) & 0xFFFFu);
     }
 }
 
