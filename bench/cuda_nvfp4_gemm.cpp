@@ -1,6 +1,8 @@
-// NVFP4 W4A16 GEMM on the GPU: each kernel variant and the Auto choice against a cuBLAS bf16 GEMM of the same shape
-// (Qwen3-30B-A3B linears, M tokens). Times are medians of CUDA-graph replays, each replay launching once per copy of
-// the weights (copies rotate so that the weights come from HBM, not L2). Prints a markdown table last.
+// NVFP4 W4A16 GEMM on the GPU: each path, fused tile variant and the Auto choice against a cuBLAS bf16 GEMM of the same
+// shape (Qwen3-30B-A3B linears, an lm-head-like and two large shapes; M tokens), then the grouped GEMM on the
+// Qwen3-30B-A3B experts against its HBM floor and a per-expert cuBLAS bf16 loop. Times are medians of CUDA-graph
+// replays, each replay launching once per copy of the weights (copies rotate so that weights come from HBM, not L2).
+// Prints markdown tables last.
 #include <cstdio>
 
 #ifndef FP4SERVE_HAVE_CUDA
@@ -25,6 +27,7 @@ int main() {
 #include "format/layout.h"
 #include "format/nvfp4.h"
 #include "kernels/cuda/nvfp4_gemm.h"
+#include "kernels/cuda/nvfp4_grouped_gemm.h"
 #include "kernels/cuda/nvfp4_kernels.h"
 
 namespace {
@@ -94,26 +97,64 @@ double copy_bandwidth_gbs(cudaStream_t stream) {
   return 2.0 * bytes / us / 1e3;  // bytes read + written
 }
 
-struct Layer {
+struct Shape {
   const char* name;
   int64_t n, k;
 };
 
-struct Row {
-  std::string layer;
-  int64_t m;
-  std::vector<double> us;  // per variant, NaN where not applicable
-  std::string auto_path;
-  double auto_us, cublas_us, weight_gbs, tflops;
+// One quantized weight (random bf16, std 0.02) in `copies` device copies, and its bf16 original in bf16_copies.
+struct BenchWeight {
+  int64_t n, k;
+  float global_scale;
+  size_t packed_bytes, scale_bytes;
+  int copies;
+  uint8_t* packed;
+  uint8_t* scales;
+  std::vector<bf16_bits> bf16;
+  BenchWeight(int64_t n_rows, int64_t k_cols, int min_copies, std::mt19937& rng) : n(n_rows), k(k_cols) {
+    std::normal_distribution<float> normal(0.0f, 0.02f);
+    bf16.resize(n * k);
+    for (auto& v : bf16) v = float_to_bf16(normal(rng));
+    global_scale = nvfp4_global_scale(amax_abs(bf16.data(), n * k));
+    std::vector<uint8_t> codes(n * k / 2), linear(n * k / 16);
+    nvfp4_quantize(bf16.data(), n, k, global_scale, codes.data(), linear.data());
+    const SwizzledScaleShape padded = swizzled_scale_shape(n, k / 16);
+    std::vector<uint8_t> swizzled(padded.padded_rows * padded.padded_cols);
+    swizzle_block_scales(linear.data(), {1, n, k / 16, "scales"}, swizzled.data());
+    packed_bytes = codes.size();
+    scale_bytes = swizzled.size();
+    copies = static_cast<int>(std::clamp<size_t>(kRotationBytes / (packed_bytes + scale_bytes), min_copies, 256));
+    packed = device_alloc<uint8_t>(packed_bytes * copies);
+    scales = device_alloc<uint8_t>(scale_bytes * copies);
+    for (int c = 0; c < copies; ++c) {
+      check(cudaMemcpy(packed + c * packed_bytes, codes.data(), packed_bytes, cudaMemcpyHostToDevice), "upload");
+      check(cudaMemcpy(scales + c * scale_bytes, swizzled.data(), scale_bytes, cudaMemcpyHostToDevice), "upload");
+    }
+  }
+  ~BenchWeight() {
+    cudaFree(packed);
+    cudaFree(scales);
+  }
+  size_t bytes() const { return packed_bytes + scale_bytes; }
 };
 
-// The streaming kernel with the warps per CTA its rule picks, then forced to 16, 8 and 4 (how the rule was chosen).
-const char* const kVariants[] = {"streaming", "w16", "w8", "w4", "deq+cublas", "auto"};
-constexpr int kVariantCount = 6;
-constexpr int kStreamingVariants = 4;
+// Dense columns: the public Auto path; each path forced; the fused kernel in other tile / split choices.
+enum Column { kAuto, kFused, kFusedW8, kFusedW4, kFusedW2, kFusedSplit1, kFusedSplit2x, kStreaming, kDequant, kColumns };
+const char* const kColumnNames[kColumns] = {"auto",     "fused", "f w8",      "f w4",       "f w2",
+                                            "f split1", "f split x2", "streaming", "deq+cublas"};
+
+struct DenseRow {
+  std::string shape;
+  int64_t n, k, m;
+  double us[kColumns];
+  std::string auto_label;
+  double cublas_us;
+  size_t nvfp4_bytes;
+};
 
 const char* path_label(cuda::Nvfp4GemmPath path) {
   switch (path) {
+    case cuda::Nvfp4GemmPath::Fused: return "fused";
     case cuda::Nvfp4GemmPath::Streaming: return "streaming";
     case cuda::Nvfp4GemmPath::DequantCublas: return "deq+cublas";
     case cuda::Nvfp4GemmPath::Auto: break;
@@ -121,51 +162,24 @@ const char* path_label(cuda::Nvfp4GemmPath path) {
   return "?";
 }
 
-std::vector<Row> bench_layer(const Layer& layer, cudaStream_t stream, cublasHandle_t blas,
-                             cuda::Nvfp4GemmContext& context) {
-  const int64_t n = layer.n, k = layer.k;
+std::vector<DenseRow> bench_shape(const Shape& shape, cudaStream_t stream, cublasHandle_t blas,
+                                  cuda::Nvfp4GemmContext& context, bf16_bits* x_d, bf16_bits* y_d) {
+  const int64_t n = shape.n, k = shape.k;
   std::mt19937 rng(1234);
-  std::normal_distribution<float> normal(0.0f, 0.02f);
-  std::vector<bf16_bits> w(n * k);
-  for (auto& v : w) v = float_to_bf16(normal(rng));
-  const float global_scale = nvfp4_global_scale(amax_abs(w.data(), n * k));
-  std::vector<uint8_t> packed(n * k / 2), scales(n * k / 16);
-  nvfp4_quantize(w.data(), n, k, global_scale, packed.data(), scales.data());
-  const SwizzledScaleShape padded = swizzled_scale_shape(n, k / 16);
-  std::vector<uint8_t> swizzled(padded.padded_rows * padded.padded_cols);
-  swizzle_block_scales(scales.data(), {1, n, k / 16, "scales"}, swizzled.data());
-
-  const size_t nvfp4_bytes = packed.size() + swizzled.size(), bf16_bytes = w.size() * sizeof(bf16_bits);
-  const int nvfp4_copies = static_cast<int>(std::clamp<size_t>(kRotationBytes / nvfp4_bytes, 8, 256));
-  const int bf16_copies = static_cast<int>(std::clamp<size_t>(kRotationBytes / bf16_bytes, 8, 256));
-  uint8_t* packed_d = device_alloc<uint8_t>(packed.size() * nvfp4_copies);
-  uint8_t* scales_d = device_alloc<uint8_t>(swizzled.size() * nvfp4_copies);
-  bf16_bits* w_d = device_alloc<bf16_bits>(w.size() * bf16_copies);
-  for (int c = 0; c < nvfp4_copies; ++c) {
-    check(cudaMemcpy(packed_d + c * packed.size(), packed.data(), packed.size(), cudaMemcpyHostToDevice), "upload");
-    check(cudaMemcpy(scales_d + c * swizzled.size(), swizzled.data(), swizzled.size(), cudaMemcpyHostToDevice),
-          "upload");
-  }
+  BenchWeight w(n, k, 8, rng);
+  const size_t bf16_bytes = w.bf16.size() * sizeof(bf16_bits);
+  const int bf16_copies = static_cast<int>(std::clamp<size_t>(kRotationBytes / bf16_bytes, 4, 256));
+  bf16_bits* w_d = device_alloc<bf16_bits>(w.bf16.size() * bf16_copies);
   for (int c = 0; c < bf16_copies; ++c)
-    check(cudaMemcpy(w_d + c * w.size(), w.data(), bf16_bytes, cudaMemcpyHostToDevice), "upload");
-
-  const int64_t max_m = 4096;
-  std::vector<bf16_bits> x(max_m * k);
-  for (auto& v : x) v = float_to_bf16(normal(rng) * 50.0f);
-  bf16_bits* x_d = device_alloc<bf16_bits>(x.size());
-  bf16_bits* y_d = device_alloc<bf16_bits>(max_m * n);
-  check(cudaMemcpy(x_d, x.data(), x.size() * sizeof(bf16_bits), cudaMemcpyHostToDevice), "upload");
+    check(cudaMemcpy(w_d + c * w.bf16.size(), w.bf16.data(), bf16_bytes, cudaMemcpyHostToDevice), "upload");
   context.reserve_dequant(n, k);
+  float* partials = nullptr;
+  int32_t* counters = nullptr;
+  int64_t partial_floats = 0, counter_count = 0;
 
-  const std::vector<cuda::Nvfp4AlphaRange> alphas = {{n, global_scale}};
-  std::vector<Row> rows;
-  for (int64_t m : {1, 16, 32, 64, 256, 4096}) {
-    cuda::Nvfp4GemmArgs args;
-    args.x = x_d;
-    args.m = m;
-    args.alphas = alphas;
-    args.y = y_d;
-    args.stream = stream;
+  const std::vector<cuda::Nvfp4AlphaRange> alphas = {{n, w.global_scale}};
+  std::vector<DenseRow> rows;
+  for (int64_t m : {1, 8, 16, 32, 64, 128, 512, 4096}) {
     cuda::Nvfp4LaunchArgs launch{};
     launch.x = x_d;
     launch.m = static_cast<int32_t>(m);
@@ -174,55 +188,197 @@ std::vector<Row> bench_layer(const Layer& layer, cudaStream_t stream, cublasHand
     launch.order = Nvfp4RowOrder::Linear;
     launch.alphas.count = 1;
     launch.alphas.row_end[0] = static_cast<int32_t>(n);
-    launch.alphas.alpha[0] = global_scale;
+    launch.alphas.alpha[0] = w.global_scale;
     launch.y = y_d;
     launch.stream = stream;
     auto with_copy = [&](int i) {
       cuda::Nvfp4LaunchArgs l = launch;
-      l.packed = packed_d + (i % nvfp4_copies) * packed.size();
-      l.block_scales = scales_d + (i % nvfp4_copies) * swizzled.size();
+      l.packed = w.packed + (i % w.copies) * w.packed_bytes;
+      l.block_scales = w.scales + (i % w.copies) * w.scale_bytes;
       return l;
     };
     auto public_call = [&](int i, cuda::Nvfp4GemmPath path) {
-      cuda::Nvfp4GemmArgs a = args;
-      a.weight = {packed_d + (i % nvfp4_copies) * packed.size(), scales_d + (i % nvfp4_copies) * swizzled.size(), n,
-                  k, Nvfp4RowOrder::Linear};
+      cuda::Nvfp4GemmArgs a;
+      a.x = x_d;
+      a.m = m;
+      a.weight = {w.packed + (i % w.copies) * w.packed_bytes, w.scales + (i % w.copies) * w.scale_bytes, n, k,
+                  Nvfp4RowOrder::Linear};
+      a.alphas = alphas;
+      a.y = y_d;
+      a.stream = stream;
       a.path = path;
       cuda::nvfp4_gemm_w4a16(context, a);
     };
-    const std::function<void(int)> variants[kVariantCount] = {
-        [&](int i) { cuda::launch_nvfp4_streaming(with_copy(i), cuda::nvfp4_streaming_warps_for(m, n, k)); },
-        [&](int i) { cuda::launch_nvfp4_streaming(with_copy(i), 16); },
-        [&](int i) { cuda::launch_nvfp4_streaming(with_copy(i), 8); },
-        [&](int i) { cuda::launch_nvfp4_streaming(with_copy(i), 4); },
-        [&](int i) { public_call(i, cuda::Nvfp4GemmPath::DequantCublas); },
-        [&](int i) { public_call(i, cuda::Nvfp4GemmPath::Auto); },
+    const cuda::Nvfp4FusedConfig rule = cuda::nvfp4_fused_config_for(m, n, k);
+    auto with_warps = [&](int warps_n) {
+      return cuda::Nvfp4FusedConfig{rule.token_tiles, warps_n,
+                                    cuda::nvfp4_fused_splits_for(m, n, k, rule.token_tiles, warps_n)};
     };
-    const cuda::Nvfp4GemmPath auto_path = cuda::nvfp4_gemm_auto_path(m);
-    std::string auto_label = path_label(auto_path);
-    if (auto_path == cuda::Nvfp4GemmPath::Streaming)
-      auto_label += " w" + std::to_string(cuda::nvfp4_streaming_warps_for(m, n, k));
-    Row row{layer.name, m, {}, auto_label, 0, 0, 0, 0};
-    for (int v = 0; v < kVariantCount; ++v) {
-      const bool applicable = v >= kStreamingVariants || m <= cuda::kNvfp4StreamingMaxTokens;
-      row.us.push_back(applicable ? median_us(stream, nvfp4_copies, variants[v]) : NAN);
+    const cuda::Nvfp4FusedConfig configs[] = {
+        rule, with_warps(8), with_warps(4), with_warps(2), {rule.token_tiles, rule.warps_n, 1},
+        {rule.token_tiles, rule.warps_n,
+         std::min(2 * rule.k_splits, cuda::nvfp4_fused_max_splits(k, rule.warps_n))}};
+    for (const cuda::Nvfp4FusedConfig& config : configs) {
+      const cuda::Nvfp4FusedWorkspaceSize size = cuda::nvfp4_fused_workspace_size(m, n, config);
+      if (size.partial_floats > partial_floats) {
+        if (partials != nullptr) check(cudaFree(partials), "free");
+        partials = device_alloc<float>(size.partial_floats);
+        partial_floats = size.partial_floats;
+      }
+      if (size.counters > counter_count) {
+        if (counters != nullptr) check(cudaFree(counters), "free");
+        counters = device_alloc<int32_t>(size.counters);
+        check(cudaMemset(counters, 0, size.counters * sizeof(int32_t)), "memset");
+        counter_count = size.counters;
+      }
     }
-    row.auto_us = row.us.back();
+    const cuda::Nvfp4GemmPath auto_path = cuda::nvfp4_gemm_auto_path(m, n, k);
+    DenseRow row{shape.name, n, k, m, {}, path_label(auto_path), 0, w.bytes()};
+    if (auto_path == cuda::Nvfp4GemmPath::Fused)
+      row.auto_label += " t" + std::to_string(rule.token_tiles) + "w" + std::to_string(rule.warps_n) + "s" +
+                        std::to_string(rule.k_splits);
+    for (int c = 0; c < kColumns; ++c) {
+      const bool fused_column = c >= kFused && c <= kFusedSplit2x;
+      if ((fused_column && m > 512) || (c == kStreaming && m > cuda::kNvfp4StreamingMaxTokens)) {
+        row.us[c] = NAN;
+        continue;
+      }
+      std::function<void(int)> variant;
+      if (c == kAuto) variant = [&](int i) { public_call(i, cuda::Nvfp4GemmPath::Auto); };
+      if (c == kDequant) variant = [&](int i) { public_call(i, cuda::Nvfp4GemmPath::DequantCublas); };
+      if (c == kStreaming)
+        variant = [&](int i) { cuda::launch_nvfp4_streaming(with_copy(i), cuda::nvfp4_streaming_warps_for(m, n, k)); };
+      if (fused_column) {
+        const cuda::Nvfp4FusedConfig config = configs[c - kFused];
+        variant = [&, config](int i) { cuda::launch_nvfp4_fused(with_copy(i), config, partials, counters); };
+      }
+      row.us[c] = median_us(stream, w.copies, variant);
+    }
     const float one = 1.0f, zero = 0.0f;
     row.cublas_us = median_us(stream, bf16_copies, [&](int i) {
       check(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
-                         &one, w_d + (i % bf16_copies) * w.size(), CUDA_R_16BF, static_cast<int>(k), x_d, CUDA_R_16BF,
-                         static_cast<int>(k), &zero, y_d, CUDA_R_16BF, static_cast<int>(n), CUBLAS_COMPUTE_32F,
-                         CUBLAS_GEMM_DEFAULT),
+                         &one, w_d + (i % bf16_copies) * w.bf16.size(), CUDA_R_16BF, static_cast<int>(k), x_d,
+                         CUDA_R_16BF, static_cast<int>(k), &zero, y_d, CUDA_R_16BF, static_cast<int>(n),
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
             "cublasGemmEx");
     });
-    row.weight_gbs = nvfp4_bytes / row.auto_us / 1e3;
-    row.tflops = 2.0 * m * n * k / row.auto_us / 1e6;
     rows.push_back(row);
-    std::fprintf(stderr, "%s m=%ld done\n", layer.name, static_cast<long>(m));
+    std::fprintf(stderr, "%s m=%ld done\n", shape.name, static_cast<long>(m));
   }
-  for (void* p : {static_cast<void*>(packed_d), static_cast<void*>(scales_d), static_cast<void*>(w_d),
-                  static_cast<void*>(x_d), static_cast<void*>(y_d)})
+  for (void* p : {static_cast<void*>(w_d), static_cast<void*>(partials), static_cast<void*>(counters)})
+    if (p != nullptr) check(cudaFree(p), "free");
+  return rows;
+}
+
+// ---- Grouped: Qwen3-30B-A3B experts (E 128, top-8, H 2048, I 768), w13 [E, 2I, H] then w2 [E, H, I] ----
+struct GroupedRow {
+  int64_t tokens, experts_touched;
+  double w13_us, w2_us, floor_us, bf16_us;
+};
+
+std::vector<GroupedRow> bench_grouped(cudaStream_t stream, cublasHandle_t blas, cuda::Nvfp4GemmContext& context,
+                                      double copy_gbs) {
+  constexpr int64_t kExperts = 128, kTopK = 8, kHidden = 2048, kInter = 768;
+  constexpr int kRoutings = 6;  // weight copies, each with its own routing: touched bytes rotate past the L2
+  std::mt19937 rng(99);
+  // One expert's quantized weights, replicated: the kernel's time does not depend on the values.
+  BenchWeight w13_one(2 * kInter, kHidden, 1, rng), w2_one(kHidden, kInter, 1, rng);
+  const size_t w13_bytes = w13_one.bytes(), w2_bytes = w2_one.bytes();
+  auto replicate = [&](const BenchWeight& one, uint8_t*& packed, uint8_t*& scales) {
+    packed = device_alloc<uint8_t>(one.packed_bytes * kExperts * kRoutings);
+    scales = device_alloc<uint8_t>(one.scale_bytes * kExperts * kRoutings);
+    for (int64_t e = 0; e < kExperts * kRoutings; ++e) {
+      check(cudaMemcpy(packed + e * one.packed_bytes, one.packed, one.packed_bytes, cudaMemcpyDeviceToDevice), "copy");
+      check(cudaMemcpy(scales + e * one.scale_bytes, one.scales, one.scale_bytes, cudaMemcpyDeviceToDevice), "copy");
+    }
+  };
+  uint8_t *w13_packed, *w13_scales, *w2_packed, *w2_scales;
+  replicate(w13_one, w13_packed, w13_scales);
+  replicate(w2_one, w2_packed, w2_scales);
+  std::vector<float> alphas(kExperts * 2, w13_one.global_scale);
+  float* alphas_d = device_alloc<float>(alphas.size());
+  check(cudaMemcpy(alphas_d, alphas.data(), alphas.size() * sizeof(float), cudaMemcpyHostToDevice), "upload");
+  // bf16 baseline weights: two copies of every expert (2 x 1.2 GB), one cuBLAS GEMM per non-empty expert.
+  const int64_t w13_elems = 2 * kInter * kHidden, w2_elems = kHidden * kInter;
+  bf16_bits* bf16_w = device_alloc<bf16_bits>((w13_elems + w2_elems) * kExperts * 2);
+  check(cudaMemset(bf16_w, 0x3C, (w13_elems + w2_elems) * kExperts * 2 * sizeof(bf16_bits)), "memset");
+
+  const int64_t max_tokens = 4096, max_rows = max_tokens * kTopK;
+  bf16_bits* x_d = device_alloc<bf16_bits>(max_rows * kHidden);
+  bf16_bits* h_d = device_alloc<bf16_bits>(max_rows * 2 * kInter);
+  bf16_bits* y_d = device_alloc<bf16_bits>(max_rows * kHidden);
+  check(cudaMemset(x_d, 0x3C, max_rows * kHidden * sizeof(bf16_bits)), "memset");
+  check(cudaMemset(h_d, 0x3C, max_rows * 2 * kInter * sizeof(bf16_bits)), "memset");
+  int32_t* offsets_d = device_alloc<int32_t>((kExperts + 1) * kRoutings);
+
+  std::vector<GroupedRow> rows;
+  for (int64_t tokens : {1, 16, 64, 256, 4096}) {
+    std::vector<std::vector<int32_t>> counts(kRoutings, std::vector<int32_t>(kExperts, 0));
+    int64_t touched_total = 0;
+    for (int r = 0; r < kRoutings; ++r) {
+      for (int64_t t = 0; t < tokens; ++t) {
+        std::vector<int> ids(kExperts);
+        for (int e = 0; e < kExperts; ++e) ids[e] = e;
+        std::shuffle(ids.begin(), ids.end(), rng);
+        for (int j = 0; j < kTopK; ++j) ++counts[r][ids[j]];
+      }
+      std::vector<int32_t> offsets = {0};
+      for (int32_t c : counts[r]) {
+        offsets.push_back(offsets.back() + c);
+        touched_total += c > 0;
+      }
+      check(cudaMemcpy(offsets_d + r * (kExperts + 1), offsets.data(), offsets.size() * sizeof(int32_t),
+                       cudaMemcpyHostToDevice),
+            "upload");
+    }
+    auto grouped = [&](int i, bool w13) {
+      const int r = i % kRoutings;
+      cuda::Nvfp4GroupedGemmArgs a;
+      a.x = w13 ? x_d : h_d;
+      a.max_rows = tokens * kTopK;
+      a.expert_offsets = offsets_d + r * (kExperts + 1);
+      a.n_experts = kExperts;
+      const BenchWeight& one = w13 ? w13_one : w2_one;
+      a.packed = (w13 ? w13_packed : w2_packed) + r * kExperts * one.packed_bytes;
+      a.block_scales = (w13 ? w13_scales : w2_scales) + r * kExperts * one.scale_bytes;
+      a.n = w13 ? 2 * kInter : kHidden;
+      a.k = w13 ? kHidden : kInter;
+      a.alphas = alphas_d;
+      a.alphas_per_expert = w13 ? 2 : 1;
+      a.y = w13 ? h_d : y_d;
+      a.stream = stream;
+      cuda::nvfp4_grouped_gemm_w4a16(context, a);
+    };
+    GroupedRow row{tokens, touched_total / kRoutings, 0, 0, 0, 0};
+    row.w13_us = median_us(stream, kRoutings, [&](int i) { grouped(i, true); });
+    row.w2_us = median_us(stream, kRoutings, [&](int i) { grouped(i, false); });
+    row.floor_us = static_cast<double>(touched_total) / kRoutings * (w13_bytes + w2_bytes) / copy_gbs / 1e3;
+    row.bf16_us = median_us(stream, 2, [&](int i) {
+      const float one = 1.0f, zero = 0.0f;
+      const std::vector<int32_t>& c = counts[i % kRoutings];
+      const bf16_bits* base = bf16_w + (i % 2) * (w13_elems + w2_elems) * kExperts;
+      int64_t first = 0;
+      for (int64_t e = 0; e < kExperts; ++e) {
+        if (c[e] == 0) continue;
+        check(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, 2 * kInter, c[e], kHidden, &one, base + e * w13_elems,
+                           CUDA_R_16BF, kHidden, x_d + first * kHidden, CUDA_R_16BF, kHidden, &zero,
+                           h_d + first * 2 * kInter, CUDA_R_16BF, 2 * kInter, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "cublasGemmEx w13");
+        check(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, kHidden, c[e], kInter, &one,
+                           base + kExperts * w13_elems + e * w2_elems, CUDA_R_16BF, kInter, h_d + first * 2 * kInter,
+                           CUDA_R_16BF, 2 * kInter, &zero, y_d + first * kHidden, CUDA_R_16BF, kHidden,
+                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "cublasGemmEx w2");
+        first += c[e];
+      }
+    });
+    rows.push_back(row);
+    std::fprintf(stderr, "grouped tokens=%ld done\n", static_cast<long>(tokens));
+  }
+  for (void* p : {static_cast<void*>(w13_packed), static_cast<void*>(w13_scales), static_cast<void*>(w2_packed),
+                  static_cast<void*>(w2_scales), static_cast<void*>(alphas_d), static_cast<void*>(bf16_w),
+                  static_cast<void*>(x_d), static_cast<void*>(h_d), static_cast<void*>(y_d),
+                  static_cast<void*>(offsets_d)})
     check(cudaFree(p), "free");
   return rows;
 }
@@ -255,29 +411,55 @@ int main() {
     cuda::Nvfp4GemmContext context;
 
     const double copy_gbs = copy_bandwidth_gbs(stream);
-    const Layer layers[] = {{"qkv", 5120, 2048}, {"o_proj", 2048, 4096}, {"gate_up", 1536, 2048}, {"down", 2048, 768}};
-    std::vector<Row> rows;
-    for (const Layer& layer : layers)
-      for (const Row& row : bench_layer(layer, stream, blas, context)) rows.push_back(row);
+    const int64_t max_m = 4096, max_k = 8192, max_n = 151936;
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<bf16_bits> x(max_m * max_k);
+    for (auto& v : x) v = float_to_bf16(normal(rng));
+    bf16_bits* x_d = device_alloc<bf16_bits>(x.size());
+    bf16_bits* y_d = device_alloc<bf16_bits>(max_m * max_n);
+    check(cudaMemcpy(x_d, x.data(), x.size() * sizeof(bf16_bits), cudaMemcpyHostToDevice), "upload");
+
+    const Shape shapes[] = {{"qkv", 5120, 2048},      {"o_proj", 2048, 4096},    {"lm-head", 151936, 2048},
+                            {"8192x8192", 8192, 8192}, {"28672x8192", 28672, 8192}};
+    std::vector<DenseRow> rows;
+    for (const Shape& shape : shapes)
+      for (const DenseRow& row : bench_shape(shape, stream, blas, context, x_d, y_d)) rows.push_back(row);
+    check(cudaFree(x_d), "free");
+    check(cudaFree(y_d), "free");
+    const std::vector<GroupedRow> grouped = bench_grouped(stream, blas, context, copy_gbs);
 
     std::printf("\n%s, %d SMs, L2 %d MB; device-to-device copy %.0f GB/s (read + write)\n", prop.name,
                 prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbs);
     std::printf("Times in us per launch (median of %d graph replays, weights rotated over > 256 MB).\n", kTimedReplays);
-    std::printf("GB/s: NVFP4 weight bytes (codes + scales) / auto time. Speedup: cuBLAS bf16 / auto.\n\n");
-    std::printf("| layer | N | K | M |");
-    for (const char* v : kVariants) std::printf(" %s |", v);
-    std::printf(" auto path | weight GB/s | TFLOP/s | cuBLAS bf16 | speedup |\n|---|---|---|---|");
-    for (int v = 0; v < kVariantCount; ++v) std::printf("---|");
-    std::printf("---|---|---|---|---|\n");
-    for (const Row& row : rows) {
-      const Layer& layer = *std::find_if(std::begin(layers), std::end(layers),
-                                         [&](const Layer& l) { return row.layer == l.name; });
-      std::printf("| %s | %ld | %ld | %ld |", row.layer.c_str(), static_cast<long>(layer.n), static_cast<long>(layer.k),
+    std::printf("GB/s: NVFP4 weight bytes (codes + scales) / auto time; %% copy: of the copy rate above. "
+                "ratio: cuBLAS bf16 / auto.\n\n");
+    std::printf("| shape | M | ours (auto) | cuBLAS bf16 | ratio | GB/s | %% copy | auto path |");
+    for (int c = kFused; c < kColumns; ++c) std::printf(" %s |", kColumnNames[c]);
+    std::printf("\n|---|---|---|---|---|---|---|---|");
+    for (int c = kFused; c < kColumns; ++c) std::printf("---|");
+    std::printf("\n");
+    for (const DenseRow& row : rows) {
+      const double gbs = row.nvfp4_bytes / row.us[kAuto] / 1e3;
+      std::printf("| %s %ldx%ld | %ld |", row.shape.c_str(), static_cast<long>(row.n), static_cast<long>(row.k),
                   static_cast<long>(row.m));
-      for (double us : row.us) print_time(us);
-      std::printf(" %s | %.0f | %.1f |", row.auto_path.c_str(), row.weight_gbs, row.tflops);
+      print_time(row.us[kAuto]);
       print_time(row.cublas_us);
-      std::printf(" %.2fx |\n", row.cublas_us / row.auto_us);
+      std::printf(" %.2fx | %.0f | %.0f%% | %s |", row.cublas_us / row.us[kAuto], gbs, 100.0 * gbs / copy_gbs,
+                  row.auto_label.c_str());
+      for (int c = kFused; c < kColumns; ++c) print_time(row.us[c]);
+      std::printf("\n");
+    }
+    std::printf("\nGrouped NVFP4 GEMM, Qwen3-30B-A3B experts (E 128, top-8, H 2048, I 768), random routing. floor: "
+                "distinct experts touched x NVFP4 bytes of w13 + w2 / copy rate; bf16: one cuBLAS GEMM per busy "
+                "expert and projection.\n\n");
+    std::printf("| tokens | experts touched | w13 us | w2 us | w13 + w2 us | floor us | %% of floor | bf16 cuBLAS us | "
+                "speedup |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (const GroupedRow& row : grouped) {
+      const double total = row.w13_us + row.w2_us;
+      std::printf("| %ld | %ld | %.1f | %.1f | %.1f | %.1f | %.0f%% | %.1f | %.2fx |\n", static_cast<long>(row.tokens),
+                  static_cast<long>(row.experts_touched), row.w13_us, row.w2_us, total, row.floor_us,
+                  100.0 * row.floor_us / total, row.bf16_us, row.bf16_us / total);
     }
     check(cublasDestroy(blas), "cublasDestroy");
     check(cudaFree(blas_workspace), "free");

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU device machine, from the repository root: configure and build test_kernels_cuda and
-# bench_cuda_nvfp4_gemm (Ninja, -j16), run the tests, then the benchmark; every log is tee'd into $OUT.
+# bench_cuda_nvfp4_gemm (Ninja, -j16), run the tests, memcheck a subset, then the benchmark (--no-bench skips it);
+# every log is tee'd into $OUT.
 # The device image lacks the project's Debian -dev packages: deps.sh unpacks the carried ones (see there).
 # If the whole library does not build (other engineers' unfinished files travel with the tree), only the sources
 # these two programs need are compiled; --minimal goes there directly (after configuring, which checks the packages).
@@ -9,7 +10,11 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
 if [ "${1:-}" = "--list-debs" ]; then echo "${fp4serve_debs[@]}"; exit 0; fi
 minimal_only=0
-[ "${1:-}" = "--minimal" ] && minimal_only=1
+run_bench=1
+for arg in "$@"; do
+  [ "$arg" = "--minimal" ] && minimal_only=1
+  [ "$arg" = "--no-bench" ] && run_bench=0
+done
 
 OUT=${OUT:-/tmp/fp4serve-device-out}
 BUILD=${BUILD:-build-device}
@@ -35,12 +40,14 @@ minimal_build() {
   for f in src/kernels/cuda/*.cu; do
     "${nvcc[@]}" -c "$f" -o "$dir/$(basename "$f").o" & pids+=($!); objects+=("$dir/$(basename "$f").o")
   done
-  for f in src/kernels/cuda/nvfp4_gemm.cpp src/kernels/device.cpp src/format/nvfp4.cpp src/format/layout.cpp \
-           src/format/e4m3.cpp; do
+  for f in src/kernels/cuda/*.cpp src/kernels/device.cpp src/format/nvfp4.cpp src/format/layout.cpp src/format/act_quant.cpp \
+           src/format/e4m3.cpp src/quant/nvfp4_layout.cpp; do
     "${cxx[@]}" -c "$f" -o "$dir/$(basename "$f").o" & pids+=($!); objects+=("$dir/$(basename "$f").o")
   done
-  "${cxx[@]}" -c tests/kernels_cuda/nvfp4_gemm_test.cpp -o "$dir/test.o" & pids+=($!)
-  "${cxx[@]}" -c tests/kernels_cuda/device_test.cpp -o "$dir/device_test.o" & pids+=($!)
+  local tests=()
+  for f in tests/kernels_cuda/*.cpp; do
+    "${cxx[@]}" -c "$f" -o "$dir/test_$(basename "$f").o" & pids+=($!); tests+=("$dir/test_$(basename "$f").o")
+  done
   "${cxx[@]}" -c bench/cuda_nvfp4_gemm.cpp -o "$dir/bench.o" & pids+=($!)
   local failed=0
   for p in "${pids[@]}"; do wait "$p" || failed=1; done
@@ -48,7 +55,7 @@ minimal_build() {
   local libs=(-L"$LIBDIR" -Wl,-rpath,"$LIBDIR" -L"$cuda_lib" -Wl,-rpath,"$cuda_lib" -lfmt -lcublas -lcublasLt -lcudart
               -lpthread -ldl -lrt)
   mkdir -p "$BUILD/tests" "$BUILD/bench"
-  g++ -fopenmp "$dir/test.o" "$dir/device_test.o" "${objects[@]}" -lgtest_main -lgtest -lgmock "${libs[@]}" \
+  g++ -fopenmp "${tests[@]}" "${objects[@]}" -lgtest_main -lgtest -lgmock "${libs[@]}" \
     -o "$BUILD/tests/test_kernels_cuda" &&
     g++ -fopenmp "$dir/bench.o" "${objects[@]}" "${libs[@]}" -o "$BUILD/bench/bench_cuda_nvfp4_gemm"
 }
@@ -75,15 +82,19 @@ stamp "tests"
 test_status=${PIPESTATUS[0]}
 
 if command -v compute-sanitizer > /dev/null; then
-  stamp "memcheck on the padded and odd-K shapes"
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/tests/test_kernels_cuda" --gtest_brief=1 \
-    --gtest_filter='*odd_m3_*:*odd_m100_*:*down_m16_*:*_gated-*DequantCublas*' > "$OUT/memcheck.log" 2>&1
+  stamp "memcheck on the padded and odd-K shapes, every fused tile shape, the grouped kernel"
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/tests/test_kernels_cuda" --gtest_brief=1 \
+    --gtest_filter='*odd_m3_*:*odd_m100_*:*down_m16_*:*_gated-*DequantCublas*:*odd200_m5_Fused*:*odd_m*_Fused*:*odd_uneven*:*w13_decode*' \
+    > "$OUT/memcheck.log" 2>&1
   echo "memcheck exit status $? (0 = clean)" | tee -a "$OUT/memcheck.log"
   tail -5 "$OUT/memcheck.log"
 fi
 
-stamp "benchmark"
-"$BUILD/bench/bench_cuda_nvfp4_gemm" 2> "$OUT/bench.err" | tee "$OUT/bench.md"
-bench_status=${PIPESTATUS[0]}
+bench_status=0
+if [ "$run_bench" -eq 1 ]; then
+  stamp "benchmark"
+  "$BUILD/bench/bench_cuda_nvfp4_gemm" 2> "$OUT/bench.err" | tee "$OUT/bench.md"
+  bench_status=${PIPESTATUS[0]}
+fi
 stamp "done: tests exit $test_status, bench exit $bench_status"
 [ "$test_status" -eq 0 ] && [ "$bench_status" -eq 0 ]

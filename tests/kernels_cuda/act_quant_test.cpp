@@ -25,10 +25,10 @@ namespace {
 TEST(ActQuantCuda, NeedsTheCudaBackend) { GTEST_SKIP() << "built without the CUDA backend (FP4SERVE_CUDA=OFF)"; }
 #else
 
-std::vector<bf16_bits> make_rows(int64_t rows, int64_t cols, SplitMix& random) {
+std::vector<bf16_bits> make_rows(int64_t rows, int64_t cols, Random& random) {
   std::vector<bf16_bits> x(static_cast<size_t>(rows * cols));
   for (int64_t r = 0; r < rows; ++r) {
-    const float row_scale = std::exp2(static_cast<float>(random.below(24)) - 12.0f);  // 2^-12 .. 2^11
+    const float row_scale = std::exp2(static_cast<float>(below(random, 24)) - 12.0f);  // 2^-12 .. 2^11
     for (int64_t c = 0; c < cols; ++c) x[r * cols + c] = float_to_bf16(random.normal() * row_scale);
   }
   // Planted cases, where the shape has room: row 0's first block zero, its second tiny; an all-zero last row; in row
@@ -62,13 +62,13 @@ struct DeviceQuantized {
   DeviceQuantized(const std::vector<bf16_bits>& host, Shape s)
       : x(host.size() * 2), packed(s.rows * s.cols / 2), scales(s.rows * s.cols / 16), row_scales(s.rows * 4) {
     x.upload(host);
-    packed.poison(0xEE);
-    scales.poison(0xEE);
-    row_scales.poison(0xFF);
+    packed.fill(0xEE);
+    scales.fill(0xEE);
+    row_scales.fill(0xFF);
   }
   cuda::ActQuantArgs args(Shape s) {
-    return {.x = x.get<bf16_bits>(), .rows = s.rows, .cols = s.cols, .packed = packed.get(),
-            .block_scales = scales.get(), .stream = nullptr};
+    return {.x = x.data<bf16_bits>(), .rows = s.rows, .cols = s.cols, .packed = packed.data<uint8_t>(),
+            .block_scales = scales.data<uint8_t>(), .stream = nullptr};
   }
   void expect_guards() {
     for (const DeviceBytes* b : {&packed, &scales, &row_scales}) EXPECT_TRUE(b->guards_intact());
@@ -77,7 +77,7 @@ struct DeviceQuantized {
 
 TEST(ActQuantCuda, StaticMatchesCpuBitForBit) {
   FP4_SKIP_WITHOUT_GPU();
-  SplitMix random(11);
+  Random random(11);
   for (const Shape s : kShapes)
     for (const float input_scale_factor : {1.0f, 0.01f, 1e3f}) {  // calibrated, saturating, many tiny scales
       SCOPED_TRACE("rows " + std::to_string(s.rows) + " cols " + std::to_string(s.cols) + " factor " +
@@ -91,8 +91,8 @@ TEST(ActQuantCuda, StaticMatchesCpuBitForBit) {
       DeviceQuantized device(x, s);
       DeviceBytes scale(sizeof(float));
       scale.upload(std::vector<float>{input_scale});
-      cuda::quantize_activations_static_cuda(device.args(s), scale.get<float>());
-      cuda_ok(cudaDeviceSynchronize(), "static quantization");
+      cuda::quantize_activations_static_cuda(device.args(s), scale.data<float>());
+      check_cuda(cudaDeviceSynchronize(), "static quantization");
       EXPECT_EQ(device.packed.download<uint8_t>(), packed);
       EXPECT_EQ(device.scales.download<uint8_t>(), scales);
       device.expect_guards();
@@ -101,7 +101,7 @@ TEST(ActQuantCuda, StaticMatchesCpuBitForBit) {
 
 TEST(ActQuantCuda, PerTokenMatchesCpuBitForBit) {
   FP4_SKIP_WITHOUT_GPU();
-  SplitMix random(12);
+  Random random(12);
   for (const Shape s : kShapes) {
     SCOPED_TRACE("rows " + std::to_string(s.rows) + " cols " + std::to_string(s.cols));
     const std::vector<bf16_bits> x = make_rows(s.rows, s.cols, random);
@@ -111,8 +111,8 @@ TEST(ActQuantCuda, PerTokenMatchesCpuBitForBit) {
     quantize_activations_per_token(x_float.data(), s.rows, s.cols, packed.data(), scales.data(), row_scales.data());
 
     DeviceQuantized device(x, s);
-    cuda::quantize_activations_per_token_cuda(device.args(s), device.row_scales.get<float>());
-    cuda_ok(cudaDeviceSynchronize(), "per-token quantization");
+    cuda::quantize_activations_per_token_cuda(device.args(s), device.row_scales.data<float>());
+    check_cuda(cudaDeviceSynchronize(), "per-token quantization");
     EXPECT_EQ(device.packed.download<uint8_t>(), packed);
     EXPECT_EQ(device.scales.download<uint8_t>(), scales);
     EXPECT_EQ(device.row_scales.download<float>(), row_scales);
@@ -125,8 +125,8 @@ TEST(ActQuantCuda, ZeroRowsWritesNothing) {
   DeviceQuantized device(std::vector<bf16_bits>(32, 0x3F80), {2, 16});
   cuda::ActQuantArgs args = device.args({2, 16});
   args.rows = 0;
-  cuda::quantize_activations_per_token_cuda(args, device.row_scales.get<float>());
-  cuda_ok(cudaDeviceSynchronize(), "sync");
+  cuda::quantize_activations_per_token_cuda(args, device.row_scales.data<float>());
+  check_cuda(cudaDeviceSynchronize(), "sync");
   EXPECT_EQ(device.packed.download<uint8_t>(), std::vector<uint8_t>(16, 0xEE));
 }
 

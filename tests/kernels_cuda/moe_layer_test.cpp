@@ -67,18 +67,18 @@ struct HostMoe {
   std::vector<float> g1, g2;                      // [E, 2], [E]
 };
 
-uint8_t random_scale_code(SplitMix& random) {
-  const int64_t pick = random.below(64);
+uint8_t random_scale_code(Random& random) {
+  const int64_t pick = below(random, 64);
   if (pick == 0) return 0x00;                                  // zero scale: the block dequantizes to zeros
-  if (pick == 1) return static_cast<uint8_t>(1 + random.below(7));  // subnormal
-  return static_cast<uint8_t>(0x28 + random.below(0x20));      // 0.25 .. 3.75
+  if (pick == 1) return static_cast<uint8_t>(1 + below(random, 7));  // subnormal
+  return static_cast<uint8_t>(0x28 + below(random, 0x20));      // 0.25 .. 3.75
 }
 
-HostMoe make_moe(const MoeCase& c, SplitMix& random) {
+HostMoe make_moe(const MoeCase& c, Random& random) {
   const int64_t E = c.n_experts, H = c.hidden, I = c.intermediate;
   HostMoe moe;
   moe.router.resize(E * H);
-  for (auto& v : moe.router) v = float_to_bf16(static_cast<float>(random.below(5) - 2) * 0x1p-6f);
+  for (auto& v : moe.router) v = float_to_bf16(static_cast<float>(below(random, 5) - 2) * 0x1p-6f);
   if (c.tied_router)
     for (int64_t e = 0; e + 3 < E; e += 4)  // expert e + 3 routes exactly like expert e + 1
       std::copy_n(moe.router.begin() + (e + 1) * H, H, moe.router.begin() + (e + 3) * H);
@@ -98,9 +98,9 @@ HostMoe make_moe(const MoeCase& c, SplitMix& random) {
   return moe;
 }
 
-std::vector<bf16_bits> grid_activations(int64_t m, int64_t H, SplitMix& random) {
+std::vector<bf16_bits> grid_activations(int64_t m, int64_t H, Random& random) {
   std::vector<bf16_bits> x(m * H);
-  for (auto& v : x) v = float_to_bf16(static_cast<float>(random.below(257) - 128) * 0x1p-6f);
+  for (auto& v : x) v = float_to_bf16(static_cast<float>(below(random, 257) - 128) * 0x1p-6f);
   return x;
 }
 
@@ -231,9 +231,9 @@ struct DeviceMoe {
   }
   cuda::MoeLayerWeights weights(const MoeCase& c) const {
     const Nvfp4RowOrder w13_order = nvfp4_row_order(c.layout, true), w2_order = nvfp4_row_order(c.layout, false);
-    return {.router = router.get<bf16_bits>(), .w13_packed = w13_packed.get(), .w13_scales = w13_scales.get(),
-            .w13_row_order = w13_order, .w2_packed = w2_packed.get(), .w2_scales = w2_scales.get(),
-            .w2_row_order = w2_order, .g1_alphas = g1.get<float>(), .g2_alphas = g2.get<float>()};
+    return {.router = router.data<bf16_bits>(), .w13_packed = w13_packed.data<uint8_t>(), .w13_scales = w13_scales.data<uint8_t>(),
+            .w13_row_order = w13_order, .w2_packed = w2_packed.data<uint8_t>(), .w2_scales = w2_scales.data<uint8_t>(),
+            .w2_row_order = w2_order, .g1_alphas = g1.data<float>(), .g2_alphas = g2.data<float>()};
   }
 };
 
@@ -242,7 +242,7 @@ class MoeLayerTest : public testing::TestWithParam<MoeCase> {};
 TEST_P(MoeLayerTest, MatchesFloat64Reference) {
   FP4_SKIP_WITHOUT_GPU();
   const MoeCase& c = GetParam();
-  SplitMix random(std::hash<std::string>{}(c.name));
+  Random random(std::hash<std::string>{}(c.name));
   const HostMoe moe = make_moe(c, random);
   const std::vector<bf16_bits> x = grid_activations(c.m, c.hidden, random);
   const Routing routing = reference_routing(c, moe, x);
@@ -255,17 +255,17 @@ TEST_P(MoeLayerTest, MatchesFloat64Reference) {
   DeviceBytes workspace(cuda::moe_layer_workspace_bytes(shape) + 256), x_device(x.size() * 2),
       y_device(x.size() * 2);
   x_device.upload(x);
-  void* aligned_workspace = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(workspace.get()) + 255) / 256 * 256);
+  void* aligned_workspace = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(workspace.data<uint8_t>()) + 255) / 256 * 256);
   cuda::MoeLayerContext context;
   std::vector<bf16_bits> first_run;
   for (int run = 0; run < 2; ++run) {
-    workspace.poison(0xFF);
-    y_device.poison(0xFF);  // bf16 NaN
+    workspace.fill(0xFF);
+    y_device.fill(0xFF);  // bf16 NaN
     cuda::moe_layer_forward(context, shape, device.weights(c),
-                            {.x = x_device.get<bf16_bits>(), .m = c.m, .y = y_device.get<bf16_bits>(),
+                            {.x = x_device.data<bf16_bits>(), .m = c.m, .y = y_device.data<bf16_bits>(),
                              .workspace = aligned_workspace, .workspace_bytes = cuda::moe_layer_workspace_bytes(shape),
                              .stream = nullptr});
-    cuda_ok(cudaDeviceSynchronize(), "moe_layer_forward");
+    check_cuda(cudaDeviceSynchronize(), "moe_layer_forward");
     const std::vector<bf16_bits> y = y_device.download<bf16_bits>();
     if (run == 1) {
       EXPECT_EQ(y, first_run) << "a second run differs: the layer is not deterministic";
@@ -276,8 +276,8 @@ TEST_P(MoeLayerTest, MatchesFloat64Reference) {
     const cuda::MoeRouting device_routing = cuda::moe_layer_routing(shape, aligned_workspace);
     std::vector<int32_t> ids(c.m * c.top_k);
     std::vector<float> weights(c.m * c.top_k);
-    cuda_ok(cudaMemcpy(ids.data(), device_routing.topk_ids, ids.size() * 4, cudaMemcpyDeviceToHost), "ids");
-    cuda_ok(cudaMemcpy(weights.data(), device_routing.topk_weights, weights.size() * 4, cudaMemcpyDeviceToHost), "w");
+    check_cuda(cudaMemcpy(ids.data(), device_routing.topk_ids, ids.size() * 4, cudaMemcpyDeviceToHost), "ids");
+    check_cuda(cudaMemcpy(weights.data(), device_routing.topk_weights, weights.size() * 4, cudaMemcpyDeviceToHost), "w");
     ASSERT_EQ(ids, routing.ids) << "top-k experts differ from the float64 reference";
     for (size_t i = 0; i < weights.size(); ++i)
       EXPECT_NEAR(weights[i], routing.weights[i], 1e-5 * routing.weights[i]) << "topk_weights[" << i << "]";
@@ -306,16 +306,16 @@ TEST(MoeLayerCuda, ZeroTokensWritesNothing) {
   const cuda::MoeLayerShape shape{.n_experts = 4, .top_k = 2, .hidden = 32, .intermediate = 16,
                                   .norm_topk_prob = true, .max_tokens = 1};
   DeviceBytes workspace(cuda::moe_layer_workspace_bytes(shape)), y(64);
-  y.poison(0x11);
+  y.fill(0x11);
   const auto* fake = reinterpret_cast<const uint8_t*>(uintptr_t{0x10000});
   cuda::MoeLayerContext context;
   cuda::moe_layer_forward(context, shape,
                           {.router = reinterpret_cast<const bf16_bits*>(fake), .w13_packed = fake, .w13_scales = fake,
                            .w2_packed = fake, .w2_scales = fake, .g1_alphas = reinterpret_cast<const float*>(fake),
                            .g2_alphas = reinterpret_cast<const float*>(fake)},
-                          {.x = nullptr, .m = 0, .y = nullptr, .workspace = workspace.get(),
+                          {.x = nullptr, .m = 0, .y = nullptr, .workspace = workspace.data<uint8_t>(),
                            .workspace_bytes = workspace.size(), .stream = nullptr});
-  cuda_ok(cudaDeviceSynchronize(), "sync");
+  check_cuda(cudaDeviceSynchronize(), "sync");
   EXPECT_EQ(y.download<uint8_t>(), std::vector<uint8_t>(64, 0x11));
 }
 

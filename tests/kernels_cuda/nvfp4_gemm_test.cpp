@@ -1,7 +1,8 @@
-// NVFP4 W4A16 GEMM paths (Auto, the streaming kernel with few warps, dequantize + cuBLAS) against a float64 CPU
-// reference: weights quantized by format/nvfp4.h and dequantized from the LINEAR scale layout (so the kernels' swizzle
-// and row-shuffle indexing is checked independently), x . W^T summed in double. Fresh random inputs per case; outputs
-// are poisoned (NaN) before a run and fenced by guard bytes; the swizzled scales' padding is poisoned with e4m3 NaN.
+// NVFP4 W4A16 GEMM paths (Auto, the fused kernel in every tile configuration and K split, the streaming kernel with
+// few warps, dequantize + cuBLAS) against a float64 CPU reference: weights quantized by format/nvfp4.h and
+// dequantized from the LINEAR scale layout (so the kernels' swizzle and row-shuffle indexing is checked
+// independently), x . W^T summed in double. Fresh random inputs per case; outputs are poisoned (NaN) before a run and
+// fenced by guard bytes; the swizzled scales' padding is poisoned with e4m3 NaN.
 #include <gtest/gtest.h>
 
 #include "kernels/device.h"
@@ -13,15 +14,14 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
-#include "format/bf16.h"
-#include "format/layout.h"
-#include "format/nvfp4.h"
 #include "kernels/cuda/nvfp4_gemm.h"
 #include "kernels/cuda/nvfp4_kernels.h"
+#include "tests/kernels_cuda/nvfp4_test_util.h"
 #endif
 
 namespace fp4serve {
@@ -31,163 +31,36 @@ namespace {
 TEST(Nvfp4GemmCuda, NeedsTheCudaBackend) { GTEST_SKIP() << "built without the CUDA backend (FP4SERVE_CUDA=OFF)"; }
 #else
 
+using namespace fp4serve::test;
+
 #define SKIP_WITHOUT_GPU()                                                                         \
   if (cuda_device_count() == 0)                                                                    \
   GTEST_SKIP() << "no CUDA device on this machine; the NVFP4 GEMM tests run on the device machine"
 
-void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(status));
-}
-
-// Device allocation fenced by kGuardBytes of a known pattern on each side.
-class GuardedBuffer {
- public:
-  static constexpr size_t kGuardBytes = 512;
-  static constexpr uint8_t kGuardByte = 0xA5;
-  explicit GuardedBuffer(size_t bytes) : bytes_(bytes) {
-    check_cuda(cudaMalloc(&base_, bytes + 2 * kGuardBytes), "cudaMalloc");
-    check_cuda(cudaMemset(base_, kGuardByte, bytes + 2 * kGuardBytes), "cudaMemset");
-  }
-  ~GuardedBuffer() { cudaFree(base_); }
-  GuardedBuffer(const GuardedBuffer&) = delete;
-  GuardedBuffer& operator=(const GuardedBuffer&) = delete;
-
-  template <typename T>
-  T* data() const {
-    return reinterpret_cast<T*>(static_cast<uint8_t*>(base_) + kGuardBytes);
-  }
-  void upload(const void* host) {
-    check_cuda(cudaMemcpy(data<uint8_t>(), host, bytes_, cudaMemcpyHostToDevice), "upload");
-  }
-  void download(void* host) const {
-    check_cuda(cudaMemcpy(host, data<uint8_t>(), bytes_, cudaMemcpyDeviceToHost), "download");
-  }
-  void fill(uint8_t byte) { check_cuda(cudaMemset(data<uint8_t>(), byte, bytes_), "cudaMemset"); }
-  bool guards_intact() const {
-    std::vector<uint8_t> guard(kGuardBytes);
-    for (const uint8_t* start : {static_cast<const uint8_t*>(base_), data<const uint8_t>() + bytes_}) {
-      check_cuda(cudaMemcpy(guard.data(), start, kGuardBytes, cudaMemcpyDeviceToHost), "guard download");
-      if (std::any_of(guard.begin(), guard.end(), [](uint8_t b) { return b != kGuardByte; })) return false;
-    }
-    return true;
-  }
-
- private:
-  void* base_ = nullptr;
-  size_t bytes_;
-};
-
-// splitmix64: fast, fixed-seed reproducible.
-class Random {
- public:
-  explicit Random(uint64_t seed) : state_(seed) {}
-  uint64_t next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float uniform() { return static_cast<float>(next() >> 40) * 0x1p-24f; }  // [0, 1)
-  float normal() {  // Irwin-Hall: sum of 4 uniforms, centred, unit variance; good enough for test data
-    return (uniform() + uniform() + uniform() + uniform() - 2.0f) * 1.7320508f;
-  }
-
- private:
-  uint64_t state_;
-};
-
-struct Shard {
-  int64_t rows;
-  float stddev;
-};
-
-// A quantized linear in the checkpoint layout (linear rows and scales) plus its exact dequantization.
-struct HostWeight {
-  int64_t n = 0, k = 0;
-  std::vector<uint8_t> packed;                 // [n, k/2] e2m1, low nibble first
-  std::vector<uint8_t> scales;                 // [n, k/16] e4m3, linear
-  std::vector<float> dequantized;              // [n, k] e2m1 * e4m3, exact
-  std::vector<float> row_alpha;                // [n] weight_scale_2 of the row's shard
-  std::vector<cuda::Nvfp4AlphaRange> alphas;
-};
-
-// Random bf16 weights per shard, with edge cases planted: an all-zero block, a block small enough for a subnormal
-// e4m3 scale, and a row holding the tensor's amax (scale 448, codes +-6).
-HostWeight make_weight(int64_t k, const std::vector<Shard>& shards, Random& random) {
-  HostWeight w;
-  w.k = k;
-  for (const Shard& s : shards) w.n += s.rows;
-  w.packed.resize(w.n * k / 2);
-  w.scales.resize(w.n * k / 16);
-  w.dequantized.resize(w.n * k);
-  w.row_alpha.resize(w.n);
-  int64_t first_row = 0;
-  for (const Shard& shard : shards) {
-    std::vector<bf16_bits> values(shard.rows * k);
-    for (auto& v : values) v = float_to_bf16(random.normal() * shard.stddev);
-    for (int64_t i = 0; i < 16; ++i) values[i] = 0;                                       // zero block
-    for (int64_t i = 16; i < 32 && i < k; ++i) values[i] = float_to_bf16(5e-5f * shard.stddev * random.normal());
-    values[(shard.rows - 1) * k] = float_to_bf16(-8.0f * shard.stddev);                   // the amax
-    const float global_scale = nvfp4_global_scale(amax_abs(values.data(), shard.rows * k));
-    nvfp4_quantize(values.data(), shard.rows, k, global_scale, w.packed.data() + first_row * k / 2,
-                   w.scales.data() + first_row * k / 16);
-    nvfp4_dequantize(w.packed.data() + first_row * k / 2, w.scales.data() + first_row * k / 16, 1.0f, shard.rows, k,
-                     w.dequantized.data() + first_row * k);
-    std::fill(w.row_alpha.begin() + first_row, w.row_alpha.begin() + first_row + shard.rows, global_scale);
-    first_row += shard.rows;
-    w.alphas.push_back({first_row, global_scale});
-  }
-  return w;
-}
-
-// The weight as a kernel reads it: rows in `order`, scales swizzled over the physical rows, padding poisoned.
-struct DeviceWeight {
-  GuardedBuffer packed, scales;
-  DeviceWeight(const HostWeight& w, Nvfp4RowOrder order)
-      : packed(w.packed.size()),
-        scales(static_cast<size_t>(swizzled_scale_shape(w.n, w.k / 16).padded_rows *
-                                   swizzled_scale_shape(w.n, w.k / 16).padded_cols)) {
-    const ByteMatrixShape code_shape{1, w.n, w.k / 2, "packed"}, scale_shape{1, w.n, w.k / 16, "scales"};
-    const SwizzledScaleShape padded = swizzled_scale_shape(w.n, w.k / 16);
-    std::vector<uint8_t> codes = w.packed, linear_scales = w.scales;
-    std::vector<uint8_t> swizzled(static_cast<size_t>(padded.padded_rows * padded.padded_cols));
-    if (order == Nvfp4RowOrder::GatedShuffled) {
-      reorder_rows_gated_in_place(codes.data(), code_shape);
-      reorder_rows_gated_in_place(linear_scales.data(), scale_shape);
-    }
-    if (order == Nvfp4RowOrder::Linear) {
-      swizzle_block_scales(linear_scales.data(), scale_shape, swizzled.data());
-    } else {
-      shuffle_rows_in_place(codes.data(), code_shape);
-      shuffle_swizzle_block_scales(linear_scales.data(), scale_shape, swizzled.data());
-    }
-    std::vector<bool> used(swizzled.size(), false);
-    for (int64_t m = 0; m < w.n; ++m)
-      for (int64_t b = 0; b < w.k / 16; ++b) used[swizzled_scale_offset(m, b, padded.padded_cols)] = true;
-    for (size_t i = 0; i < swizzled.size(); ++i)
-      if (!used[i]) swizzled[i] = 0x7F;  // e4m3 NaN
-    packed.upload(codes.data());
-    scales.upload(swizzled.data());
-  }
-};
-
-std::vector<bf16_bits> random_activations(int64_t m, int64_t k, Random& random) {
-  std::vector<bf16_bits> x(m * k);
-  for (auto& v : x) v = float_to_bf16(random.normal());
-  return x;
-}
-
-enum class Kernel { Auto, StreamingFewWarps, DequantCublas };
+enum class Kernel { Auto, Fused, StreamingFewWarps, DequantCublas };
 const char* kernel_name(Kernel kernel) {
   switch (kernel) {
     case Kernel::Auto: return "Auto";
+    case Kernel::Fused: return "Fused";
     case Kernel::StreamingFewWarps: return "StreamingFewWarps";
     case Kernel::DequantCublas: return "DequantCublas";
   }
   return "?";
 }
 
-void run_kernel(Kernel kernel, cuda::Nvfp4GemmContext& context, const cuda::Nvfp4GemmArgs& args) {
+// Split-K workspace for forced fused configurations (the public path keeps its own in the context).
+struct SplitWorkspace {
+  GuardedBuffer partials, counters;
+  explicit SplitWorkspace(const cuda::Nvfp4FusedWorkspaceSize& size)
+      : partials(static_cast<size_t>(std::max<int64_t>(size.partial_floats, 1)) * sizeof(float)),
+        counters(static_cast<size_t>(std::max<int64_t>(size.counters, 1)) * sizeof(int32_t)) {
+    partials.fill(0xFF);  // NaN: a partial read before it is written shows
+    counters.fill(0);
+  }
+};
+
+void run_kernel(Kernel kernel, const cuda::Nvfp4FusedConfig& fused, cuda::Nvfp4GemmContext& context,
+                const cuda::Nvfp4GemmArgs& args) {
   if (kernel == Kernel::Auto || kernel == Kernel::DequantCublas) {
     cuda::Nvfp4GemmArgs public_args = args;
     public_args.path = kernel == Kernel::Auto ? cuda::Nvfp4GemmPath::Auto : cuda::Nvfp4GemmPath::DequantCublas;
@@ -209,10 +82,16 @@ void run_kernel(Kernel kernel, cuda::Nvfp4GemmContext& context, const cuda::Nvfp
     launch.alphas.alpha[i] = args.alphas[i].alpha;
   }
   launch.y = args.y;
-  switch (kernel) {
-    case Kernel::StreamingFewWarps: cuda::launch_nvfp4_streaming(launch, 3); break;
-    default: break;
+  if (kernel == Kernel::StreamingFewWarps) {
+    cuda::launch_nvfp4_streaming(launch, 3);
+    return;
   }
+  // Twice: the second launch finds the split counters the first one left (they must be back at zero).
+  SplitWorkspace workspace(cuda::nvfp4_fused_workspace_size(args.m, args.weight.n_rows, fused));
+  for (int launch_index = 0; launch_index < 2; ++launch_index)
+    cuda::launch_nvfp4_fused(launch, fused, workspace.partials.data<float>(), workspace.counters.data<int32_t>());
+  check_cuda(cudaDeviceSynchronize(), "fused kernel");
+  EXPECT_TRUE(workspace.partials.guards_intact() && workspace.counters.guards_intact()) << "workspace overrun";
 }
 
 struct GemmCase {
@@ -222,18 +101,19 @@ struct GemmCase {
   int64_t m;
   Kernel kernel;
   Nvfp4RowOrder order;
+  cuda::Nvfp4FusedConfig fused{};  // Kernel::Fused only
 };
 
 std::string case_name(const testing::TestParamInfo<GemmCase>& info) {
   const GemmCase& c = info.param;
   const char* order = c.order == Nvfp4RowOrder::Linear ? "" : c.order == Nvfp4RowOrder::Shuffled ? "_shuffled"
                                                                                                   : "_gated";
-  return c.shape_name + "_m" + std::to_string(c.m) + "_" + kernel_name(c.kernel) + order;
+  std::string config;
+  if (c.kernel == Kernel::Fused)
+    config = "_t" + std::to_string(c.fused.token_tiles) + "w" + std::to_string(c.fused.warps_n) + "s" +
+             std::to_string(c.fused.k_splits);
+  return c.shape_name + "_m" + std::to_string(c.m) + "_" + kernel_name(c.kernel) + config + order;
 }
-
-// Output rounding to bf16 moves an element by at most 2^-9 of itself; fp32 accumulation (any order) by far less
-// than 2^-14 of sum |x w|. Normwise, bf16 rounding alone gives about 2^-9 / sqrt(3) = 1.1e-3.
-constexpr double kElementRelative = 0x1p-8, kElementAbsolute = 0x1p-14, kNormRelative = 3e-3;
 
 class Nvfp4GemmTest : public testing::TestWithParam<GemmCase> {};
 
@@ -255,7 +135,7 @@ TEST_P(Nvfp4GemmTest, MatchesFloat64Reference) {
   args.weight = {device_weight.packed.data<uint8_t>(), device_weight.scales.data<uint8_t>(), w.n, w.k, c.order};
   args.alphas = w.alphas;
   args.y = y_device.data<bf16_bits>();
-  run_kernel(c.kernel, context, args);
+  run_kernel(c.kernel, c.fused, context, args);
   check_cuda(cudaDeviceSynchronize(), "kernel");
   std::vector<bf16_bits> y(c.m * w.n);
   y_device.download(y.data());
@@ -265,31 +145,7 @@ TEST_P(Nvfp4GemmTest, MatchesFloat64Reference) {
   std::vector<int64_t> tokens;
   for (int64_t t = 0; t < c.m; t += c.m <= 16 ? 1 : c.m / 13) tokens.push_back(t);
   if (tokens.back() != c.m - 1) tokens.push_back(c.m - 1);
-  std::vector<double> reference(tokens.size() * w.n), magnitude(tokens.size() * w.n);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < static_cast<int64_t>(reference.size()); ++i) {
-    const int64_t t = tokens[i / w.n], n = i % w.n;
-    double sum = 0.0, abs_sum = 0.0;
-    for (int64_t kk = 0; kk < w.k; ++kk) {
-      const double product = static_cast<double>(bf16_to_float(x[t * w.k + kk])) * w.dequantized[n * w.k + kk];
-      sum += product;
-      abs_sum += std::fabs(product);
-    }
-    reference[i] = sum * w.row_alpha[n];
-    magnitude[i] = abs_sum * std::fabs(w.row_alpha[n]);
-  }
-  double error_squares = 0.0, reference_squares = 0.0;
-  int64_t bad = 0;
-  for (size_t i = 0; i < reference.size(); ++i) {
-    const int64_t t = tokens[i / w.n], n = static_cast<int64_t>(i % w.n);
-    const double got = bf16_to_float(y[t * w.n + n]), error = std::fabs(got - reference[i]);
-    error_squares += error * error;
-    reference_squares += reference[i] * reference[i];
-    if (!(error <= kElementRelative * std::fabs(reference[i]) + kElementAbsolute * magnitude[i]) && bad++ < 5)
-      ADD_FAILURE() << "y[" << t << ", " << n << "] = " << got << ", reference " << reference[i];
-  }
-  EXPECT_EQ(bad, 0) << "elements out of tolerance";
-  EXPECT_LE(std::sqrt(error_squares / reference_squares), kNormRelative);
+  expect_rows_match_reference(w, x.data(), y.data(), tokens, case_name({c, 0}));
 }
 
 std::vector<GemmCase> gemm_cases() {
@@ -298,29 +154,45 @@ std::vector<GemmCase> gemm_cases() {
     int64_t k;
     std::vector<Shard> shards;
   };
-  // Qwen3-30B-A3B: fused q/k/v (three alphas), o_proj, one expert's gate/up (two alphas) and down; then an odd shape
-  // whose scales need padding in both directions (96 rows, K/16 = 3 blocks).
+  // Qwen3-30B-A3B: fused q/k/v (three alphas), o_proj, one expert's gate/up (two alphas) and down; then odd shapes
+  // whose scales need padding in both directions: 96 rows with K/16 = 3 blocks, and 200 rows (not a multiple of 32)
+  // with K = 16 * 13 (not a multiple of 32: the 8-byte copy path, a half-filled last chunk).
   const std::vector<Layer> layers = {
       {"qkv", 2048, {{4096, 0.02f}, {512, 0.05f}, {512, 0.01f}}},
       {"o_proj", 4096, {{2048, 0.02f}}},
       {"gate_up", 2048, {{768, 0.03f}, {768, 0.015f}}},
       {"down", 768, {{2048, 0.04f}}},
       {"odd", 48, {{96, 1.0f}}},
+      {"odd200", 208, {{136, 0.5f}, {64, 2.0f}}},
   };
   std::vector<GemmCase> cases;
   for (const Layer& layer : layers)
     for (int64_t m : {1, 3, 16, 100, 512}) {
-      // Auto streams for m <= 32 (then cuBLAS); the cuBLAS path runs at every m, and the streaming kernel with 3
-      // warps per CTA (several batches of steps per warp, warps' steps interleaved) wherever it applies.
+      // Auto (the fused kernel up to m = 256, then cuBLAS); the cuBLAS path at every m, and the streaming kernel
+      // with 3 warps per CTA (several batches of steps per warp, warps' steps interleaved) wherever it applies.
       std::vector<Kernel> kernels = {Kernel::Auto, Kernel::DequantCublas};
       if (m <= cuda::kNvfp4StreamingMaxTokens) kernels.push_back(Kernel::StreamingFewWarps);
       for (Kernel kernel : kernels)
         cases.push_back({layer.name, layer.k, layer.shards, m, kernel, Nvfp4RowOrder::Linear});
     }
+  // Every fused configuration, unsplit and split as far as K allows, on shapes with tails in N, K and M.
+  for (int token_tiles : {1, 2, 4, 8})
+    for (int warps_n : {8, 4, 2})
+      for (const Layer* layer : {&layers[3], &layers[4], &layers[5]})
+        for (int64_t m : {5, 8 * token_tiles + 3}) {
+          const int max_splits = cuda::nvfp4_fused_max_splits(layer->k, warps_n);
+          for (int splits : std::set<int>{1, std::min(3, max_splits), max_splits})
+            cases.push_back({layer->name, layer->k, layer->shards, m, Kernel::Fused, Nvfp4RowOrder::Linear,
+                             {token_tiles, warps_n, splits}});
+        }
   // TRT-LLM layouts (n % 128 == 0): a plain shuffle on qkv, the gated reorder + shuffle on gate_up.
   for (Kernel kernel : {Kernel::Auto, Kernel::StreamingFewWarps, Kernel::DequantCublas}) {
     cases.push_back({"qkv", 2048, layers[0].shards, 3, kernel, Nvfp4RowOrder::Shuffled});
     cases.push_back({"gate_up", 2048, layers[2].shards, 16, kernel, Nvfp4RowOrder::GatedShuffled});
+  }
+  for (const cuda::Nvfp4FusedConfig config : {cuda::Nvfp4FusedConfig{1, 2, 2}, cuda::Nvfp4FusedConfig{8, 8, 3}}) {
+    cases.push_back({"qkv", 2048, layers[0].shards, 40, Kernel::Fused, Nvfp4RowOrder::Shuffled, config});
+    cases.push_back({"gate_up", 2048, layers[2].shards, 70, Kernel::Fused, Nvfp4RowOrder::GatedShuffled, config});
   }
   cases.push_back({"gate_up", 2048, layers[2].shards, 512, Kernel::Auto, Nvfp4RowOrder::GatedShuffled});
   return cases;
@@ -410,6 +282,14 @@ TEST_F(Nvfp4GemmArgumentTest, RejectsMisalignedOrMissingPointers) {
   args = valid_args();
   args.weight.block_scales = nullptr;
   expect_rejected(args, "weight.block_scales");
+}
+
+TEST_F(Nvfp4GemmArgumentTest, RejectsTooManyRows) {
+  auto args = valid_args();
+  args.weight.n_rows = cuda::kMaxNvfp4Rows + 32;
+  const std::vector<cuda::Nvfp4AlphaRange> ranges = {{args.weight.n_rows, 1.0f}};
+  args.alphas = ranges;
+  expect_rejected(args, "weight.n_rows = 2097184");
 }
 
 TEST_F(Nvfp4GemmArgumentTest, RejectsTooManyTokensForTheStreamingPath) {

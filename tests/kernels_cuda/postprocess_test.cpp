@@ -24,7 +24,7 @@ namespace {
 TEST(PostprocessCuda, NeedsTheCudaBackend) { GTEST_SKIP() << "built without the CUDA backend (FP4SERVE_CUDA=OFF)"; }
 #else
 
-std::vector<uint8_t> random_bytes(size_t n, SplitMix& random) {
+std::vector<uint8_t> random_bytes(size_t n, Random& random) {
   std::vector<uint8_t> out(n);
   for (auto& b : out) b = static_cast<uint8_t>(random.next());
   return out;
@@ -58,7 +58,7 @@ TEST_P(PostprocessLayoutTest, ArrangesRowsAndDerivesScalesLikeTheCpu) {
   const LayoutCase& c = GetParam();
   const Nvfp4MatrixShape& shape = c.shape;
   const Nvfp4RowOrder order = nvfp4_row_order(c.layout, shape.gated);
-  SplitMix random(std::hash<std::string>{}(c.name));
+  Random random(std::hash<std::string>{}(c.name));
   const ByteMatrixShape packed_shape{shape.n_matrices, shape.n_rows, shape.k / 2, shape.name};
   const ByteMatrixShape scale_shape{shape.n_matrices, shape.n_rows, shape.k / 16, shape.name};
 
@@ -71,9 +71,9 @@ TEST_P(PostprocessLayoutTest, ArrangesRowsAndDerivesScalesLikeTheCpu) {
     DeviceBytes packed(raw_packed.size());
     packed.upload(raw_packed);
     DeviceBytes scratch(scratch_matrices * cuda::nvfp4_postprocess_scratch_bytes(packed_shape));
-    scratch.poison(0x11);
-    cuda::arrange_rows_cuda(packed.get(), packed_shape, order, {scratch.get(), scratch.size()}, nullptr);
-    cuda_ok(cudaDeviceSynchronize(), "arrange_rows_cuda");
+    scratch.fill(0x11);
+    cuda::arrange_rows_cuda(packed.data<uint8_t>(), packed_shape, order, {scratch.data<uint8_t>(), scratch.size()}, nullptr);
+    check_cuda(cudaDeviceSynchronize(), "arrange_rows_cuda");
     EXPECT_EQ(packed.download<uint8_t>(), expected_packed);
     EXPECT_TRUE(packed.guards_intact() && scratch.guards_intact());
 
@@ -88,15 +88,15 @@ TEST_P(PostprocessLayoutTest, ArrangesRowsAndDerivesScalesLikeTheCpu) {
     DeviceBytes raw(raw_scales.size());
     raw.upload(raw_scales);
     if (swizzle_preserves_shape(shape.n_rows, shape.k / 16)) {
-      cuda::derive_block_scales_cuda(raw.get(), scale_shape, order, raw.get(),
-                                     {scale_scratch.get(), scale_scratch.size()}, nullptr);
-      cuda_ok(cudaDeviceSynchronize(), "derive_block_scales_cuda in place");
+      cuda::derive_block_scales_cuda(raw.data<uint8_t>(), scale_shape, order, raw.data<uint8_t>(),
+                                     {scale_scratch.data<uint8_t>(), scale_scratch.size()}, nullptr);
+      check_cuda(cudaDeviceSynchronize(), "derive_block_scales_cuda in place");
       EXPECT_EQ(raw.download<uint8_t>(), expected_scales);
     } else {
       DeviceBytes derived(derived_bytes);
-      derived.poison(0x7F);
-      cuda::derive_block_scales_cuda(raw.get(), scale_shape, order, derived.get(), {}, nullptr);
-      cuda_ok(cudaDeviceSynchronize(), "derive_block_scales_cuda");
+      derived.fill(0x7F);
+      cuda::derive_block_scales_cuda(raw.data<uint8_t>(), scale_shape, order, derived.data<uint8_t>(), {}, nullptr);
+      check_cuda(cudaDeviceSynchronize(), "derive_block_scales_cuda");
       EXPECT_EQ(derived.download<uint8_t>(), expected_scales);
       EXPECT_TRUE(derived.guards_intact());
     }
@@ -107,7 +107,7 @@ TEST_P(PostprocessLayoutTest, ArrangesRowsAndDerivesScalesLikeTheCpu) {
 INSTANTIATE_TEST_SUITE_P(Layouts, PostprocessLayoutTest, testing::ValuesIn(layout_cases()),
                          [](const testing::TestParamInfo<LayoutCase>& info) { return std::string(info.param.name); });
 
-std::vector<float> random_scales(size_t n, SplitMix& random) {
+std::vector<float> random_scales(size_t n, Random& random) {
   std::vector<float> out(n);
   for (auto& v : out) v = std::exp2(-12.0f * random.uniform()) * (1.0f + random.uniform());
   return out;
@@ -116,7 +116,7 @@ std::vector<float> random_scales(size_t n, SplitMix& random) {
 // The MoE alphas as quant/nvfp4_moe.cpp defines them (spec 2): static input scales reduce to their max.
 TEST(PostprocessCuda, MoeAlphasMatchTheLoaderBitForBit) {
   FP4_SKIP_WITHOUT_GPU();
-  SplitMix random(21);
+  Random random(21);
   for (const bool static_activations : {true, false}) {
     const int64_t E = 37;
     const std::vector<float> w13_s2 = random_scales(2 * E, random), w13_in = random_scales(2 * E, random);
@@ -140,16 +140,16 @@ TEST(PostprocessCuda, MoeAlphasMatchTheLoaderBitForBit) {
     d_w13_in.upload(w13_in);
     d_w2_s2.upload(w2_s2);
     d_w2_in.upload(w2_in);
-    for (DeviceBytes* b : {&scalars, &d_g1, &d_g2, &d_c}) b->poison(0xFF);
-    float* s = scalars.get<float>();
+    for (DeviceBytes* b : {&scalars, &d_g1, &d_g2, &d_c}) b->fill(0xFF);
+    float* s = scalars.data<float>();
     cuda::derive_moe_alphas_cuda({.n_experts = E, .static_activations = static_activations,
-                                  .w13_weight_scale_2 = d_w13_s2.get<float>(), .w13_input_scale = d_w13_in.get<float>(),
-                                  .w2_weight_scale_2 = d_w2_s2.get<float>(), .w2_input_scale = d_w2_in.get<float>(),
+                                  .w13_weight_scale_2 = d_w13_s2.data<float>(), .w13_input_scale = d_w13_in.data<float>(),
+                                  .w2_weight_scale_2 = d_w2_s2.data<float>(), .w2_input_scale = d_w2_in.data<float>(),
                                   .w13_input_scale_reduced = s, .w2_input_scale_reduced = s + 1,
                                   .w13_input_scale_quant = s + 2, .w2_input_scale_quant = s + 3,
-                                  .g1_alphas = d_g1.get<float>(), .g2_alphas = d_g2.get<float>(),
-                                  .g1_scale_c = d_c.get<float>(), .stream = nullptr});
-    cuda_ok(cudaDeviceSynchronize(), "derive_moe_alphas_cuda");
+                                  .g1_alphas = d_g1.data<float>(), .g2_alphas = d_g2.data<float>(),
+                                  .g1_scale_c = d_c.data<float>(), .stream = nullptr});
+    check_cuda(cudaDeviceSynchronize(), "derive_moe_alphas_cuda");
     EXPECT_EQ(scalars.download<float>(), (std::vector<float>{w13_reduced, w2_reduced, 1.0f / w13_reduced, w2_quant}));
     EXPECT_EQ(d_g1.download<float>(), g1);
     EXPECT_EQ(d_g2.download<float>(), g2);
@@ -159,7 +159,7 @@ TEST(PostprocessCuda, MoeAlphasMatchTheLoaderBitForBit) {
 
 TEST(PostprocessCuda, LinearAlphasMatchTheLoaderBitForBit) {
   FP4_SKIP_WITHOUT_GPU();
-  SplitMix random(22);
+  Random random(22);
   for (const bool static_activations : {true, false}) {
     const std::vector<float> s2 = random_scales(3, random), input = random_scales(3, random);
     std::vector<float> alpha(3), inverse(3);
@@ -171,11 +171,11 @@ TEST(PostprocessCuda, LinearAlphasMatchTheLoaderBitForBit) {
     DeviceBytes d_s2(12), d_in(12), d_alpha(12), d_inverse(12);
     d_s2.upload(s2);
     d_in.upload(input);
-    d_alpha.poison(0xFF);
-    d_inverse.poison(0xFF);
-    cuda::derive_linear_alphas_cuda(d_s2.get<float>(), d_in.get<float>(), 3, static_activations,
-                                    d_alpha.get<float>(), d_inverse.get<float>(), nullptr);
-    cuda_ok(cudaDeviceSynchronize(), "derive_linear_alphas_cuda");
+    d_alpha.fill(0xFF);
+    d_inverse.fill(0xFF);
+    cuda::derive_linear_alphas_cuda(d_s2.data<float>(), d_in.data<float>(), 3, static_activations,
+                                    d_alpha.data<float>(), d_inverse.data<float>(), nullptr);
+    check_cuda(cudaDeviceSynchronize(), "derive_linear_alphas_cuda");
     EXPECT_EQ(d_alpha.download<float>(), alpha);
     EXPECT_EQ(d_inverse.download<float>(), inverse);
   }

@@ -1,5 +1,5 @@
 // Host side of the NVFP4 W4A16 GEMM: argument validation (messages name the field), path choice and the cuBLAS
-// path. Built only with the CUDA backend; the kernels themselves live in nvfp4_{streaming,dequantize}.cu.
+// path. Built only with the CUDA backend; the kernels themselves live in nvfp4_{fused,streaming,dequantize}.cu.
 #ifdef FP4SERVE_HAVE_CUDA
 #include "kernels/cuda/nvfp4_gemm.h"
 
@@ -26,6 +26,7 @@ const char* path_name(Nvfp4GemmPath path) {
   switch (path) {
     case Nvfp4GemmPath::Auto: return "Auto";
     case Nvfp4GemmPath::Streaming: return "Streaming";
+    case Nvfp4GemmPath::Fused: return "Fused";
     case Nvfp4GemmPath::DequantCublas: return "DequantCublas";
   }
   return "?";
@@ -36,8 +37,8 @@ Nvfp4LaunchArgs validated_launch_args(const Nvfp4GemmArgs& a) {
   const Nvfp4WeightView& w = a.weight;
   FP4_CHECK(w.k >= 16 && w.k % 16 == 0 && w.k <= (int64_t{1} << 30),
             "nvfp4_gemm_w4a16: weight.k = {} must be a positive multiple of 16 (the NVFP4 block size)", w.k);
-  FP4_CHECK(w.n_rows >= 1 && w.n_rows <= (int64_t{1} << 30), "nvfp4_gemm_w4a16: weight.n_rows = {} is out of range",
-            w.n_rows);
+  FP4_CHECK(w.n_rows >= 1 && w.n_rows <= kMaxNvfp4Rows, "nvfp4_gemm_w4a16: weight.n_rows = {} is not in [1, {}]",
+            w.n_rows, kMaxNvfp4Rows);
   FP4_CHECK(a.m >= 0 && a.m <= (int64_t{1} << 30), "nvfp4_gemm_w4a16: m = {} is out of range", a.m);
   FP4_CHECK(w.n_rows * w.k / 2 < (int64_t{1} << 40), "nvfp4_gemm_w4a16: weight [{}, {}] is too large", w.n_rows, w.k);
   if (a.m > 0) {
@@ -91,6 +92,9 @@ struct Nvfp4GemmContext::State {
   void* blas_workspace = nullptr;
   uint16_t* weights = nullptr;  // [n, k] bf16 dequantized weights of the DequantCublas path
   size_t weight_bytes = 0;
+  float* partials = nullptr;     // split-K partial tiles of the Fused path
+  int32_t* counters = nullptr;   // per output tile, zero between launches
+  int64_t partial_floats = 0, counter_count = 0;
 
   static constexpr size_t kBlasWorkspaceBytes = size_t{32} << 20;
 
@@ -99,6 +103,8 @@ struct Nvfp4GemmContext::State {
     if (blas != nullptr) cublasDestroy(blas);
     if (blas_workspace != nullptr) cudaFree(blas_workspace);
     if (weights != nullptr) cudaFree(weights);
+    if (partials != nullptr) cudaFree(partials);
+    if (counters != nullptr) cudaFree(counters);
   }
 
   void ensure_blas() {
@@ -118,6 +124,24 @@ struct Nvfp4GemmContext::State {
     FP4_CUDA_CHECK(cudaMalloc(&weights, bytes));
     weight_bytes = bytes;
   }
+
+  void ensure_split_workspace(const Nvfp4FusedWorkspaceSize& size) {
+    if (size.partial_floats > partial_floats) {
+      if (partials != nullptr) FP4_CUDA_CHECK(cudaFree(partials));
+      partials = nullptr;
+      partial_floats = 0;
+      FP4_CUDA_CHECK(cudaMalloc(&partials, static_cast<size_t>(size.partial_floats) * sizeof(float)));
+      partial_floats = size.partial_floats;
+    }
+    if (size.counters > counter_count) {
+      if (counters != nullptr) FP4_CUDA_CHECK(cudaFree(counters));
+      counters = nullptr;
+      counter_count = 0;
+      FP4_CUDA_CHECK(cudaMalloc(&counters, static_cast<size_t>(size.counters) * sizeof(int32_t)));
+      FP4_CUDA_CHECK(cudaMemset(counters, 0, static_cast<size_t>(size.counters) * sizeof(int32_t)));
+      counter_count = size.counters;
+    }
+  }
 };
 
 Nvfp4GemmContext::Nvfp4GemmContext() : state_(std::make_unique<State>()) {}
@@ -129,14 +153,22 @@ void Nvfp4GemmContext::reserve_dequant(int64_t n_rows, int64_t k) {
   state_->ensure_weights(n_rows, k);
 }
 
-Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m) {
-  return m <= kNvfp4StreamingMaxTokens ? Nvfp4GemmPath::Streaming : Nvfp4GemmPath::DequantCublas;
+void Nvfp4GemmContext::reserve_fused(int64_t max_m, int64_t n_rows, int64_t k) {
+  FP4_CHECK(max_m >= 1 && n_rows >= 1 && k >= 16, "Nvfp4GemmContext::reserve_fused: shape m {} x [{}, {}] is empty",
+            max_m, n_rows, k);
+  for (int64_t m = 1; m <= max_m; ++m)
+    state_->ensure_split_workspace(nvfp4_fused_workspace_size(m, n_rows, nvfp4_fused_config_for(m, n_rows, k)));
+}
+
+Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m, int64_t /*n*/, int64_t /*k*/) {
+  return m <= 256 ? Nvfp4GemmPath::Fused : Nvfp4GemmPath::DequantCublas;
 }
 
 void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args) {
   const Nvfp4LaunchArgs launch = validated_launch_args(args);
   if (args.m == 0) return;
-  const Nvfp4GemmPath path = args.path == Nvfp4GemmPath::Auto ? nvfp4_gemm_auto_path(args.m) : args.path;
+  const Nvfp4GemmPath path =
+      args.path == Nvfp4GemmPath::Auto ? nvfp4_gemm_auto_path(args.m, args.weight.n_rows, args.weight.k) : args.path;
   if (path == Nvfp4GemmPath::Streaming) {
     FP4_CHECK(args.m <= kNvfp4StreamingMaxTokens, "nvfp4_gemm_w4a16: path {} takes m <= {} tokens, got m = {}",
               path_name(path), kNvfp4StreamingMaxTokens, args.m);
@@ -144,6 +176,12 @@ void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args) {
     return;
   }
   Nvfp4GemmContext::State& state = *context.state_;
+  if (path == Nvfp4GemmPath::Fused) {
+    const Nvfp4FusedConfig config = nvfp4_fused_config_for(args.m, args.weight.n_rows, args.weight.k);
+    state.ensure_split_workspace(nvfp4_fused_workspace_size(args.m, args.weight.n_rows, config));
+    launch_nvfp4_fused(launch, config, state.partials, state.counters);
+    return;
+  }
   state.ensure_blas();
   state.ensure_weights(args.weight.n_rows, args.weight.k);
   launch_nvfp4_dequantize(launch, state.weights);

@@ -24,9 +24,11 @@ inline constexpr size_t kMaxNvfp4AlphaRanges = 8;
 enum class Nvfp4GemmPath : uint8_t {
   Auto,
   Streaming,      // m <= kNvfp4StreamingMaxTokens: weight rows streamed once with 16-byte loads, tensor-core dot
+  Fused,          // any m: packed weights pipelined through shared memory, dequantized into mma.sync fragments
   DequantCublas,  // any m: weights dequantized to a bf16 workspace, then cuBLAS bf16 GEMM (one per alpha range)
 };
 inline constexpr int64_t kNvfp4StreamingMaxTokens = 32;
+inline constexpr int64_t kMaxNvfp4Rows = int64_t{1} << 21;  // the fused kernel's grid covers n / 32 <= 65535 tiles
 
 struct Nvfp4GemmArgs {
   const bf16_bits* x = nullptr;  // [m, weight.k] bf16, row-major, 16-byte aligned
@@ -38,8 +40,9 @@ struct Nvfp4GemmArgs {
   Nvfp4GemmPath path = Nvfp4GemmPath::Auto;
 };
 
-// Per-thread state of the GEMM: the cuBLAS handle and the bf16 weight workspace of the DequantCublas path, both
-// created on first use on the device current then. Not thread-safe: one context per host thread (or stream).
+// Per-thread state of the GEMM: the cuBLAS handle and the bf16 weight workspace of the DequantCublas path, the
+// split-K partials of the Fused path, all created on first use on the device current then. Not thread-safe: one
+// context per host thread (or stream).
 class Nvfp4GemmContext {
  public:
   Nvfp4GemmContext();
@@ -50,6 +53,8 @@ class Nvfp4GemmContext {
   // Allocates now what the DequantCublas path needs for weights up to n_rows x k, so that later calls allocate
   // nothing (a CUDA graph capture may not allocate).
   void reserve_dequant(int64_t n_rows, int64_t k);
+  // The same for the Fused path's split-K workspace, for every m <= max_m.
+  void reserve_fused(int64_t max_m, int64_t n_rows, int64_t k);
 
  private:
   friend void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args);
@@ -57,9 +62,8 @@ class Nvfp4GemmContext {
   std::unique_ptr<State> state_;
 };
 
-// The path Auto takes: Streaming for m <= 32, else DequantCublas (measured on H100, bench/RESULTS.md; a tiled
-// mma.sync kernel with shared-memory dequantization lost to DequantCublas at every m > 32 measured and was dropped).
-Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m);
+// The path Auto takes for m tokens on an [n, k] weight (measured on H100, bench/RESULTS.md).
+Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m, int64_t n, int64_t k);
 
 // Validates the arguments (throws fp4serve::Error naming the field at fault), then launches. m == 0 does nothing.
 void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args);

@@ -30,6 +30,48 @@ struct Nvfp4LaunchArgs {
   void* stream;                  // cudaStream_t
 };
 
+// The fused kernel (nvfp4_fused.cu): weights stay packed, a cp.async pipeline stages codes, scales and the token
+// tile in shared memory, each warp dequantizes 16 weight rows in registers into mma.sync fragments. A CTA covers
+// 8 * token_tiles tokens x 16 * warps_n rows; its 8 warps split the rows (warps_n) and each stage's K (8 / warps_n).
+// k_splits > 1 splits K over CTAs; their fp32 partials meet in `partials` and the last CTA of a tile adds them in
+// split order (deterministic), counted in `counters` (zero-initialized; the last CTA resets its counter).
+struct Nvfp4FusedConfig {
+  int token_tiles;  // 1, 2, 4 or 8
+  int warps_n;      // 8, 4 or 2
+  int k_splits;     // >= 1, <= nvfp4_fused_max_splits
+};
+Nvfp4FusedConfig nvfp4_fused_config_for(int64_t m, int64_t n, int64_t k);
+int nvfp4_fused_splits_for(int64_t m, int64_t n, int64_t k, int token_tiles, int warps_n);
+int nvfp4_fused_max_splits(int64_t k, int warps_n);
+// Workspace a launch needs: floats of partials and counters (both 0 when k_splits == 1).
+struct Nvfp4FusedWorkspaceSize {
+  int64_t partial_floats;
+  int64_t counters;
+};
+Nvfp4FusedWorkspaceSize nvfp4_fused_workspace_size(int64_t m, int64_t n, const Nvfp4FusedConfig& config);
+void launch_nvfp4_fused(const Nvfp4LaunchArgs& args, const Nvfp4FusedConfig& config, float* partials,
+                        int32_t* counters);
+
+// The grouped form (nvfp4_grouped_gemm.h): one launch over all experts; validated arguments.
+struct Nvfp4GroupedLaunchArgs {
+  const uint16_t* x;              // [max_rows, k] bf16
+  int32_t max_rows;
+  const int32_t* expert_offsets;  // device [n_experts + 1]
+  int32_t n_experts;
+  const uint8_t* packed;          // [E, n, k/2]
+  const uint8_t* block_scales;    // [E, Np * Kp]
+  int32_t n;
+  int32_t k;
+  Nvfp4RowOrder order;
+  const float* alphas;            // device [E, alphas_per_expert]
+  int32_t alphas_per_expert;      // 1 or 2
+  uint16_t* y;                    // [max_rows, n]
+  void* stream;
+};
+// token_tiles / warps_n as in Nvfp4FusedConfig (no K split); nvfp4_grouped_config_for picks them.
+Nvfp4FusedConfig nvfp4_grouped_config_for(int64_t max_rows, int64_t n_experts, int64_t n, int64_t k);
+void launch_nvfp4_grouped(const Nvfp4GroupedLaunchArgs& args, const Nvfp4FusedConfig& config);
+
 // m <= 32 (kNvfp4StreamingMaxTokens); warps_per_cta in [1, 16] split K (nvfp4_streaming_warps_for picks it).
 int nvfp4_streaming_warps_for(int64_t m, int64_t n, int64_t k);
 void launch_nvfp4_streaming(const Nvfp4LaunchArgs& args, int warps_per_cta);
