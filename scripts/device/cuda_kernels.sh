@@ -2,19 +2,13 @@
 # On the GPU device machine, from the repository root: configure and build test_kernels_cuda and
 # bench_cuda_nvfp4_gemm (Ninja, -j16), run the tests, memcheck a subset, then the benchmark (--no-bench skips it);
 # every log is tee'd into $OUT.
-# The device image has CMake, Ninja, nvcc and g++ but not the project's Debian -dev packages. Those travel as .deb
-# files in .deps-cuda/ (git-ignored, listed in .git/info/exclude; pass it in `carry`), fetched on the workstation with
-#   mkdir -p .deps-cuda && (cd .deps-cuda && apt-get download $(bash scripts/device/cuda_kernels.sh --list-debs))
-# and unpacked into a private prefix (never into /); binaries find their libraries through an rpath.
+# The device image lacks the project's Debian -dev packages: deps.sh unpacks the carried ones (see there).
 # If the whole library does not build (other engineers' unfinished files travel with the tree), only the sources
 # these two programs need are compiled; --minimal goes there directly (after configuring, which checks the packages).
 set -uo pipefail
 
-debs=(nlohmann-json3-dev libcli11-dev libfmt-dev libfmt9 libspdlog-dev libspdlog1.10 libcpp-httplib-dev
-      libcpp-httplib0.11 libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian libpcre2-dev libpcre2-8-0
-      libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libicu-dev libicu72 pkgconf pkgconf-bin libpkgconf3 pkg-config
-      libbrotli1 libbrotli-dev libssl-dev libssl3 zlib1g-dev zlib1g)
-if [ "${1:-}" = "--list-debs" ]; then echo "${debs[@]}"; exit 0; fi
+source "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
+if [ "${1:-}" = "--list-debs" ]; then echo "${fp4serve_debs[@]}"; exit 0; fi
 minimal_only=0
 run_bench=1
 for arg in "$@"; do
@@ -24,51 +18,13 @@ done
 
 OUT=${OUT:-/tmp/fp4serve-device-out}
 BUILD=${BUILD:-build-device}
-DEPS=/tmp/fp4serve-deps
-LIBDIR=$DEPS/usr/lib/x86_64-linux-gnu
 mkdir -p "$OUT"
 start=$(date +%s)
 stamp() { echo "[cuda_kernels.sh +$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/steps.log"; }
 
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
-  nvcc --version | tail -1
-  cmake --version | head -1
-  g++ --version | head -1
-  grep PRETTY_NAME /etc/os-release
-  ldd --version | head -1
-} > "$OUT/env.log" 2>&1
-cat "$OUT/env.log"
+print_device_environment "$OUT/env.log"
 
-# Unpack the carried packages into $DEPS and make their pkg-config files point there.
-if [ -d .deps-cuda ]; then
-  stamp "unpacking $(ls .deps-cuda/*.deb | wc -l) packages into $DEPS"
-  rm -rf "$DEPS" && mkdir -p "$DEPS"
-  for f in .deps-cuda/*.deb; do
-    if command -v dpkg-deb > /dev/null; then
-      dpkg-deb -x "$f" "$DEPS"
-    else
-      (tmp=$(mktemp -d) && cd "$tmp" && ar x "$OLDPWD/$f" && tar -xf data.tar.* -C "$DEPS" && rm -rf "$tmp")
-    fi
-  done
-  sed -i -E "s#^(prefix|exec_prefix|libdir|includedir) *= */usr#\1=$DEPS/usr#" \
-    "$LIBDIR"/pkgconfig/*.pc "$DEPS"/usr/share/pkgconfig/*.pc
-  export PKG_CONFIG_PATH="$LIBDIR/pkgconfig:$DEPS/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
-  if ! command -v pkg-config > /dev/null; then
-    mkdir -p "$DEPS/bin"
-    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s/usr/bin/pkgconf "$@"\n' "$LIBDIR" "$DEPS" > "$DEPS/bin/pkg-config"
-    chmod +x "$DEPS/bin/pkg-config"
-    export PATH="$DEPS/bin:$PATH"
-  fi
-  dep_flags=(-DCMAKE_PREFIX_PATH="$DEPS/usr"
-             -Dfmt_DIR="$LIBDIR/cmake/fmt" -Dspdlog_DIR="$LIBDIR/cmake/spdlog" -DGTest_DIR="$LIBDIR/cmake/GTest"
-             -Dbenchmark_DIR="$LIBDIR/cmake/benchmark" -DCLI11_DIR="$DEPS/usr/share/cmake/CLI11"
-             -Dnlohmann_json_DIR="$DEPS/usr/share/cmake/nlohmann_json"
-             -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$LIBDIR -Wl,-rpath,$LIBDIR")
-else
-  stamp "no .deps-cuda folder: using the system's packages"
-  dep_flags=()
-fi
+unpack_deps
 
 # The fallback: only the sources these two programs need, with the flags CMake would use.
 minimal_build() {
@@ -85,7 +41,7 @@ minimal_build() {
     "${nvcc[@]}" -c "$f" -o "$dir/$(basename "$f").o" & pids+=($!); objects+=("$dir/$(basename "$f").o")
   done
   for f in src/kernels/cuda/*.cpp src/kernels/device.cpp src/format/nvfp4.cpp src/format/layout.cpp \
-           src/format/e4m3.cpp; do
+           src/format/act_quant.cpp src/format/e4m3.cpp src/quant/nvfp4_layout.cpp; do
     "${cxx[@]}" -c "$f" -o "$dir/$(basename "$f").o" & pids+=($!); objects+=("$dir/$(basename "$f").o")
   done
   local tests=()
