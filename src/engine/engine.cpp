@@ -28,9 +28,19 @@ Engine::Engine(std::unique_ptr<Qwen3Model> model, EngineOptions options)
     : model_(std::move(model)),
       options_(std::move(options)),
       kv_cache_(geometry_of(model_->config()), options_.kv_cache_tokens, options_.page_size, model_->options().device),
-      prefix_cache_(options_.enable_prefix_cache ? std::make_unique<PrefixCache>(kv_cache_.pages()) : nullptr),
+      prefix_cache_(options_.enable_prefix_cache
+                        ? std::make_unique<PrefixCache>(kv_cache_.pages(), options_.weight_version)
+                        : nullptr),
       scheduler_(kv_cache_.pages(), prefix_cache_.get(), options_.scheduler),
-      weight_version_(options_.weight_version) {}
+      weight_version_(options_.weight_version) {
+  if (options_.record_routed_experts) {
+    const ModelConfig& config = model_->config();
+    FP4_CHECK(config.num_experts > 0, "record_routed_experts (serve --enable-return-routed-experts): the model has "
+              "no experts, so there is no routing to record; leave it off for a dense model");
+    routing_.emplace(kv_cache_.pages().n_pages(), kv_cache_.pages().page_size(), config.num_hidden_layers,
+                     config.num_experts_per_tok);
+  }
+}
 
 void Engine::check_request(const GenerateRequest& request, std::string_view name) const {
   const ModelConfig& config = model_->config();
@@ -49,6 +59,13 @@ void Engine::check_request(const GenerateRequest& request, std::string_view name
             "{}: {} prompt tokens + max_new_tokens {} exceed the KV cache of {} tokens; lower max_new_tokens or "
             "enlarge the cache",
             name, request.input_ids.size(), request.max_new_tokens, kv_cache_.token_capacity());
+  FP4_CHECK(!request.return_routed_experts || routing_.has_value(),
+            "{}: return_routed_experts needs routing to be recorded; start the server with "
+            "--enable-return-routed-experts (MoE models)", name);
+  FP4_CHECK(request.routed_experts_start_len >= 0 &&
+                request.routed_experts_start_len <= static_cast<int64_t>(request.input_ids.size()),
+            "{}: routed_experts_start_len {} must be in [0, {}] (the prompt length)", name,
+            request.routed_experts_start_len, request.input_ids.size());
 }
 
 int64_t Engine::add_request(GenerateRequest request) {
@@ -85,12 +102,16 @@ std::vector<StepToken> Engine::step() {
   if (scheduled.sequences.empty()) return {};
 
   ForwardBatch batch{.sequences = {}, .kv_cache = &kv_cache_.tensors()};
-  for (const Sequence* seq : scheduled.sequences) {
+  for (Sequence* seq : scheduled.sequences) {
+    if (scheduled.prefill) seq->kv_weight_version = weight_version_;
     const int64_t start = scheduled.prefill ? seq->n_cached_tokens : static_cast<int64_t>(seq->tokens.size()) - 1;
     batch.sequences.push_back({.token_ids = std::span(seq->tokens).subspan(static_cast<size_t>(start)),
                                .start_position = start,
                                .page_table = seq->pages.pages});
   }
+  std::vector<int64_t> row_slots;
+  const std::optional<ForwardObserver> recorder = routing_recorder(batch, row_slots);
+  if (recorder) batch.observer = &*recorder;
   const ForwardOutput output = model_->forward(batch);
 
   std::vector<StepToken> produced;
@@ -99,11 +120,16 @@ std::vector<StepToken> Engine::step() {
     Sequence& seq = *scheduled.sequences[i];
     const std::span<const float> logits(output.last_logits.data<float>() + static_cast<int64_t>(i) * vocab,
                                         static_cast<size_t>(vocab));
-    if (scheduled.prefill && prefix_cache_) prefix_cache_->insert(seq.tokens, seq.pages.pages, seq.pages.n_tokens);
+    if (scheduled.prefill) offer_to_prefix_cache(seq);
     SampledToken sampled = sample_token(logits, seq.request.sampling, seq.n_output_tokens());
     seq.tokens.push_back(sampled.token);
     seq.output_logprobs.push_back(sampled.logprob);
     if (seq.request.sampling.n_top_logprobs > 0) seq.output_top_logprobs.push_back(sampled.top_logprobs);
+    std::vector<WeightVersionSpan>& spans = seq.weight_version_spans;
+    if (spans.empty() || spans.back().version != weight_version_)
+      spans.push_back({.version = weight_version_, .start = seq.n_output_tokens() - 1, .end = seq.n_output_tokens()});
+    else
+      spans.back().end = seq.n_output_tokens();
 
     if (seq.n_output_tokens() >= seq.request.max_new_tokens) {
       seq.finish_reason = FinishReason::Length;
@@ -111,10 +137,7 @@ std::vector<StepToken> Engine::step() {
       seq.finish_reason = FinishReason::Stop;
       seq.matched_stop_token = sampled.token;
     }
-    if (seq.finish_reason) {
-      if (prefix_cache_) prefix_cache_->insert(seq.tokens, seq.pages.pages, seq.pages.n_tokens);
-      scheduler_.finish(&seq);
-    }
+    if (seq.finish_reason) end_sequence(seq);
     produced.push_back({.request_id = seq.id,
                         .token = sampled.token,
                         .logprob = sampled.logprob,
@@ -131,7 +154,43 @@ void Engine::abort(int64_t request_id) {
   Sequence& seq = *it->second;
   if (seq.status == SequenceStatus::Finished) return;
   seq.finish_reason = FinishReason::Abort;
+  end_sequence(seq);
+}
+
+std::optional<ForwardObserver> Engine::routing_recorder(const ForwardBatch& batch, std::vector<int64_t>& row_slots) {
+  if (!routing_) return std::nullopt;
+  for (const SequenceInput& seq : batch.sequences)
+    for (size_t t = 0; t < seq.token_ids.size(); ++t)
+      row_slots.push_back(routing_->slot(seq.page_table, seq.start_position + static_cast<int64_t>(t)));
+  ForwardObserver recorder;
+  recorder.on_moe_routing = [this, &row_slots](int layer, const Tensor&, const Tensor& topk_ids, const Tensor&) {
+    routing_->record(layer, row_slots, topk_ids.data<int32_t>());
+  };
+  return recorder;
+}
+
+// KV computed under weights that no longer serve (an update while paused in place) stays out of the cache.
+void Engine::offer_to_prefix_cache(const Sequence& seq) {
+  if (prefix_cache_ && seq.kv_weight_version == weight_version_)
+    prefix_cache_->insert(seq.tokens, seq.pages.pages, seq.pages.n_tokens);
+}
+
+void Engine::end_sequence(Sequence& seq) {
+  const int64_t n_fed = static_cast<int64_t>(seq.tokens.size()) - 1;  // the last token was never fed
+  if (seq.request.return_routed_experts && seq.pages.n_tokens >= n_fed)
+    seq.routed_experts = routing_->gather(seq.pages.pages, seq.request.routed_experts_start_len, n_fed);
+  offer_to_prefix_cache(seq);
   scheduler_.finish(&seq);
+}
+
+void Engine::retract_all() {
+  for (const Sequence* seq : scheduler_.running()) offer_to_prefix_cache(*seq);
+  scheduler_.retract_all();
+}
+
+void Engine::set_weight_version(std::string version) {
+  weight_version_ = std::move(version);
+  if (prefix_cache_) prefix_cache_->set_weight_version(weight_version_);
 }
 
 void Engine::flush_prefix_cache() {
@@ -141,7 +200,7 @@ void Engine::flush_prefix_cache() {
 GenerateResult Engine::take_result(int64_t request_id) {
   const auto it = sequences_.find(request_id);
   FP4_CHECK(it != sequences_.end(), "request {} is unknown (never added, or its result was already taken)", request_id);
-  const Sequence& seq = *it->second;
+  Sequence& seq = *it->second;
   FP4_CHECK(seq.status == SequenceStatus::Finished, "request {} has not finished yet", request_id);
   GenerateResult result{
       .request_id = request_id,
@@ -153,6 +212,8 @@ GenerateResult Engine::take_result(int64_t request_id) {
       .prompt_tokens = seq.n_prompt_tokens,
       .cached_tokens = seq.n_cached_tokens,
       .weight_version = weight_version_,
+      .weight_version_spans = std::move(seq.weight_version_spans),
+      .routed_experts = std::move(seq.routed_experts),
   };
   sequences_.erase(it);
   return result;

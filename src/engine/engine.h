@@ -2,8 +2,11 @@
 // (scheduler.h decides each step: prefill, else decode). With the prefix cache on, every computed whole page of a
 // prompt (after its prefill) and of a finished sequence is offered to the cache for later requests. Requests leave the
 // batch when they reach max_new_tokens (checked first, as SGLang does), an EOS token (unless ignore_eos) or one of
-// their stop tokens; the token that stopped them is part of the output. Not thread-safe: one thread (the server's
-// engine thread) drives it.
+// their stop tokens; the token that stopped them is part of the output. The prefix cache is keyed by the weight
+// version, and a sequence's KV is offered to it only while the weights it was computed with still serve. Each output
+// token is labelled with the weight version that produced it (weight_version_spans). With record_routed_experts,
+// every computed KV slot keeps its MoE routing (routing_table.h), returned on request (routing replay).
+// Not thread-safe: one thread (the server's engine thread) drives it.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -14,6 +17,7 @@
 
 #include "engine/kv_cache.h"
 #include "engine/prefix_cache.h"
+#include "engine/routing_table.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
 #include "model/qwen3_model.h"
@@ -27,6 +31,7 @@ struct EngineOptions {
   std::vector<int32_t> eos_token_ids{};  // e.g. from config.json; empty = none
   std::string weight_version = "default";
   bool enable_prefix_cache = true;  // reuse the KV pages of earlier prompts' common prefixes
+  bool record_routed_experts = false;  // keep every KV slot's routing (MoE models), for return_routed_experts
 };
 
 struct GenerateResult {
@@ -39,6 +44,11 @@ struct GenerateResult {
   int64_t prompt_tokens = 0;
   int64_t cached_tokens = 0;   // prompt tokens whose KV came from the prefix cache instead of a prefill
   std::string weight_version;  // the engine's version when the result was taken
+  std::vector<WeightVersionSpan> weight_version_spans;  // over output_ids; empty without output
+  // With request.return_routed_experts: int32 [n_tokens - 1 - routed_experts_start_len, num_hidden_layers,
+  // num_experts_per_tok] (n_tokens = prompt + output); empty when the request ended without its KV (aborted while
+  // waiting or retracted).
+  std::vector<int32_t> routed_experts;
 };
 
 // What one step produced for one sequence (for streaming).
@@ -69,12 +79,17 @@ class Engine {
   // The result of a finished request (once); throws if it is unknown or still running.
   GenerateResult take_result(int64_t request_id);
 
+  // Every running sequence back to the waiting queue, its KV freed (its computed whole pages offered to the prefix
+  // cache first), to be prefilled again when it is scheduled (pause_generation "retract").
+  void retract_all();
+
   // Drops every cached prefix (after a weight update the cached KV no longer matches the weights).
   void flush_prefix_cache();
   int64_t n_prefix_cached_pages() const { return prefix_cache_ ? prefix_cache_->n_cached_pages() : 0; }
 
   const std::string& weight_version() const { return weight_version_; }
-  void set_weight_version(std::string version) { weight_version_ = std::move(version); }
+  // Labels the weights from now on: later output tokens carry it, and the prefix cache switches to its namespace.
+  void set_weight_version(std::string version);
   Qwen3Model& model() { return *model_; }
   const KvCache& kv_cache() const { return kv_cache_; }
   const Scheduler& scheduler() const { return scheduler_; }
@@ -82,11 +97,16 @@ class Engine {
  private:
   int64_t queue_request(GenerateRequest request);
   bool is_stop_token(const Sequence& seq, int32_t token) const;
+  void offer_to_prefix_cache(const Sequence& seq);
+  void end_sequence(Sequence& seq);  // keeps what the result needs from its KV, then frees it
+  // The observer that records each row's routing at the KV slot of its position (null without a routing table).
+  std::optional<ForwardObserver> routing_recorder(const ForwardBatch& batch, std::vector<int64_t>& row_slots);
 
   std::unique_ptr<Qwen3Model> model_;
   EngineOptions options_;
   KvCache kv_cache_;
   std::unique_ptr<PrefixCache> prefix_cache_;  // null when disabled
+  std::optional<RoutingTable> routing_;         // with record_routed_experts
   Scheduler scheduler_;
   std::map<int64_t, std::unique_ptr<Sequence>> sequences_;  // queued, running and finished-but-not-taken
   int64_t next_request_id_ = 0;

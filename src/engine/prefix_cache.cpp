@@ -6,7 +6,15 @@
 
 namespace fp4serve {
 
+PrefixCache::PrefixCache(PageAllocator& pages, std::string_view weight_version) : pages_(pages) {
+  set_weight_version(weight_version);
+}
+
 PrefixCache::~PrefixCache() { clear(); }
+
+void PrefixCache::set_weight_version(std::string_view weight_version) {
+  version_key_ = xxh64({reinterpret_cast<const uint8_t*>(weight_version.data()), weight_version.size()}, 0);
+}
 
 uint64_t PrefixCache::key_of(uint64_t parent_key, std::span<const int32_t> page_tokens) const {
   return xxh64({reinterpret_cast<const uint8_t*>(page_tokens.data()), page_tokens.size_bytes()}, parent_key);
@@ -25,7 +33,7 @@ std::vector<int32_t> PrefixCache::match(std::span<const int32_t> tokens, int64_t
   const int64_t page_size = pages_.page_size();
   const int64_t n_pages = std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size())) / page_size;
   std::vector<int32_t> hits;
-  uint64_t parent_key = 0;
+  uint64_t parent_key = version_key_;
   ++clock_;
   for (int64_t i = 0; i < n_pages; ++i) {
     const std::span<const int32_t> page_tokens = tokens.subspan(i * page_size, page_size);
@@ -42,7 +50,7 @@ std::vector<int32_t> PrefixCache::match(std::span<const int32_t> tokens, int64_t
 
 void PrefixCache::insert(std::span<const int32_t> tokens, std::span<const int32_t> pages, int64_t n_computed) {
   const int64_t page_size = pages_.page_size();
-  uint64_t parent_key = 0;
+  uint64_t parent_key = version_key_;
   ++clock_;
   for (int64_t i = 0; i < n_computed / page_size; ++i) {
     const std::span<const int32_t> page_tokens = tokens.subspan(i * page_size, page_size);

@@ -1,12 +1,15 @@
 // Reuse of prompt prefixes across requests, by whole KV pages: a full page is keyed by a chain hash of every token
-// up to its end (XXH64 of its tokens seeded with the previous page's key), so a hit on page i means the same
-// tokens [0, (i + 1) * page_size) and the same KV. Hits are verified against the stored tokens. The cache holds one
+// up to its end (XXH64 of its tokens seeded with the previous page's key; the first page's seed is the hash of the
+// weight version), so a hit on page i means the same weights and tokens [0, (i + 1) * page_size), hence the same
+// KV: a prefix cached under one weight version is never matched under another. Hits are verified against the
+// stored tokens. The cache holds one
 // reference on each cached page; pages held only by the cache are evicted least recently used first when the
 // allocator runs short. Only pages whose every position is computed are cached, so a shared page is never written.
 // Not thread-safe: the engine thread owns it.
 #pragma once
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -16,7 +19,7 @@ namespace fp4serve {
 
 class PrefixCache {
  public:
-  explicit PrefixCache(PageAllocator& pages) : pages_(pages) {}
+  PrefixCache(PageAllocator& pages, std::string_view weight_version);
   ~PrefixCache();
   PrefixCache(const PrefixCache&) = delete;
   PrefixCache& operator=(const PrefixCache&) = delete;
@@ -31,13 +34,15 @@ class PrefixCache {
   bool make_free(int64_t n_pages);
   // Releases every cached page (the pages sequences still hold stay theirs).
   void clear();
+  // Later matches and inserts are under these weights; pages cached under others stay until evicted or cleared.
+  void set_weight_version(std::string_view weight_version);
 
   int64_t n_cached_pages() const { return static_cast<int64_t>(entries_.size()); }
 
  private:
   struct Entry {
     int32_t page;
-    uint64_t parent_key;          // the previous page's key (0 for the first page)
+    uint64_t parent_key;          // the previous page's key (version_key_ for the first page)
     std::vector<int32_t> tokens;  // [page_size], to verify hits
     uint64_t last_use;
   };
@@ -45,6 +50,7 @@ class PrefixCache {
   const Entry* find(uint64_t key, uint64_t parent_key, std::span<const int32_t> page_tokens) const;
 
   PageAllocator& pages_;
+  uint64_t version_key_ = 0;                     // the first page's parent key
   std::unordered_map<uint64_t, Entry> entries_;  // by key
   uint64_t clock_ = 0;                           // ticks at each match / insert, for LRU
 };

@@ -81,9 +81,21 @@ ScheduledBatch Scheduler::schedule_decode() {
 
 void Scheduler::preempt(Sequence* seq) {
   ++n_preemptions_;
+  requeue_front(seq);
+}
+
+void Scheduler::requeue_front(Sequence* seq) {
   pages_.free(seq->pages);
   seq->status = SequenceStatus::Waiting;
   waiting_.push_front(seq);
+}
+
+void Scheduler::retract_all() {
+  while (!running_.empty()) {
+    Sequence* seq = running_.back();
+    running_.pop_back();
+    requeue_front(seq);
+  }
 }
 
 void Scheduler::finish(Sequence* seq) {

@@ -5,6 +5,7 @@
 // pages, pages only the prefix cache holds are evicted first; then, in a decode step, the most recently admitted
 // sequence is preempted: its pages are freed and it returns to the front of the waiting queue, to be prefilled
 // again over all its tokens (sampling depends only on seed and token index, so its output is unchanged).
+// retract_all does the same to every running sequence at once (pause_generation "retract").
 #pragma once
 #include <cstdint>
 #include <deque>
@@ -36,6 +37,8 @@ class Scheduler {
   // Allocates or appends the pages the batch's new tokens need; an empty batch means no work.
   ScheduledBatch schedule();
   void finish(Sequence* seq);  // frees its pages, removes it from the queue or running set, status Finished
+  // Every running sequence back to the front of the waiting queue, in admission order, its pages freed.
+  void retract_all();
 
   const std::deque<Sequence*>& waiting() const { return waiting_; }
   const std::deque<Sequence*>& running() const { return running_; }
@@ -45,6 +48,7 @@ class Scheduler {
   ScheduledBatch schedule_prefill();
   ScheduledBatch schedule_decode();
   void preempt(Sequence* seq);
+  void requeue_front(Sequence* seq);  // pages freed, to the front of the waiting queue
   bool make_free(int64_t n_pages);  // evicting from the prefix cache if needed
 
   PageAllocator& pages_;

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -22,6 +23,18 @@ struct GenerateRequest {
   int64_t max_new_tokens = 128;
   std::vector<int32_t> stop_token_ids{};  // finish on any of these (in addition to EOS unless ignore_eos)
   bool ignore_eos = false;
+  // Routing replay: the top-k expert ids of positions [routed_experts_start_len, n_tokens - 1) (every token fed
+  // to the model), in [0, prompt length]; needs an engine that records routing.
+  bool return_routed_experts = false;
+  int64_t routed_experts_start_len = 0;
+};
+
+// Output tokens [start, end) were sampled from logits the weights labelled `version` computed.
+struct WeightVersionSpan {
+  std::string version;
+  int64_t start = 0;
+  int64_t end = 0;
+  bool operator==(const WeightVersionSpan&) const = default;
 };
 
 enum class SequenceStatus { Waiting, Running, Finished };
@@ -35,6 +48,9 @@ struct Sequence {
   std::vector<std::vector<std::pair<int32_t, float>>> output_top_logprobs;  // when sampling.n_top_logprobs > 0
   PageTable pages;
   int64_t n_cached_tokens = 0;  // positions its latest prefill took from the prefix cache (fed from there on)
+  std::string kv_weight_version;  // the weights its latest prefill ran on; its KV is cacheable while they serve
+  std::vector<WeightVersionSpan> weight_version_spans;  // over its output tokens
+  std::vector<int32_t> routed_experts;  // when asked, taken as it finishes: [rows, n_layers, top_k]
   SequenceStatus status = SequenceStatus::Waiting;
   std::optional<FinishReason> finish_reason;
   std::optional<int32_t> matched_stop_token;

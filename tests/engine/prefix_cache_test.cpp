@@ -1,5 +1,6 @@
 // PrefixCache: hits on whole pages only, verified tokens, references held and handed out, LRU eviction of pages
-// only the cache holds, clearing; and the scheduler starting a prefill after the cached prefix.
+// only the cache holds, clearing, weight versions kept apart; and the scheduler starting a prefill after the cached
+// prefix.
 #include "engine/prefix_cache.h"
 
 #include <gmock/gmock.h>
@@ -33,7 +34,7 @@ PageTable prefill(PageAllocator& pages, PrefixCache& cache, const std::vector<in
 
 TEST(PrefixCache, HitsWholePagesOfTheSamePrefixOnly) {
   PageAllocator pages(8, 4);
-  PrefixCache cache(pages);
+  PrefixCache cache(pages, "v1");
   const std::vector<int32_t> prompt = iota_tokens(10);  // pages 0, 1 full; page 2 holds 2 tokens: not cached
   PageTable first = prefill(pages, cache, prompt);
   EXPECT_EQ(cache.n_cached_pages(), 2);
@@ -50,9 +51,23 @@ TEST(PrefixCache, HitsWholePagesOfTheSamePrefixOnly) {
   EXPECT_THAT(cache.match(diverging, 9), IsEmpty());
 }
 
+TEST(PrefixCache, NeverMatchesAcrossWeightVersions) {
+  PageAllocator pages(8, 4);
+  PrefixCache cache(pages, "v1");
+  const std::vector<int32_t> prompt = iota_tokens(9);
+  PageTable under_v1 = prefill(pages, cache, prompt);
+  cache.set_weight_version("v2");
+  EXPECT_THAT(cache.match(prompt, 9), IsEmpty());
+  PageTable under_v2 = prefill(pages, cache, prompt);  // the same tokens cached again, on other pages
+  EXPECT_EQ(cache.n_cached_pages(), 4);
+  EXPECT_THAT(cache.match(prompt, 9), ElementsAre(under_v2.pages[0], under_v2.pages[1]));
+  cache.set_weight_version("v1");
+  EXPECT_THAT(cache.match(prompt, 9), ElementsAre(under_v1.pages[0], under_v1.pages[1]));
+}
+
 TEST(PrefixCache, KeepsPagesAfterTheirSequenceEndsAndEvictsLeastRecentlyUsed) {
   PageAllocator pages(4, 2);
-  PrefixCache cache(pages);
+  PrefixCache cache(pages, "v1");
   PageTable a = prefill(pages, cache, {1, 2});
   PageTable b = prefill(pages, cache, {3, 4});
   const int32_t page_a = a.pages[0], page_b = b.pages[0];
@@ -73,7 +88,7 @@ TEST(PrefixCache, KeepsPagesAfterTheirSequenceEndsAndEvictsLeastRecentlyUsed) {
 TEST(PrefixCache, ClearReleasesOnlyTheCachesReferences) {
   PageAllocator pages(4, 2);
   {
-    PrefixCache cache(pages);
+    PrefixCache cache(pages, "v1");
     PageTable a = prefill(pages, cache, {1, 2, 3, 4});
     cache.clear();
     EXPECT_EQ(cache.n_cached_pages(), 0);
@@ -86,7 +101,7 @@ TEST(PrefixCache, ClearReleasesOnlyTheCachesReferences) {
 
 TEST(PrefixCache, SchedulerStartsThePrefillAfterTheCachedPrefix) {
   PageAllocator pages(6, 4);
-  PrefixCache cache(pages);
+  PrefixCache cache(pages, "v1");
   Scheduler scheduler(pages, &cache, {});
   auto make = [](int64_t id, std::vector<int32_t> tokens) {
     auto seq = std::make_unique<Sequence>();
