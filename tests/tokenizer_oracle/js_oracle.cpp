@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/base64.h"
 #include "common/error.h"
 #include "io/xxhash64.h"
 #include "tokenizer/utf8.h"
@@ -92,20 +93,6 @@ void install_packages() {
   write_file(stamp, manifest);
 }
 
-std::string base64(std::string_view bytes) {
-  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  for (size_t i = 0; i < bytes.size(); i += 3) {
-    uint32_t group = static_cast<uint8_t>(bytes[i]) << 16;
-    if (i + 1 < bytes.size()) group |= static_cast<uint8_t>(bytes[i + 1]) << 8;
-    if (i + 2 < bytes.size()) group |= static_cast<uint8_t>(bytes[i + 2]);
-    for (size_t k = 0; k < 4; ++k) {
-      out += i + k <= bytes.size() ? kAlphabet[(group >> (18 - 6 * k)) & 63] : '=';
-    }
-  }
-  return out;
-}
-
 nlohmann::json corpus_json(const std::vector<CorpusText>& texts, const std::vector<CorpusChat>& chats) {
   nlohmann::json json_texts = nlohmann::json::array();
   for (const CorpusText& text : texts) {
@@ -113,7 +100,8 @@ nlohmann::json corpus_json(const std::vector<CorpusText>& texts, const std::vect
     if (to_valid_utf8(text.bytes) == text.bytes) {
       json_texts.push_back(text.bytes);
     } else {
-      json_texts.push_back({{"base64", base64(text.bytes)}});
+      json_texts.push_back(
+          {{"base64", base64_encode({reinterpret_cast<const uint8_t*>(text.bytes.data()), text.bytes.size()})}});
     }
   }
   nlohmann::json json_chats = nlohmann::json::array();
