@@ -86,7 +86,8 @@ void run_serve(ServerOptions options) {
                                .max_prefill_tokens = options.chunked_prefill_size},
                  .eos_token_ids = tokenizer.stop_ids(),
                  .weight_version = options.weight_version,
-                 .enable_prefix_cache = !options.disable_radix_cache},
+                 .enable_prefix_cache = !options.disable_radix_cache,
+                 .record_routed_experts = options.enable_return_routed_experts},
       .max_queued_requests = options.max_queued_requests};
   EngineService service(std::move(service_options));
   HttpServer server(options, service, tokenizer, std::move(chat_template));
@@ -151,6 +152,8 @@ void register_serve(CLI::App& app) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_flag("--disable-radix-cache", options->disable_radix_cache, "Turn the prefix cache off");
+  cmd->add_flag("--enable-return-routed-experts", options->enable_return_routed_experts,
+                "Record every token's MoE routing so requests can ask for it (return_routed_experts)");
   cmd->add_option("--api-key", options->api_key, "Key every endpoint requires (Authorization: Bearer KEY)");
   cmd->add_option("--admin-api-key", options->admin_api_key,
                   "Key for reload, flush, pause/continue and abort-all (default: --api-key)");

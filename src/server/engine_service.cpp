@@ -146,13 +146,22 @@ ReloadOutcome EngineService::update_weights(ReloadRequest request) {
                                  .num_paused_requests = 0});
       return;
     }
-    reload_ = std::make_unique<ReloadInProgress>(std::move(*reload));
-    if (reload_->request.abort_all_requests) {
-      // Requests already in the engine end with "abort"; held ones have not started and run on the new weights.
-      std::vector<int64_t> ids;
-      for (const auto& [id, active] : active_) ids.push_back(id);
-      for (int64_t id : ids) end_active(id, std::nullopt);
+    const ReloadRequest& request = reload->request;
+    const size_t n_frozen = engine_->scheduler().running().size();
+    if (paused_ == PauseMode::InPlace && n_frozen > 0 && !request.abort_all_requests && request.flush_cache) {
+      reload->promise.set_value(
+          {.success = false,
+           .message = fmt::format("Failed to update model weights: generation is paused in_place and {} running "
+                                  "requests keep KV computed by the current weights; send flush_cache=false to "
+                                  "resume them on the new weights (their later tokens carry the new "
+                                  "weight_version), or pause with mode \"retract\" or \"abort\" first",
+                                  n_frozen),
+           .num_paused_requests = static_cast<int64_t>(held_.size())});
+      return;
     }
+    reload_ = std::make_unique<ReloadInProgress>(std::move(*reload));
+    // Requests already in the engine end with "abort"; held ones have not started and run on the new weights.
+    if (reload_->request.abort_all_requests) abort_in_engine();
   });
   return outcome.get();
 }
@@ -172,15 +181,45 @@ FlushOutcome EngineService::flush_cache() {
   return outcome.get();
 }
 
-void EngineService::pause() {
-  post([this] { paused_ = true; });
+void EngineService::pause(PauseMode mode) {
+  std::promise<void> done;
+  std::future<void> applied = done.get_future();
+  post([&] {
+    paused_ = mode;
+    if (mode == PauseMode::Abort) abort_where([](const std::string&, int64_t) { return true; });
+    if (mode == PauseMode::Retract) engine_->retract_all();
+    done.set_value();
+  });
+  applied.get();
 }
 
 void EngineService::resume() {
   post([this] {
-    paused_ = false;
+    paused_.reset();
     if (!reload_) start_held();
   });
+}
+
+void EngineService::update_weight_version(std::string version, bool abort_all_requests) {
+  std::promise<void> done;
+  std::future<void> applied = done.get_future();
+  post([&] {
+    if (abort_all_requests) abort_in_engine();
+    engine_->set_weight_version(version);
+    {
+      std::lock_guard lock(stats_mutex_);
+      weight_version_ = version;
+    }
+    spdlog::info("weight_version is now {} (label only; the weights did not change)", version);
+    done.set_value();
+  });
+  applied.get();
+}
+
+void EngineService::abort_in_engine() {
+  std::vector<int64_t> ids;
+  for (const auto& [id, active] : active_) ids.push_back(id);
+  for (int64_t id : ids) end_active(id, std::nullopt);
 }
 
 void EngineService::admit(Pending pending) {
@@ -251,7 +290,7 @@ void EngineService::abort_where(const std::function<bool(const std::string& rid,
 }
 
 bool EngineService::can_step() const {
-  return serving_ && engine_->has_unfinished() && (!paused_ || reload_ != nullptr);
+  return serving_ && engine_->has_unfinished() && !paused_;
 }
 
 void EngineService::run() {
@@ -259,7 +298,7 @@ void EngineService::run() {
     std::vector<std::function<void()>> tasks;
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !tasks_.empty() || can_step() || (reload_ && active_.empty()); });
+      wake_.wait(lock, [&] { return stopping_ || !tasks_.empty() || can_step() || reload_can_apply(); });
       if (stopping_) break;
       tasks.swap(tasks_);
     }
@@ -302,14 +341,21 @@ void EngineService::fail_everything(const std::string& message) {
   held_.clear();
 }
 
+// Paused, nothing runs: retracted requests hold no KV, and frozen in-place ones were allowed to keep theirs.
+bool EngineService::reload_can_apply() const { return reload_ && (active_.empty() || paused_); }
+
 void EngineService::finish_reload_if_drained() {
-  if (!reload_ || !active_.empty()) return;
+  if (!reload_can_apply()) return;
   const ReloadRequest& request = reload_->request;
   ReloadOutcome outcome{.success = false, .message = {}, .num_paused_requests = static_cast<int64_t>(held_.size())};
   const Clock::time_point load_start = Clock::now();
   try {
     updater_->load(request.model_path);
     if (request.flush_cache) engine_->flush_prefix_cache();
+    if (!request.flush_cache && !request.weight_version)
+      spdlog::warn("weights updated with flush_cache=false under the same weight_version {}: cached prefixes are "
+                   "reused, which is right only if the weights did not change; give a new weight_version otherwise",
+                   engine_->weight_version());
     if (request.weight_version) engine_->set_weight_version(*request.weight_version);
     outcome.success = true;
     outcome.message = fmt::format("Succeeded to update model weights from {}; weight_version {}",
@@ -354,7 +400,7 @@ void EngineService::publish_stats() {
   stats_.held_requests = static_cast<int64_t>(held_.size());
   stats_.kv_pages_total = pages.n_pages();
   stats_.kv_pages_used = pages.n_pages() - pages.n_free_pages();
-  stats_.paused = paused_;
+  stats_.paused = paused_.has_value();
 }
 
 }  // namespace fp4serve

@@ -3,6 +3,8 @@
 // Between two engine steps the thread runs posted tasks (admit, cancel, abort, reload, flush, pause/continue).
 // Reload keeps versions unmixed: new requests are held back while the running ones drain (or are aborted first),
 // then the weights change, then the held requests start; every result names the weights that produced all of it.
+// The one exception is explicit: while paused "in_place", an update with flush_cache=false applies at once and the
+// frozen requests resume on the new weights with their old KV (their later tokens are labelled with the new version).
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -50,6 +52,13 @@ struct ReloadRequest {
   std::optional<std::string> weight_version;  // unchanged when absent
 };
 
+// SGLang's /pause_generation modes. In every mode new requests are held until resume().
+enum class PauseMode {
+  Abort,    // every request in flight ends with finish reason abort (partial output)
+  Retract,  // running requests return to the queue, their KV freed; they are prefilled again after resume()
+  InPlace,  // running requests freeze with their KV and continue after resume()
+};
+
 struct ReloadOutcome {
   bool success = false;
   std::string message;
@@ -92,10 +101,14 @@ class EngineService {
   int64_t abort(const std::string& rid);
   int64_t abort_all();
 
-  ReloadOutcome update_weights(ReloadRequest request);  // blocks until done
-  FlushOutcome flush_cache();                           // refused while requests are in flight
-  void pause();                                         // running requests freeze, new ones are held
+  // Blocks until done. While paused (any mode) the update applies without waiting for running requests; while
+  // paused in_place with running requests it is refused unless flush_cache is false.
+  ReloadOutcome update_weights(ReloadRequest request);
+  FlushOutcome flush_cache();  // refused while requests are in flight
+  void pause(PauseMode mode);  // returns once applied
   void resume();
+  // Relabels the served weights (no reload); with abort_all_requests the requests in the engine end first.
+  void update_weight_version(std::string version, bool abort_all_requests);
 
   const ModelConfig& model_config() const { return model_config_; }
   int64_t kv_cache_tokens() const { return kv_cache_tokens_; }
@@ -116,6 +129,8 @@ class EngineService {
   void admit(Pending pending);
   void end_active(int64_t engine_id, std::optional<ChannelError> error);
   void abort_where(const std::function<bool(const std::string& rid, int64_t ticket)>& matches);
+  void abort_in_engine();  // the requests admitted to the engine; held ones stay held
+  bool reload_can_apply() const;
   void finish_reload_if_drained();
   void start_held();
   void fail_everything(const std::string& message);
@@ -132,7 +147,7 @@ class EngineService {
   std::deque<Pending> held_;
   struct ReloadInProgress;
   std::unique_ptr<ReloadInProgress> reload_;
-  bool paused_ = false;
+  std::optional<PauseMode> paused_;
 
   // Shared state.
   mutable std::mutex mutex_;

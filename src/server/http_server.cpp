@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
 
 #include "engine/kv_cache.h"
 #include "io/json_file.h"
@@ -52,6 +53,7 @@ nlohmann::json to_json(const ServerOptions& o) {
           {"chunked_prefill_size", o.chunked_prefill_size},
           {"page_size", o.page_size},
           {"disable_radix_cache", o.disable_radix_cache},
+          {"enable_return_routed_experts", o.enable_return_routed_experts},
           {"api_key", secret(o.api_key)},
           {"admin_api_key", secret(o.admin_api_key)},
           {"allowed_model_dirs", o.allowed_model_dirs},
@@ -160,16 +162,13 @@ void HttpServer::add_routes() {
     send_json(r, {{"success", outcome.success}, {"message", outcome.message}}, outcome.success ? 200 : 400);
   }));
   http_.Post("/abort_request", guarded(false, [this](auto& q, auto& r) { abort_request(q, r); }));
-  http_.Post("/pause_generation", guarded(true, [this](auto&, auto& r) {
-    service_.pause();
-    send_json(r, {{"success", true}, {"message", "Generation paused; new requests are held until "
-                                                  "/continue_generation."}});
-  }));
+  http_.Post("/pause_generation", guarded(true, [this](auto& q, auto& r) { pause_generation(q, r); }));
   http_.Post("/continue_generation", guarded(true, [this](auto&, auto& r) {
     service_.resume();
     send_json(r, {{"success", true}, {"message", "Generation continues."}});
   }));
 
+  http_.Post("/update_weight_version", guarded(true, [this](auto& q, auto& r) { update_weight_version(q, r); }));
   http_.Get("/get_weight_version", guarded(false, [this](auto&, auto& r) {
     send_json(r, {{"weight_version", service_.weight_version()}});
   }));
@@ -236,6 +235,32 @@ void HttpServer::update_weights(const httplib::Request& request, httplib::Respon
   }
   const ReloadOutcome outcome = service_.update_weights(std::move(reload));
   answer(outcome.success ? 200 : 400, outcome.success, outcome.message, outcome.num_paused_requests);
+}
+
+// SGLang's modes and default ("abort"); an empty body takes the default.
+void HttpServer::pause_generation(const httplib::Request& request, httplib::Response& response) {
+  const nlohmann::json body = request.body.empty() ? nlohmann::json::object() : parse_body(request);
+  const std::string mode = optional_string(body, "mode", "request body").value_or("abort");
+  const std::map<std::string, PauseMode> modes{
+      {"abort", PauseMode::Abort}, {"retract", PauseMode::Retract}, {"in_place", PauseMode::InPlace}};
+  const auto it = modes.find(mode);
+  FP4_CHECK(it != modes.end(), "request body: field 'mode' = \"{}\" is not a pause mode; use \"abort\", "
+            "\"retract\" or \"in_place\"", mode);
+  service_.pause(it->second);
+  send_json(response, {{"success", true},
+                       {"message", fmt::format("Generation paused ({}); new requests are held until "
+                                               "/continue_generation.", mode)}});
+}
+
+void HttpServer::update_weight_version(const httplib::Request& request, httplib::Response& response) {
+  const nlohmann::json body = parse_body(request);
+  const std::string where = "request body";
+  const std::string version = required_string(body, "new_version", where);
+  FP4_CHECK(!version.empty(), "request body: field 'new_version' is empty; give the label of the served weights");
+  service_.update_weight_version(version, optional_bool(body, "abort_all_requests", where).value_or(false));
+  send_json(response, {{"success", true},
+                       {"message", fmt::format("weight_version is now {}", version)},
+                       {"weight_version", version}});
 }
 
 void HttpServer::abort_request(const httplib::Request& request, httplib::Response& response) {

@@ -35,6 +35,8 @@ class HttpServer {
 
   void update_weights(const httplib::Request& request, httplib::Response& response);
   void abort_request(const httplib::Request& request, httplib::Response& response);
+  void pause_generation(const httplib::Request& request, httplib::Response& response);
+  void update_weight_version(const httplib::Request& request, httplib::Response& response);
   void health_generate(httplib::Response& response);
   nlohmann::json server_info() const;
 

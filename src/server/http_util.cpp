@@ -1,7 +1,9 @@
 #include "server/http_util.h"
 
+#include <bit>
 #include <chrono>
 
+#include "common/base64.h"
 #include "io/json_file.h"
 #include "server/http_error.h"
 
@@ -99,6 +101,11 @@ void stream_sse(httplib::Response& response, std::shared_ptr<StreamPlan> plan) {
     }
     return sink.is_writable();
   });
+}
+
+std::string routed_experts_base64(std::span<const int32_t> ids) {
+  static_assert(std::endian::native == std::endian::little, "the wire form is little-endian int32");
+  return base64_encode({reinterpret_cast<const uint8_t*>(ids.data()), ids.size_bytes()});
 }
 
 std::string token_text(const Tokenizer& tokenizer, int32_t id) {

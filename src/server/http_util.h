@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,9 @@ struct StreamPlan {
   std::function<std::vector<nlohmann::json>()> closing_chunks;
 };
 void stream_sse(httplib::Response& response, std::shared_ptr<StreamPlan> plan);
+
+// Routing replay's wire form, SGLang's: base64 of the ids as little-endian int32, [rows, n_layers, top_k] in C order.
+std::string routed_experts_base64(std::span<const int32_t> ids);
 
 // Token text for logprob listings: the token's own text (U+FFFD for a partial character) and its raw bytes.
 std::string token_text(const Tokenizer& tokenizer, int32_t id);

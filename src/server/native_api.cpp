@@ -59,6 +59,7 @@ NativeRequest parse_generate(const ApiContext& context, const nlohmann::json& bo
             "unset (-1) to get output token logprobs", logprob_start_len);
   parsed.spec.sampling.n_top_logprobs = parsed.return_logprob ? parsed.top_logprobs_num : 0;
   parsed.stream = optional_bool(body, "stream", "request body").value_or(false);
+  read_routing_fields(body, "request body", parsed.spec);
 
   if (body.contains("rid") && !body["rid"].is_null()) {
     bool single = false;
@@ -90,6 +91,13 @@ nlohmann::json run_json(const GenerationRun& run, const NativeRequest& request) 
       {"weight_version", run.weight_version() ? nlohmann::json(*run.weight_version()) : nlohmann::json(nullptr)},
       {"e2e_latency", run.seconds_elapsed()},
   };
+  if (result) {
+    nlohmann::json spans = nlohmann::json::array();
+    for (const WeightVersionSpan& span : result->weight_version_spans)
+      spans.push_back({{"version", span.version}, {"start", span.start}, {"end", span.end}});
+    meta["weight_version_spans"] = std::move(spans);
+    if (request.spec.return_routed_experts) meta["routed_experts"] = routed_experts_base64(result->routed_experts);
+  }
   if (request.return_logprob) {
     nlohmann::json logprobs = nlohmann::json::array(), top = nlohmann::json::array();
     for (const GeneratedToken& token : tokens) {

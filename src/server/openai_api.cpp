@@ -34,6 +34,7 @@ bool has(const nlohmann::json& body, const char* field) { return body.contains(f
 // Fields both endpoints spell the same.
 void read_common(const nlohmann::json& body, OpenAiRequest& parsed) {
   read_sampling_fields(body, kBody, parsed.spec);
+  read_routing_fields(body, kBody, parsed.spec);
   parsed.stream = optional_bool(body, "stream", kBody).value_or(false);
   if (has(body, "stream_options")) {
     const nlohmann::json& options = body["stream_options"];
@@ -209,6 +210,8 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
         choice["message"] = {{"role", "assistant"}, {"content", run.output().text()}};
       else
         choice["text"] = run.output().text();
+      if (parsed.spec.return_routed_experts)
+        choice["routed_experts"] = routed_experts_base64(run.result()->routed_experts);
       choices.push_back(std::move(choice));
     }
     nlohmann::json body = ResponseHeader{id, object_kind, created, context.model_name}.with(std::move(choices));
@@ -229,7 +232,7 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
   const ResponseHeader header{id, api == Api::Chat ? "chat.completion.chunk" : "text_completion", created,
                               context.model_name};
   plan->chunks_for = [&context, api, header, progress, logprobs = parsed.logprobs,
-                      plan_ptr = plan.get()](size_t i) {
+                      routed_experts = parsed.spec.return_routed_experts, plan_ptr = plan.get()](size_t i) {
     GenerationRun& run = *plan_ptr->runs[i];
     Progress& sent = (*progress)[i];
     std::vector<nlohmann::json> chunks;
@@ -256,6 +259,7 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
     if (run.ended() && run.result()) {
       nlohmann::json c = choice(api == Api::Chat ? nlohmann::json::object() : nlohmann::json(""));
       c["finish_reason"] = finish_reason_name_of(run);
+      if (routed_experts) c["routed_experts"] = routed_experts_base64(run.result()->routed_experts);
       nlohmann::json chunk = header.with({std::move(c)});
       chunk["metadata"] = {{"weight_version", *run.weight_version()}};
       chunks.push_back(std::move(chunk));

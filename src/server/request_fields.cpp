@@ -53,6 +53,13 @@ void read_sampling_fields(const nlohmann::json& object, std::string_view where, 
   s.validate(where);
 }
 
+void read_routing_fields(const nlohmann::json& object, std::string_view where, SamplingSpec& spec) {
+  spec.return_routed_experts = optional_bool(object, "return_routed_experts", where).value_or(false);
+  spec.routed_experts_start_len = optional_int(object, "routed_experts_start_len", where).value_or(0);
+  FP4_CHECK(spec.routed_experts_start_len == 0 || spec.return_routed_experts,
+            "{}: field 'routed_experts_start_len' needs 'return_routed_experts': true", where);
+}
+
 int64_t read_max_tokens(const nlohmann::json& value, std::string_view field, std::string_view where) {
   FP4_CHECK(value.is_number_integer(), "{}: field '{}' must be an integer, got {} {}", where, field,
             json_type_name(value), value.dump());
@@ -115,7 +122,9 @@ std::vector<GenerationJob> make_jobs(const std::vector<std::vector<int32_t>>& pr
                                     .sampling = spec.sampling,
                                     .max_new_tokens = spec.max_new_tokens,
                                     .stop_token_ids = spec.stop_token_ids,
-                                    .ignore_eos = spec.ignore_eos},
+                                    .ignore_eos = spec.ignore_eos,
+                                    .return_routed_experts = spec.return_routed_experts,
+                                    .routed_experts_start_len = spec.routed_experts_start_len},
                         .stop_strings = spec.stop,
                         .skip_special_tokens = spec.skip_special_tokens,
                         .rid = rid};

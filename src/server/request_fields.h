@@ -28,11 +28,15 @@ struct SamplingSpec {
   bool ignore_eos = false;
   bool skip_special_tokens = true;
   int64_t n = 1;
+  bool return_routed_experts = false;
+  int64_t routed_experts_start_len = 0;
 };
 
 // temperature, top_p, top_k, min_p, seed, stop, stop_token_ids, ignore_eos, skip_special_tokens, n: the
 // spellings SGLang's sampling_params and its OpenAI extensions share. Checks ranges and types.
 void read_sampling_fields(const nlohmann::json& object, std::string_view where, SamplingSpec& spec);
+// return_routed_experts and routed_experts_start_len (SGLang's spellings; the OpenAI endpoints take them too).
+void read_routing_fields(const nlohmann::json& object, std::string_view where, SamplingSpec& spec);
 // max_new_tokens-like fields: an integer >= 0.
 int64_t read_max_tokens(const nlohmann::json& value, std::string_view field, std::string_view where);
 // A top-logprobs count in [0, kMaxTopLogprobs].

@@ -32,33 +32,12 @@ class RoutingReplayTest : public ::testing::Test {
     return Engine(load_model(*model_dir_), options);
   }
 
-  // The routing of every token from one forward over `tokens` from position 0 with a fresh KV cache:
-  // [T, n_layers, top_k], -1 where a layer has no experts.
-  static std::vector<int32_t> fresh_routing(std::span<const int32_t> tokens) {
-    const ModelConfig& c = reference_->config();
-    const int64_t T = static_cast<int64_t>(tokens.size()), L = c.num_hidden_layers, k = c.num_experts_per_tok;
-    const Shape kv_shape{L, 1, T, c.num_key_value_heads, c.head_dim};
-    const KvCacheTensors kv{Tensor::empty(kv_shape, DType::BF16, Device::CPU),
-                            Tensor::empty(kv_shape, DType::BF16, Device::CPU)};
-    const std::vector<int32_t> pages{0};
-    std::vector<int32_t> routing(static_cast<size_t>(T * L * k), -1);
-    ForwardObserver observer;
-    observer.on_moe_routing = [&](int layer, const Tensor&, const Tensor& ids, const Tensor&) {
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t j = 0; j < k; ++j) routing[(t * L + layer) * k + j] = ids.data<int32_t>()[t * k + j];
-    };
-    reference_->forward({.sequences = {{.token_ids = tokens, .start_position = 0, .page_table = pages}},
-                         .kv_cache = &kv,
-                         .observer = &observer});
-    return routing;
-  }
-
   // What a result's routing must be: the fresh routing of prompt + output but the last token, from start_len on.
   static std::vector<int32_t> expected_routing(const GenerateRequest& request, const GenerateResult& result) {
     std::vector<int32_t> tokens = request.input_ids;
     tokens.insert(tokens.end(), result.output_ids.begin(), result.output_ids.end());
     tokens.pop_back();
-    const std::vector<int32_t> all = fresh_routing(tokens);
+    const std::vector<int32_t> all = fresh_routing(*reference_, tokens);
     const ModelConfig& c = reference_->config();
     const int64_t row = int64_t{c.num_hidden_layers} * c.num_experts_per_tok;
     return {all.begin() + request.routed_experts_start_len * row, all.end()};

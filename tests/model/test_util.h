@@ -1,5 +1,6 @@
-// Header-only helpers shared by the model and engine tests: temporary directories, loading a checkpoint directory
-// into a Qwen3Model, and the real fp4serve binary (env FP4SERVE_BIN, else the build's) e.g. to `synth` a model.
+// Header-only helpers shared by the model, engine and server tests: temporary directories, loading a checkpoint
+// directory into a Qwen3Model, the routing of one fresh forward, and the real fp4serve binary (env FP4SERVE_BIN,
+// else the build's) e.g. to `synth` a model.
 #pragma once
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -10,7 +11,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "engine/weight_loader.h"
 #include "io/model_config.h"
@@ -74,6 +77,27 @@ inline std::unique_ptr<Qwen3Model> load_model(const std::filesystem::path& dir, 
   auto model = std::make_unique<Qwen3Model>(load_model_config(dir), load_quant_config(dir), options);
   WeightLoader(*model).load(dir, SourceFormat::Native);
   return model;
+}
+
+// The routing of every token from one forward over `tokens` from position 0 with a fresh KV cache, read through the
+// model's observer: [T, num_hidden_layers, num_experts_per_tok], -1 where a layer has no experts.
+inline std::vector<int32_t> fresh_routing(Qwen3Model& model, std::span<const int32_t> tokens) {
+  const ModelConfig& c = model.config();
+  const int64_t T = static_cast<int64_t>(tokens.size()), L = c.num_hidden_layers, k = c.num_experts_per_tok;
+  const Shape kv_shape{L, 1, T, c.num_key_value_heads, c.head_dim};
+  const KvCacheTensors kv{Tensor::empty(kv_shape, DType::BF16, Device::CPU),
+                          Tensor::empty(kv_shape, DType::BF16, Device::CPU)};
+  const std::vector<int32_t> pages{0};
+  std::vector<int32_t> routing(static_cast<size_t>(T * L * k), -1);
+  ForwardObserver observer;
+  observer.on_moe_routing = [&](int layer, const Tensor&, const Tensor& ids, const Tensor&) {
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < k; ++j) routing[(t * L + layer) * k + j] = ids.data<int32_t>()[t * k + j];
+  };
+  model.forward({.sequences = {{.token_ids = tokens, .start_position = 0, .page_table = pages}},
+                 .kv_cache = &kv,
+                 .observer = &observer});
+  return routing;
 }
 
 }  // namespace fp4serve::testing_support

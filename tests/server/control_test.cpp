@@ -2,11 +2,7 @@
 // flush refused while requests run, and back-pressure (503 with Retry-After) when the queue is full.
 #include <gtest/gtest.h>
 
-#include <atomic>
-#include <chrono>
 #include <future>
-#include <regex>
-#include <thread>
 
 #include "server_fixture.h"
 
@@ -14,7 +10,6 @@ namespace fp4serve::test {
 namespace {
 
 using nlohmann::json;
-using namespace std::chrono_literals;
 
 // A streaming /generate that would run for thousands of tokens.
 json long_request(const std::string& rid) {
@@ -23,47 +18,6 @@ json long_request(const std::string& rid) {
           {"stream", true},
           {"rid", rid}};
 }
-
-// Reads a metric's value from /metrics ("" when absent).
-double metric(httplib::Client& client, const std::string& name) {
-  const auto response = client.Get("/metrics");
-  if (!response) return -1;
-  const std::regex line("\\n" + std::regex_replace(name, std::regex("[{}\"]"), "\\$&") + " ([0-9.e+-]+)\\n");
-  std::smatch match;
-  return std::regex_search(response->body, match, line) ? std::stod(match[1]) : -1;
-}
-
-// Polls until `condition` holds; false after 10 s.
-bool eventually(const std::function<bool()>& condition) {
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return false;
-}
-
-// Runs a long stream in the background; `started` is set at its first chunk, the last chunk is kept.
-struct BackgroundStream {
-  std::atomic<bool> started{false};
-  json last;
-  int status = 0;
-  std::thread thread;
-
-  BackgroundStream(const ServerProcess& server, json body) {
-    thread = std::thread([this, &server, body] {
-      httplib::Client client = server.client();
-      status = stream_post(client, "/generate", body, [this](const std::string& payload) {
-        if (payload != "[DONE]") last = json::parse(payload);
-        started = true;
-        return true;
-      });
-    });
-  }
-  ~BackgroundStream() {
-    if (thread.joinable()) thread.join();
-  }
-};
 
 TEST(Control, AbortByRidEndsThatStreamWithFinishReasonAbort) {
   ServerProcess server(models().a);

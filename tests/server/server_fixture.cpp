@@ -225,6 +225,38 @@ int stream_post(httplib::Client& client, const std::string& path, const nlohmann
   return result ? result->status : -1;
 }
 
+double metric(httplib::Client& client, const std::string& name) {
+  const auto response = client.Get("/metrics");
+  if (!response) return -1;
+  const std::regex line("\\n" + std::regex_replace(name, std::regex("[{}\"]"), "\\$&") + " ([0-9.e+-]+)\\n");
+  std::smatch match;
+  return std::regex_search(response->body, match, line) ? std::stod(match[1]) : -1;
+}
+
+bool eventually(const std::function<bool()>& condition) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+BackgroundStream::BackgroundStream(const ServerProcess& server, nlohmann::json body) {
+  thread = std::thread([this, &server, body] {
+    httplib::Client client = server.client();
+    status = stream_post(client, "/generate", body, [this](const std::string& payload) {
+      if (payload != "[DONE]") last = nlohmann::json::parse(payload);
+      started = true;
+      return true;
+    });
+  });
+}
+
+BackgroundStream::~BackgroundStream() {
+  if (thread.joinable()) thread.join();
+}
+
 Greedy greedy_generate(httplib::Client& client, const std::vector<int>& input_ids, int max_new_tokens) {
   int status = 0;
   const nlohmann::json response = post_json(

@@ -1,14 +1,16 @@
 // End-to-end helpers: tiny models made with the real CLI (synth + quantize) once per test binary, a real
-// `fp4serve serve` process on 127.0.0.1 (port 0, read back from its log), and cpp-httplib clients. Every wait is
-// bounded; a server is stopped (SIGTERM, then SIGKILL) when its handle goes away.
+// `fp4serve serve` process on 127.0.0.1 (port 0, read back from its log), cpp-httplib clients, metrics and background
+// streams. Every wait is bounded; a server is stopped (SIGTERM, then SIGKILL) when its handle goes away.
 #pragma once
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 #include <sys/types.h>
 
+#include <atomic>
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace fp4serve::test {
@@ -61,6 +63,23 @@ std::vector<std::string> post_sse(httplib::Client& client, const std::string& pa
 // POST and read an SSE stream event by event; `on_event(payload)` returning false hangs up. Returns the status.
 int stream_post(httplib::Client& client, const std::string& path, const nlohmann::json& body,
                 const std::function<bool(const std::string& payload)>& on_event);
+
+// A metric's value from /metrics (-1 when absent).
+double metric(httplib::Client& client, const std::string& name);
+// Polls until `condition` holds; false after 10 s.
+bool eventually(const std::function<bool()>& condition);
+
+// A /generate stream run in the background: `started` is set at its first chunk; after the thread is joined, `last`
+// holds the last chunk before [DONE] and `status` the HTTP status.
+struct BackgroundStream {
+  std::atomic<bool> started{false};
+  nlohmann::json last;
+  int status = 0;
+  std::thread thread;
+
+  BackgroundStream(const ServerProcess& server, nlohmann::json body);
+  ~BackgroundStream();
+};
 
 // A greedy /generate with logprobs: (output ids, their logprobs, weight_version).
 struct Greedy {
