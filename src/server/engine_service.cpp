@@ -341,8 +341,15 @@ void EngineService::fail_everything(const std::string& message) {
   held_.clear();
 }
 
-// Paused, nothing runs: retracted requests hold no KV, and frozen in-place ones were allowed to keep theirs.
-bool EngineService::reload_can_apply() const { return reload_ && (active_.empty() || paused_); }
+// Paused, nothing runs: retracted requests hold no KV, and frozen in-place ones may keep theirs only when the update
+// said so (flush_cache=false). A flushing update that met an in-place pause waits for the running requests to drain
+// after /continue_generation.
+bool EngineService::reload_can_apply() const {
+  if (!reload_) return false;
+  if (active_.empty()) return true;
+  if (!paused_) return false;
+  return paused_ != PauseMode::InPlace || engine_->scheduler().running().empty() || !reload_->request.flush_cache;
+}
 
 void EngineService::finish_reload_if_drained() {
   if (!reload_can_apply()) return;

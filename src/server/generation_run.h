@@ -40,7 +40,8 @@ class GenerationRun {
   // Valid once ended(): the engine's result (finish reason, cached tokens, weight version) or the error.
   const std::optional<GenerateResult>& result() const { return result_; }
   const std::optional<ChannelError>& error() const { return error_; }
-  // The weights it runs on, known from admission (a request never changes version).
+  // The weights it runs on, known from admission; once ended, those of its last token (only an update while paused
+  // in place, or /update_weight_version, changes it mid-request: see GenerateResult::weight_version_spans).
   const std::optional<std::string>& weight_version() const { return weight_version_; }
   double seconds_elapsed() const;
   const std::string& rid() const { return rid_; }
