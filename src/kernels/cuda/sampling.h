@@ -1,0 +1,45 @@
+// Next-token sampling on the GPU for a batch of logits rows: the CUDA twin of sample_token (engine/sampler.h is the
+// spec): the same greedy rule, the same candidate order (filters: most probable first, lower id on ties), the same
+// (seed, token_index) uniform draw, double probabilities, fp32 logprobs of the raw logits. Sums are reduced in a
+// fixed parallel order, so a draw can differ from the CPU's only when it falls within rounding of a boundary.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engine/sampler.h"
+
+namespace fp4serve::cuda {
+
+// Rows sorted at once when filters or top logprobs need the descending order: bounds the sort workspace.
+inline constexpr int64_t kSamplingSortRows = 16;
+
+// Device workspace for batches of up to max_rows rows over a vocabulary of `vocab` tokens, allocated at
+// construction (top-logprob buffers grow on demand). Not thread-safe: one per engine thread.
+class CudaSampler {
+ public:
+  CudaSampler(int64_t max_rows, int64_t vocab);
+  ~CudaSampler();
+  CudaSampler(const CudaSampler&) = delete;
+  CudaSampler& operator=(const CudaSampler&) = delete;
+
+  // logits: device fp32 [params.size(), vocab], row-major; params and token_indices (the index of the token being
+  // generated, as sample_token takes it): host, one per row. Runs on `stream` and waits for it. Throws naming the row
+  // on bad parameters, a NaN logit or a largest logit that is not finite, as sample_token does.
+  std::vector<SampledToken> sample(const float* logits, std::span<const SamplingParams> params,
+                                   std::span<const int64_t> token_indices, void* stream);
+
+  // The tokens of the last sample() call, on the device ([rows] int32): the next decode step's input ids.
+  const int32_t* device_tokens() const;
+  int64_t max_rows() const;
+  int64_t vocab() const;
+  size_t workspace_bytes() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace fp4serve::cuda
