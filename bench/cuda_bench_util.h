@@ -23,7 +23,10 @@ T* device_alloc(size_t count) {
   return static_cast<T*>(p);
 }
 
-// Median time of one launch in us: `launch(i)` for i in [0, launches) is captured once as a graph, replayed 7 times.
+inline constexpr int kTimedReplays = 7;
+
+// Median time of one launch in us: `launch(i)` for i in [0, launches) is captured once as a graph and replayed
+// kTimedReplays times.
 inline double median_graph_us(cudaStream_t stream, int launches, const std::function<void(int)>& launch) {
   launch(0);  // outside the capture: first-use setup (function attributes, workspaces)
   check(cudaStreamSynchronize(stream), "warm-up");
@@ -38,7 +41,7 @@ inline double median_graph_us(cudaStream_t stream, int launches, const std::func
   check(cudaEventCreate(&stop), "event");
   check(cudaGraphLaunch(exec, stream), "graph warm-up");
   std::vector<double> times;
-  for (int r = 0; r < 7; ++r) {
+  for (int r = 0; r < kTimedReplays; ++r) {
     check(cudaEventRecord(start, stream), "record");
     check(cudaGraphLaunch(exec, stream), "graph launch");
     check(cudaEventRecord(stop, stream), "record");

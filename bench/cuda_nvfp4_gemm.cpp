@@ -23,6 +23,7 @@ int main() {
 #include <string>
 #include <vector>
 
+#include "bench/cuda_bench_util.h"
 #include "format/bf16.h"
 #include "format/layout.h"
 #include "format/nvfp4.h"
@@ -34,68 +35,14 @@ namespace {
 
 using namespace fp4serve;
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
+using bench::check;
+using bench::device_alloc;
 void check(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS)
     throw std::runtime_error(std::string(what) + ": " + cublasGetStatusString(status));
 }
 
 constexpr size_t kRotationBytes = size_t{256} << 20;  // > 5x the 50 MB L2 of an H100
-constexpr int kTimedReplays = 7;
-
-template <typename T>
-T* device_alloc(size_t count) {
-  void* p = nullptr;
-  check(cudaMalloc(&p, count * sizeof(T)), "cudaMalloc");
-  return static_cast<T*>(p);
-}
-
-// Median time of one launch: `launch(i)` for i in [0, launches) is captured once as a graph and replayed.
-double median_us(cudaStream_t stream, int launches, const std::function<void(int)>& launch) {
-  launch(0);  // outside the capture: first-use setup (function attributes, cuBLAS, workspaces)
-  check(cudaStreamSynchronize(stream), "warm-up");
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
-  for (int i = 0; i < launches; ++i) launch(i);
-  check(cudaStreamEndCapture(stream, &graph), "end capture");
-  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "event");
-  check(cudaEventCreate(&stop), "event");
-  check(cudaGraphLaunch(exec, stream), "graph warm-up");
-  std::vector<double> times;
-  for (int r = 0; r < kTimedReplays; ++r) {
-    check(cudaEventRecord(start, stream), "record");
-    check(cudaGraphLaunch(exec, stream), "graph launch");
-    check(cudaEventRecord(stop, stream), "record");
-    check(cudaEventSynchronize(stop), "sync");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
-    times.push_back(ms * 1000.0 / launches);
-  }
-  check(cudaEventDestroy(start), "event");
-  check(cudaEventDestroy(stop), "event");
-  check(cudaGraphExecDestroy(exec), "graph");
-  check(cudaGraphDestroy(graph), "graph");
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-double copy_bandwidth_gbs(cudaStream_t stream) {
-  const size_t bytes = size_t{1} << 30;
-  uint8_t* a = device_alloc<uint8_t>(bytes);
-  uint8_t* b = device_alloc<uint8_t>(bytes);
-  check(cudaMemsetAsync(a, 1, bytes, stream), "memset");
-  const double us = median_us(stream, 4, [&](int) {
-    check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream), "copy");
-  });
-  check(cudaFree(a), "free");
-  check(cudaFree(b), "free");
-  return 2.0 * bytes / us / 1e3;  // bytes read + written
-}
 
 struct Shape {
   const char* name;
@@ -252,10 +199,10 @@ std::vector<DenseRow> bench_shape(const Shape& shape, cudaStream_t stream, cubla
         const cuda::Nvfp4FusedConfig config = configs[c - kFused];
         variant = [&, config](int i) { cuda::launch_nvfp4_fused(with_copy(i), config, partials, counters); };
       }
-      row.us[c] = median_us(stream, w.copies, variant);
+      row.us[c] = bench::median_graph_us(stream, w.copies, variant);
     }
     const float one = 1.0f, zero = 0.0f;
-    row.cublas_us = median_us(stream, bf16_copies, [&](int i) {
+    row.cublas_us = bench::median_graph_us(stream, bf16_copies, [&](int i) {
       check(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
                          &one, w_d + (i % bf16_copies) * w.bf16.size(), CUDA_R_16BF, static_cast<int>(k), x_d,
                          CUDA_R_16BF, static_cast<int>(k), &zero, y_d, CUDA_R_16BF, static_cast<int>(n),
@@ -350,10 +297,10 @@ std::vector<GroupedRow> bench_grouped(cudaStream_t stream, cublasHandle_t blas, 
       cuda::nvfp4_grouped_gemm_w4a16(context, a);
     };
     GroupedRow row{tokens, touched_total / kRoutings, 0, 0, 0, 0};
-    row.w13_us = median_us(stream, kRoutings, [&](int i) { grouped(i, true); });
-    row.w2_us = median_us(stream, kRoutings, [&](int i) { grouped(i, false); });
+    row.w13_us = bench::median_graph_us(stream, kRoutings, [&](int i) { grouped(i, true); });
+    row.w2_us = bench::median_graph_us(stream, kRoutings, [&](int i) { grouped(i, false); });
     row.floor_us = static_cast<double>(touched_total) / kRoutings * (w13_bytes + w2_bytes) / copy_gbs / 1e3;
-    row.bf16_us = median_us(stream, 2, [&](int i) {
+    row.bf16_us = bench::median_graph_us(stream, 2, [&](int i) {
       const float one = 1.0f, zero = 0.0f;
       const std::vector<int32_t>& c = counts[i % kRoutings];
       const bf16_bits* base = bf16_w + (i % 2) * (w13_elems + w2_elems) * kExperts;
@@ -410,7 +357,7 @@ int main() {
     check(cublasSetStream(blas, stream), "cublasSetStream");
     cuda::Nvfp4GemmContext context;
 
-    const double copy_gbs = copy_bandwidth_gbs(stream);
+    const double copy_gbs = bench::copy_bandwidth_gbs(stream);
     const int64_t max_m = 4096, max_k = 8192, max_n = 151936;
     std::mt19937 rng(5);
     std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -431,7 +378,7 @@ int main() {
 
     std::printf("\n%s, %d SMs, L2 %d MB; device-to-device copy %.0f GB/s (read + write)\n", prop.name,
                 prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbs);
-    std::printf("Times in us per launch (median of %d graph replays, weights rotated over > 256 MB).\n", kTimedReplays);
+    std::printf("Times in us per launch (median of %d graph replays, weights rotated over > 256 MB).\n", bench::kTimedReplays);
     std::printf("GB/s: NVFP4 weight bytes (codes + scales) / auto time; %% copy: of the copy rate above. "
                 "ratio: cuBLAS bf16 / auto.\n\n");
     std::printf("| shape | M | ours (auto) | cuBLAS bf16 | ratio | GB/s | %% copy | auto path |");

@@ -159,7 +159,7 @@ std::vector<SamplingRow> bench_sampling(cudaStream_t stream, std::mt19937& rng) 
       std::iota(indices.begin(), indices.end(), 0);
       sampler.sample(logits, all, indices, stream);  // warm-up
       std::vector<double> times;
-      for (int r = 0; r < 7; ++r) {
+      for (int r = 0; r < bench::kTimedReplays; ++r) {
         const auto start = std::chrono::steady_clock::now();
         sampler.sample(logits, all, indices, stream);
         times.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
@@ -203,8 +203,8 @@ int main() {
                   static_cast<long>(row.context), row.us, row.kv_gbs, 100.0 * row.kv_gbs / copy_gbs);
     std::printf("\nPrefill attention, one 4096-token prompt: %.0f us, %.1f TFLOP/s (causal QK^T + PV)\n", prefill_us,
                 prefill_tflops);
-    std::printf("\nSampling over %ld tokens (host wall time of CudaSampler::sample, median of 7)\n",
-                static_cast<long>(kVocab));
+    std::printf("\nSampling over %ld tokens (host wall time of CudaSampler::sample, median of %d)\n",
+                static_cast<long>(kVocab), bench::kTimedReplays);
     std::printf("| parameters | batch | us |\n|---|---|---|\n");
     for (const SamplingRow& row : sampling)
       std::printf("| %s | %ld | %.0f |\n", row.name, static_cast<long>(row.batch), row.us);

@@ -32,6 +32,15 @@ else
   tests="$BUILD/tests/test_kernels_cuda" bench="$BUILD/bench/bench_cuda_ops"
 fi
 
+# compute-sanitizer TOOL on the tests matching FILTER; log in $OUT/TOOL.log.
+sanitize() {
+  stamp "compute-sanitizer $1"
+  timeout 300 compute-sanitizer --tool "$1" --error-exitcode 3 "$tests" --gtest_brief=1 --gtest_filter="$2" \
+    > "$OUT/$1.log" 2>&1
+  record "$1" "$?"
+  tail -4 "$OUT/$1.log"
+}
+
 mine='AttentionCuda*:NormCuda*:QkNormRopeCuda*:EmbeddingCuda*:SamplingCuda*:CudaDevice*'
 if [ -x "$tests" ]; then
   stamp "tests of these kernels"
@@ -45,18 +54,9 @@ if [ -x "$tests" ]; then
   tail -5 "$OUT/test_others.log"
 
   if command -v compute-sanitizer > /dev/null; then
-    stamp "memcheck: odd head dims, planted/causal attention, norms, rope, embedding, sampling chunks and ties"
-    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 3 "$tests" --gtest_brief=1 \
-      --gtest_filter='AttentionCuda.OtherHeadDims*:AttentionCuda.PrefillIsCausal:AttentionCuda.DecodeReadsExactly*:NormCuda.*:QkNormRopeCuda.*:EmbeddingCuda.*:SamplingCuda.Ties*:SamplingCuda.ManySortedRows*:SamplingCuda.Reports*' \
-      > "$OUT/memcheck.log" 2>&1
-    record "memcheck" "$?"
-    tail -4 "$OUT/memcheck.log"
-    stamp "racecheck: shared-memory tiles of attention, block reductions and scans of sampling and norms"
-    timeout 300 compute-sanitizer --tool racecheck --error-exitcode 3 "$tests" --gtest_brief=1 \
-      --gtest_filter='AttentionCuda.PrefillIsCausal:AttentionCuda.DecodeReadsExactly*:SamplingCuda.Ties*:NormCuda.RmsnormMatchesCpu' \
-      > "$OUT/racecheck.log" 2>&1
-    record "racecheck" "$?"
-    tail -4 "$OUT/racecheck.log"
+    sanitize memcheck 'AttentionCuda.OtherHeadDims*:AttentionCuda.PrefillIsCausal:AttentionCuda.DecodeReadsExactly*:NormCuda.*:QkNormRopeCuda.*:EmbeddingCuda.*:SamplingCuda.Ties*:SamplingCuda.ManySortedRows*:SamplingCuda.Reports*'
+    # Shared-memory tiles of attention, block reductions and scans of sampling and norms.
+    sanitize racecheck 'AttentionCuda.PrefillIsCausal:AttentionCuda.DecodeReadsExactly*:SamplingCuda.Ties*:NormCuda.RmsnormMatchesCpu'
   else
     record "compute-sanitizer (not found)" "-"
   fi
