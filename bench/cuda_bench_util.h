@@ -64,9 +64,8 @@ inline double copy_bandwidth_gbs(cudaStream_t stream) {
   uint8_t* a = device_alloc<uint8_t>(bytes);
   uint8_t* b = device_alloc<uint8_t>(bytes);
   check(cudaMemsetAsync(a, 1, bytes, stream), "memset");
-  const double us = median_graph_us(stream, 4, [&](int) {
-    check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream), "copy");
-  });
+  const double us = median_graph_us(
+      stream, 4, [&](int) { check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream), "copy"); });
   check(cudaFree(a), "free");
   check(cudaFree(b), "free");
   return 2.0 * static_cast<double>(bytes) / us / 1e3;

@@ -378,7 +378,8 @@ int main() {
 
     std::printf("\n%s, %d SMs, L2 %d MB; device-to-device copy %.0f GB/s (read + write)\n", prop.name,
                 prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbs);
-    std::printf("Times in us per launch (median of %d graph replays, weights rotated over > 256 MB).\n", bench::kTimedReplays);
+    std::printf("Times in us per launch (median of %d graph replays, weights rotated over > 256 MB).\n",
+                bench::kTimedReplays);
     std::printf("GB/s: NVFP4 weight bytes (codes + scales) / auto time; %% copy: of the copy rate above. "
                 "ratio: cuBLAS bf16 / auto.\n\n");
     std::printf("| shape | M | ours (auto) | cuBLAS bf16 | ratio | GB/s | %% copy | auto path |");

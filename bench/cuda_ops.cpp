@@ -192,11 +192,12 @@ int main() {
     const auto [prefill_us, prefill_tflops] = bench_prefill(4096, stream, rng);
     const std::vector<SamplingRow> sampling = bench_sampling(stream, rng);
 
-    std::printf("\n%s, %d SMs; device-to-device copy %.0f GB/s (read + write)\n", prop.name,
-                prop.multiProcessorCount, copy_gbs);
-    std::printf("\nDecode attention, Qwen3-30B-A3B layer (32 q / 4 KV heads, head_dim 128, page 16, split %ld keys): "
-                "us per call (median of graph replays, KV rotated over > 256 MB); GB/s = K + V bytes read / time.\n",
-                static_cast<long>(cuda::kDecodeSplitTokens));
+    std::printf("\n%s, %d SMs; device-to-device copy %.0f GB/s (read + write)\n", prop.name, prop.multiProcessorCount,
+                copy_gbs);
+    std::printf(
+        "\nDecode attention, Qwen3-30B-A3B layer (32 q / 4 KV heads, head_dim 128, page 16, split %ld keys): "
+        "us per call (median of graph replays, KV rotated over > 256 MB); GB/s = K + V bytes read / time.\n",
+        static_cast<long>(cuda::kDecodeSplitTokens));
     std::printf("| batch | context | us | KV GB/s | %% of copy |\n|---|---|---|---|---|\n");
     for (const DecodeRow& row : decode)
       std::printf("| %ld | %ld | %.1f | %.0f | %.0f%% |\n", static_cast<long>(row.batch),

@@ -122,8 +122,8 @@ Result run_gpu(const HostBatch& b, Mode mode, int64_t max_context) {
   const Shape& shape = b.shape;
   DeviceBytes k(b.k_cache.size() * 2), v(b.v_cache.size() * 2), tables(b.tables.size() * 4),
       first_position(b.first_position.size() * 4), row_start(b.row_start.size() * 4),
-      qkv(std::max<size_t>(b.qkv.size(), 1) * 2), out(static_cast<size_t>(std::max<int64_t>(b.n_rows, 1) *
-                                                                           shape.n_heads * shape.head_dim * 2));
+      qkv(std::max<size_t>(b.qkv.size(), 1) * 2),
+      out(static_cast<size_t>(std::max<int64_t>(b.n_rows, 1) * shape.n_heads * shape.head_dim * 2));
   k.upload(b.k_cache);
   v.upload(b.v_cache);
   tables.upload(b.tables);
@@ -165,13 +165,12 @@ struct CpuResult {
 
 CpuResult run_cpu(const HostBatch& b) {
   const Shape& shape = b.shape;
-  CpuResult r{std::vector<float>(static_cast<size_t>(b.n_rows * shape.n_heads * shape.head_dim)), b.k_cache,
-              b.v_cache};
+  CpuResult r{std::vector<float>(static_cast<size_t>(b.n_rows * shape.n_heads * shape.head_dim)), b.k_cache, b.v_cache};
   const PagedKvLayer cache = b.layer(r.k_cache.data(), r.v_cache.data());
   std::vector<PagedSequence> sequences;
   for (int64_t s = 0; s < b.n_sequences(); ++s)
-    sequences.push_back({&b.tables[s * b.table_stride], b.first_position[s], b.row_start[s + 1] - b.row_start[s],
-                         b.row_start[s]});
+    sequences.push_back(
+        {&b.tables[s * b.table_stride], b.first_position[s], b.row_start[s + 1] - b.row_start[s], b.row_start[s]});
   const int64_t q_size = shape.n_heads * shape.head_dim, kv_size = shape.n_kv_heads * shape.head_dim;
   std::vector<float> q(static_cast<size_t>(b.n_rows * q_size)), k(static_cast<size_t>(b.n_rows * kv_size)), v(k);
   for (int64_t row = 0; row < b.n_rows; ++row) {
@@ -334,14 +333,19 @@ TEST(AttentionCuda, RejectsBadArgumentsNamingTheField) {
   expect_error_naming(prefill, "batch.max_query_tokens = 0");
   batch.max_query_tokens = 1;
   expect_error_naming([&] { cuda::paged_prefill_attention_cuda(cache, batch, q, 3, o, nullptr); }, "n_heads = 3");
-  expect_error_naming([&] { cuda::paged_prefill_attention_cuda(cache, batch, {rows.data<bf16_bits>(), 100}, 4, o,
-                                                               nullptr); },
-                      "q.row_stride = 100");
+  expect_error_naming(
+      [&] {
+        cuda::paged_prefill_attention_cuda(cache, batch, {rows.data<bf16_bits>(), 100}, 4, o, nullptr);
+      },
+      "q.row_stride = 100");
   cache.head_dim = 96;
   expect_error_naming(prefill, "cache.head_dim = 96");
   cache.head_dim = 128;
-  expect_error_naming([&] { cuda::kv_cache_write_cuda(cache, batch, {rows.data<bf16_bits>() + 1, 128}, q, nullptr); },
-                      "k.data");
+  expect_error_naming(
+      [&] {
+        cuda::kv_cache_write_cuda(cache, batch, {rows.data<bf16_bits>() + 1, 128}, q, nullptr);
+      },
+      "k.data");
   check_cuda(cudaDeviceSynchronize(), "nothing launched");
 }
 

@@ -21,8 +21,8 @@ inline std::vector<float> widened(const std::vector<bf16_bits>& x) {
 }
 
 // Every element within relative * |reference| + absolute (NaN never passes); returns the count that differ at all.
-inline int64_t expect_bf16_near(const std::vector<bf16_bits>& got, const std::vector<float>& reference,
-                                double relative, double absolute, const std::string& what) {
+inline int64_t expect_bf16_near(const std::vector<bf16_bits>& got, const std::vector<float>& reference, double relative,
+                                double absolute, const std::string& what) {
   EXPECT_EQ(got.size(), reference.size()) << what;
   int64_t bad = 0, different = 0;
   for (size_t i = 0; i < std::min(got.size(), reference.size()); ++i) {

@@ -65,10 +65,19 @@ void expect_matches_cpu(const Config& c, const std::vector<int32_t>& positions, 
   kw.upload(k_weight);
   pos.upload(positions);
   bf16_bits* base = rows.data<bf16_bits>();
-  cuda::qk_norm_rope_cuda({.q = base, .q_row_stride = stride, .n_heads = c.n_heads, .k = base + q_size,
-                           .k_row_stride = stride, .n_kv_heads = c.n_kv_heads, .head_dim = d,
-                           .q_norm_weight = qw.data<bf16_bits>(), .k_norm_weight = kw.data<bf16_bits>(),
-                           .positions = pos.data<int32_t>(), .n_tokens = n_tokens, .eps = eps, .theta = c.theta});
+  cuda::qk_norm_rope_cuda({.q = base,
+                           .q_row_stride = stride,
+                           .n_heads = c.n_heads,
+                           .k = base + q_size,
+                           .k_row_stride = stride,
+                           .n_kv_heads = c.n_kv_heads,
+                           .head_dim = d,
+                           .q_norm_weight = qw.data<bf16_bits>(),
+                           .k_norm_weight = kw.data<bf16_bits>(),
+                           .positions = pos.data<int32_t>(),
+                           .n_tokens = n_tokens,
+                           .eps = eps,
+                           .theta = c.theta});
   check_cuda(cudaDeviceSynchronize(), "qk_norm_rope");
   EXPECT_TRUE(rows.guards_intact());
   const std::vector<bf16_bits> got = rows.download<bf16_bits>();
@@ -103,9 +112,19 @@ TEST(QkNormRopeCuda, RejectsBadArgumentsNamingTheField) {
   DeviceBytes buffer(4096);
   bf16_bits* p = buffer.data<bf16_bits>();
   const int32_t* positions = buffer.data<int32_t>();
-  cuda::QkNormRopeArgs args{.q = p, .q_row_stride = 256, .n_heads = 1, .k = p, .k_row_stride = 128,
-                            .n_kv_heads = 1, .head_dim = 128, .q_norm_weight = p, .k_norm_weight = p,
-                            .positions = positions, .n_tokens = 1, .eps = 1e-6f, .theta = 1e6};
+  cuda::QkNormRopeArgs args{.q = p,
+                            .q_row_stride = 256,
+                            .n_heads = 1,
+                            .k = p,
+                            .k_row_stride = 128,
+                            .n_kv_heads = 1,
+                            .head_dim = 128,
+                            .q_norm_weight = p,
+                            .k_norm_weight = p,
+                            .positions = positions,
+                            .n_tokens = 1,
+                            .eps = 1e-6f,
+                            .theta = 1e6};
   auto run = [&] { cuda::qk_norm_rope_cuda(args); };
   args.head_dim = 130 * 2;
   expect_error_naming(run, "head_dim = 260");

@@ -1,7 +1,7 @@
 // GPU sampling against the CPU spec sample_token (engine/sampler.h): on random logits (no draw within rounding of a
-// boundary) the tokens and top-logprob ids must be identical, logprobs equal up to fp32 summation order. Covers every
-// filter alone and combined, greedy spellings, Qwen3's vocabulary, batches that need several sort chunks, ties
-// (lower id first, -0 == +0), a single finite logit among -inf, and the errors sample_token raises.
+// boundary) the tokens and top-logprob ids must be identical, logprobs equal up to the CPU's fp32 summation error.
+// Covers every filter alone and combined, greedy spellings, Qwen3's vocabulary, batches that need several sort chunks,
+// ties (lower id first, -0 == +0), a single finite logit among -inf, and the errors sample_token raises.
 #include <gtest/gtest.h>
 
 #include "kernels/device.h"
@@ -31,16 +31,16 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 std::vector<SamplingParams> parameter_mix() {
   return {
-      {.temperature = 0.0f},                                      // greedy
-      {.temperature = 1.0f, .seed = 7},                           // no filter: id order
+      {.temperature = 0.0f},             // greedy
+      {.temperature = 1.0f, .seed = 7},  // no filter: id order
       {.temperature = 0.7f, .top_k = 20, .seed = 1},
       {.temperature = 1.0f, .top_p = 0.9f, .seed = 2, .n_top_logprobs = 5},
       {.temperature = 1.3f, .min_p = 0.05f, .seed = 3},
       {.temperature = 0.8f, .top_k = 50, .top_p = 0.8f, .min_p = 0.02f, .seed = 4, .n_top_logprobs = 20},
-      {.temperature = 1.0f, .top_k = 1, .seed = 5},               // greedy by top_k
-      {.temperature = 2.0f, .top_k = 1 << 30, .seed = 6},         // top_k beyond the vocabulary
-      {.temperature = 1.0f, .top_p = 0.01f, .seed = 8},           // only the most probable token
-      {.temperature = 0.0f, .n_top_logprobs = 3},                 // greedy with top logprobs
+      {.temperature = 1.0f, .top_k = 1, .seed = 5},        // greedy by top_k
+      {.temperature = 2.0f, .top_k = 1 << 30, .seed = 6},  // top_k beyond the vocabulary
+      {.temperature = 1.0f, .top_p = 0.01f, .seed = 8},    // only the most probable token
+      {.temperature = 0.0f, .n_top_logprobs = 3},          // greedy with top logprobs
   };
 }
 
@@ -61,15 +61,17 @@ void expect_matches_cpu(const Batch& batch, int64_t vocab, const std::string& wh
   ASSERT_EQ(static_cast<int64_t>(got.size()), rows);
   std::vector<int32_t> device_tokens(static_cast<size_t>(rows));
   check_cuda(cudaMemcpy(device_tokens.data(), sampler.device_tokens(), rows * 4, cudaMemcpyDeviceToHost), "tokens");
-  auto near = [](float a, float b) { return std::fabs(a - b) <= 2e-5f * (1.0f + std::fabs(b)); };
+  // sample_token sums the vocabulary's exps one by one in fp32: over 151936 tokens its log-normalizer alone drifts by
+  // up to ~3e-4 (measured against float64), so logprobs agree to 1e-3; a wrong normalizer is off by far more.
+  auto near = [](float a, float b) { return std::fabs(a - b) <= 1e-3f + 1e-5f * std::fabs(b); };
   for (int64_t r = 0; r < rows; ++r) {
     const std::span<const float> row(&batch.logits[r * vocab], static_cast<size_t>(vocab));
     const SampledToken expected = sample_token(row, batch.params[r], batch.token_indices[r]);
     const std::string where = what + ", row " + std::to_string(r);
     EXPECT_EQ(got[r].token, expected.token) << where;
     EXPECT_EQ(device_tokens[r], got[r].token) << where;
-    EXPECT_TRUE(near(got[r].logprob, expected.logprob)) << where << ": " << got[r].logprob << " vs "
-                                                        << expected.logprob;
+    EXPECT_TRUE(near(got[r].logprob, expected.logprob))
+        << where << ": " << got[r].logprob << " vs " << expected.logprob;
     ASSERT_EQ(got[r].top_logprobs.size(), expected.top_logprobs.size()) << where;
     for (size_t i = 0; i < expected.top_logprobs.size(); ++i) {
       EXPECT_EQ(got[r].top_logprobs[i].first, expected.top_logprobs[i].first) << where << ", top " << i;
@@ -125,7 +127,8 @@ TEST(SamplingCuda, TiesAndSingleFiniteLogit) {
   // Row 0: all equal (ties everywhere, -0 and +0 mixed). Row 1: one finite logit among -inf. Row 2: two tied maxima.
   for (int64_t i = 0; i < vocab; ++i) batch.logits.push_back(i % 2 == 0 ? 0.0f : -0.0f);
   for (int64_t i = 0; i < vocab; ++i) batch.logits.push_back(i == 123 ? 2.5f : -kInf);
-  for (int64_t i = 0; i < vocab; ++i) batch.logits.push_back(i == 17 || i == 250 ? 5.0f : 0.01f * static_cast<float>(i));
+  for (int64_t i = 0; i < vocab; ++i)
+    batch.logits.push_back(i == 17 || i == 250 ? 5.0f : 0.01f * static_cast<float>(i));
   for (const SamplingParams& params : parameter_mix()) {
     batch.params.assign(3, params);
     batch.token_indices = {0, 1, 2};
@@ -135,15 +138,16 @@ TEST(SamplingCuda, TiesAndSingleFiniteLogit) {
   DeviceBytes logits(batch.logits.size() * 4);
   logits.upload(batch.logits);
   cuda::CudaSampler sampler(3, vocab);
-  const std::vector<SampledToken> greedy = sampler.sample(logits.data<float>(), std::vector<SamplingParams>(3, {.temperature = 0.0f}),
-                                                          std::vector<int64_t>{0, 0, 0}, nullptr);
+  const std::vector<SampledToken> greedy =
+      sampler.sample(logits.data<float>(), std::vector<SamplingParams>(3, {.temperature = 0.0f}),
+                     std::vector<int64_t>{0, 0, 0}, nullptr);
   EXPECT_EQ(greedy[0].token, 0);
   EXPECT_EQ(greedy[1].token, 123);
   EXPECT_EQ(greedy[1].logprob, 0.0f);
   EXPECT_EQ(greedy[2].token, 17);
-  const std::vector<SampledToken> top_k = sampler.sample(
-      logits.data<float>(), std::vector<SamplingParams>(3, {.temperature = 1.0f, .top_k = 4, .seed = 9}),
-      std::vector<int64_t>{3, 3, 3}, nullptr);
+  const std::vector<SampledToken> top_k =
+      sampler.sample(logits.data<float>(), std::vector<SamplingParams>(3, {.temperature = 1.0f, .top_k = 4, .seed = 9}),
+                     std::vector<int64_t>{3, 3, 3}, nullptr);
   EXPECT_LT(top_k[0].token, 4);  // the four candidates of an all-tied row are ids 0..3
   EXPECT_EQ(top_k[1].token, 123);
 }

@@ -27,8 +27,8 @@ void check_cache(const PagedKvLayer& cache, const char* op) {
 }
 
 void check_batch(const AttentionBatch& batch, const PagedKvLayer& cache, const char* op) {
-  FP4_CHECK(batch.n_sequences >= 0 && batch.n_sequences <= 65535,
-            "{}: batch.n_sequences = {} must be in [0, 65535]", op, batch.n_sequences);
+  FP4_CHECK(batch.n_sequences >= 0 && batch.n_sequences <= 65535, "{}: batch.n_sequences = {} must be in [0, 65535]",
+            op, batch.n_sequences);
   FP4_CHECK(batch.n_rows >= 0 && batch.n_rows <= (int64_t{1} << 31) - 1, "{}: batch.n_rows = {} is out of range", op,
             batch.n_rows);
   if (batch.n_sequences == 0) return;
@@ -42,8 +42,7 @@ void check_batch(const AttentionBatch& batch, const PagedKvLayer& cache, const c
             batch.page_table_stride, cache.page_size, batch.max_context);
 }
 
-void check_heads(HeadsView view, int64_t heads, int64_t head_dim, int64_t alignment, const char* op,
-                 const char* name) {
+void check_heads(HeadsView view, int64_t heads, int64_t head_dim, int64_t alignment, const char* op, const char* name) {
   FP4_CHECK(view.data != nullptr && reinterpret_cast<uintptr_t>(view.data) % alignment == 0,
             "{}: {}.data must be a non-null {}-byte aligned device pointer", op, name, alignment);
   FP4_CHECK(view.row_stride >= heads * head_dim && (view.row_stride * 2) % alignment == 0,
@@ -126,8 +125,8 @@ void paged_decode_attention_cuda(const PagedKvLayer& cache, const AttentionBatch
   launch_paged_decode_attention(launch);
 }
 
-void paged_prefill_attention_cuda(const PagedKvLayer& cache, const AttentionBatch& batch, HeadsView q,
-                                  int64_t n_heads, HeadsView out, void* stream) {
+void paged_prefill_attention_cuda(const PagedKvLayer& cache, const AttentionBatch& batch, HeadsView q, int64_t n_heads,
+                                  HeadsView out, void* stream) {
   constexpr const char* op = "paged_prefill_attention_cuda";
   const AttentionLaunch launch = checked_launch(cache, batch, q, n_heads, out, stream, op);
   if (batch.n_rows == 0) return;

@@ -33,8 +33,9 @@ __device__ int sequence_of_row(const int32_t* row_start, int64_t n_sequences, in
   int lo = 0, hi = static_cast<int>(n_sequences) - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (row_start[mid] <= row) lo = mid;
-    else hi = mid - 1;
+    const bool starts_at_or_before = row_start[mid] <= row;
+    lo = starts_at_or_before ? mid : lo;
+    hi = starts_at_or_before ? hi : mid - 1;
   }
   return lo;
 }

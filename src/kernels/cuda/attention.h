@@ -15,14 +15,14 @@ namespace fp4serve::cuda {
 // [row_start[s], row_start[s + 1]) at positions first_position[s] + (row - row_start[s]); first_position[s] > 0 after
 // a prefix-cache hit. Its page table is page_tables[s * page_table_stride ..], covering every position it reaches.
 struct AttentionBatch {
-  const int32_t* page_tables = nullptr;     // [n_sequences, page_table_stride]
+  const int32_t* page_tables = nullptr;  // [n_sequences, page_table_stride]
   int64_t page_table_stride = 0;
   const int32_t* first_position = nullptr;  // [n_sequences]
   const int32_t* row_start = nullptr;       // [n_sequences + 1], row_start[0] == 0, non-decreasing
   int64_t n_sequences = 0;
-  int64_t n_rows = 0;           // == row_start[n_sequences]
-  int64_t max_context = 0;      // host-known bound on first_position[s] + n_tokens(s); sizes the launch grids
-  int64_t max_query_tokens = 0; // host-known bound on any sequence's n_tokens (prefill grid)
+  int64_t n_rows = 0;            // == row_start[n_sequences]
+  int64_t max_context = 0;       // host-known bound on first_position[s] + n_tokens(s); sizes the launch grids
+  int64_t max_query_tokens = 0;  // host-known bound on any sequence's n_tokens (prefill grid)
 };
 
 // Activations of `rows` tokens with `heads` heads of head_dim bf16 each; consecutive rows are `row_stride` elements
@@ -69,7 +69,7 @@ void paged_decode_attention_cuda(const PagedKvLayer& cache, const AttentionBatch
 
 // Any number of new tokens per sequence (causal): the token at position p attends to positions [0, p] of its own
 // sequence, whose keys and values (the new ones included) are already in the cache.
-void paged_prefill_attention_cuda(const PagedKvLayer& cache, const AttentionBatch& batch, HeadsView q,
-                                  int64_t n_heads, HeadsView out, void* stream);
+void paged_prefill_attention_cuda(const PagedKvLayer& cache, const AttentionBatch& batch, HeadsView q, int64_t n_heads,
+                                  HeadsView out, void* stream);
 
 }  // namespace fp4serve::cuda

@@ -15,7 +15,7 @@ inline constexpr int64_t kMaxAttentionGroup = 32;  // query heads per KV head
 struct AttentionLaunch {
   PagedKvLayer cache;
   AttentionBatch batch;
-  HeadsView q;           // n_heads heads
+  HeadsView q;  // n_heads heads
   int32_t n_heads;
   HeadsView out;         // n_heads heads
   float* partial_out;    // decode only: DecodeWorkspace::partial_out()

@@ -9,8 +9,8 @@
 
 namespace fp4serve::cuda {
 
-void embedding_lookup_cuda(const bf16_bits* table, int64_t vocab, int64_t hidden, const int32_t* ids,
-                           int64_t n_tokens, bf16_bits* out, void* stream) {
+void embedding_lookup_cuda(const bf16_bits* table, int64_t vocab, int64_t hidden, const int32_t* ids, int64_t n_tokens,
+                           bf16_bits* out, void* stream) {
   constexpr const char* op = "embedding_lookup_cuda";
   FP4_CHECK(vocab >= 1 && vocab <= (int64_t{1} << 31) - 1, "{}: vocab = {} is out of range", op, vocab);
   FP4_CHECK(hidden >= 8 && hidden % 8 == 0, "{}: hidden = {} must be a positive multiple of 8", op, hidden);

@@ -25,8 +25,8 @@ __global__ void embedding_kernel(const bf16_bits* table, int64_t vocab, int64_t 
 void launch_embedding_lookup(const bf16_bits* table, int64_t vocab, int64_t hidden, const int32_t* ids,
                              int64_t n_tokens, bf16_bits* out, void* stream) {
   if (n_tokens == 0) return;
-  embedding_kernel<<<static_cast<unsigned>(n_tokens), 128, 0, static_cast<cudaStream_t>(stream)>>>(table, vocab,
-                                                                                                    hidden, ids, out);
+  embedding_kernel<<<static_cast<unsigned>(n_tokens), 128, 0, static_cast<cudaStream_t>(stream)>>>(table, vocab, hidden,
+                                                                                                   ids, out);
   FP4_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -28,8 +28,8 @@ __device__ float block_sum(float x) {
   return total;
 }
 
-__global__ void rmsnorm_kernel(bf16_bits* residual, const bf16_bits* x, const bf16_bits* weight, int64_t dim,
-                               float eps, bf16_bits* out) {
+__global__ void rmsnorm_kernel(bf16_bits* residual, const bf16_bits* x, const bf16_bits* weight, int64_t dim, float eps,
+                               bf16_bits* out) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
   float sum_squares = 0.0f;
   for (int64_t i = threadIdx.x; i < dim; i += kThreads) {
@@ -52,7 +52,7 @@ void launch_rmsnorm(bf16_bits* residual, const bf16_bits* x, const bf16_bits* we
                     float eps, bf16_bits* out, void* stream) {
   if (rows == 0) return;
   rmsnorm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(residual, x, weight,
-                                                                                                   dim, eps, out);
+                                                                                                  dim, eps, out);
   FP4_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -20,8 +20,7 @@ void qk_norm_rope_cuda(const QkNormRopeArgs& a) {
             a.n_kv_heads);
   FP4_CHECK(a.n_tokens >= 0 && a.n_tokens <= (int64_t{1} << 31) - 1, "{}: n_tokens = {} is out of range", op,
             a.n_tokens);
-  FP4_CHECK(std::isfinite(a.theta) && a.theta > 0.0, "{}: theta = {} must be finite and > 0 (rope_theta)", op,
-            a.theta);
+  FP4_CHECK(std::isfinite(a.theta) && a.theta > 0.0, "{}: theta = {} must be finite and > 0 (rope_theta)", op, a.theta);
   FP4_CHECK(a.eps >= 0.0f, "{}: eps = {} must be >= 0 (rms_norm_eps)", op, a.eps);
   if (a.n_tokens == 0) return;
   FP4_CHECK(a.q != nullptr && a.k != nullptr && a.q_norm_weight != nullptr && a.k_norm_weight != nullptr &&

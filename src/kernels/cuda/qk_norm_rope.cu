@@ -61,8 +61,8 @@ void launch_qk_norm_rope(const QkNormRopeArgs& args, const float* inv_freq) {
   if (args.n_tokens == 0) return;
   InvFreq table{};
   for (int64_t i = 0; i < args.head_dim / 2; ++i) table.values[i] = inv_freq[i];
-  qk_norm_rope_kernel<<<static_cast<unsigned>(args.n_tokens), kWarps * 32, 0,
-                        static_cast<cudaStream_t>(args.stream)>>>(args, table);
+  qk_norm_rope_kernel<<<static_cast<unsigned>(args.n_tokens), kWarps * 32, 0, static_cast<cudaStream_t>(args.stream)>>>(
+      args, table);
   FP4_CUDA_CHECK(cudaGetLastError());
 }
 

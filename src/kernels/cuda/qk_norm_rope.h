@@ -17,7 +17,7 @@ struct QkNormRopeArgs {
   bf16_bits* k = nullptr;  // [n_tokens, row stride k_row_stride] holding n_kv_heads heads, in place
   int64_t k_row_stride = 0;
   int64_t n_kv_heads = 0;
-  int64_t head_dim = 0;                     // even, <= kMaxRopeHeadDim
+  int64_t head_dim = 0;                      // even, <= kMaxRopeHeadDim
   const bf16_bits* q_norm_weight = nullptr;  // [head_dim] bf16
   const bf16_bits* k_norm_weight = nullptr;  // [head_dim] bf16
   const int32_t* positions = nullptr;        // [n_tokens] device int32, >= 0

@@ -69,8 +69,8 @@ struct CudaSampler::State {
 
 CudaSampler::CudaSampler(int64_t max_rows, int64_t vocab) : state_(std::make_unique<State>()) {
   FP4_CHECK(max_rows >= 1 && max_rows <= 65535, "CudaSampler: max_rows = {} must be in [1, 65535]", max_rows);
-  FP4_CHECK(vocab >= 1 && vocab <= (int64_t{1} << 31) / kSamplingSortRows,
-            "CudaSampler: vocab = {} must be in [1, {}]", vocab, (int64_t{1} << 31) / kSamplingSortRows);
+  FP4_CHECK(vocab >= 1 && vocab <= (int64_t{1} << 31) / kSamplingSortRows, "CudaSampler: vocab = {} must be in [1, {}]",
+            vocab, (int64_t{1} << 31) / kSamplingSortRows);
   State& s = *state_;
   s.max_rows = max_rows;
   s.vocab = vocab;
@@ -132,10 +132,10 @@ std::vector<SampledToken> CudaSampler::sample(const float* logits, std::span<con
   s.reserve_top(max_top);
 
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  FP4_CUDA_CHECK(cudaMemcpyAsync(s.plans, plans.data(), plans.size() * sizeof(SamplingRowPlan),
-                                 cudaMemcpyHostToDevice, cuda_stream));
-  const SamplingOutputs outputs{s.tokens, s.logprobs, s.status, s.top_tokens, s.top_logprobs,
-                                static_cast<int32_t>(s.top_capacity)};
+  FP4_CUDA_CHECK(cudaMemcpyAsync(s.plans, plans.data(), plans.size() * sizeof(SamplingRowPlan), cudaMemcpyHostToDevice,
+                                 cuda_stream));
+  const SamplingOutputs outputs{s.tokens,     s.logprobs,     s.status,
+                                s.top_tokens, s.top_logprobs, static_cast<int32_t>(s.top_capacity)};
   const int32_t vocab = static_cast<int32_t>(s.vocab), n_rows = static_cast<int32_t>(rows);
   launch_sampling_rows(logits, s.plans, n_rows, vocab, -1, nullptr, outputs, stream);
   for (int32_t chunk = 0; chunk * kSamplingSortRows < sorted_rows; ++chunk) {
@@ -154,10 +154,10 @@ std::vector<SampledToken> CudaSampler::sample(const float* logits, std::span<con
   FP4_CUDA_CHECK(
       cudaMemcpyAsync(logprobs.data(), s.logprobs, logprobs.size() * 4, cudaMemcpyDeviceToHost, cuda_stream));
   if (max_top > 0) {
-    FP4_CUDA_CHECK(cudaMemcpyAsync(top_tokens.data(), s.top_tokens, top_tokens.size() * 4, cudaMemcpyDeviceToHost,
+    FP4_CUDA_CHECK(
+        cudaMemcpyAsync(top_tokens.data(), s.top_tokens, top_tokens.size() * 4, cudaMemcpyDeviceToHost, cuda_stream));
+    FP4_CUDA_CHECK(cudaMemcpyAsync(top_logprobs.data(), s.top_logprobs, top_logprobs.size() * 4, cudaMemcpyDeviceToHost,
                                    cuda_stream));
-    FP4_CUDA_CHECK(cudaMemcpyAsync(top_logprobs.data(), s.top_logprobs, top_logprobs.size() * 4,
-                                   cudaMemcpyDeviceToHost, cuda_stream));
   }
   FP4_CUDA_CHECK(cudaStreamSynchronize(cuda_stream));
 

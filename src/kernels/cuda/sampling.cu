@@ -58,15 +58,21 @@ __device__ double block_inclusive_scan(double x) {
 
 struct Max {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+  __device__ T operator()(T a, T b) const {
+    return a > b ? a : b;
+  }
 };
 struct Min {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a < b ? a : b; }
+  __device__ T operator()(T a, T b) const {
+    return a < b ? a : b;
+  }
 };
 struct Sum {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 
 // The candidates of a row in draw order and their probabilities.
@@ -94,8 +100,8 @@ __device__ void count_kept(const Candidates& c, const SamplingRowPlan& plan, int
     cumulative[threadIdx.x] = carry + block_inclusive_scan(p);
     __syncthreads();
     const double mass_before = threadIdx.x == 0 ? carry : cumulative[threadIdx.x - 1];
-    const bool cut = plan.filtered && i < plan.limit &&
-                     ((i > 0 && mass_before >= plan.top_p) || p < plan.min_p * first_probability);
+    const bool cut =
+        plan.filtered && i < plan.limit && ((i > 0 && mass_before >= plan.top_p) || p < plan.min_p * first_probability);
     const int32_t first_cut = block_reduce(cut ? static_cast<int32_t>(i) : INT_MAX, Min{});
     const bool last_chunk = chunk + kThreads >= plan.limit;
     if (first_cut != INT_MAX || last_chunk) {
@@ -137,8 +143,10 @@ __global__ void __launch_bounds__(kThreads)
   int32_t first_nan = INT_MAX;
   for (int32_t i = threadIdx.x; i < vocab; i += kThreads) {
     const float l = row_logits[i];
-    if (isnan(l)) first_nan = min(first_nan, i);
-    else best = Max{}(best, (static_cast<uint64_t>(ascending_bits(l)) << 32) | (0xffffffffu - static_cast<uint32_t>(i)));
+    if (isnan(l))
+      first_nan = min(first_nan, i);
+    else
+      best = Max{}(best, (static_cast<uint64_t>(ascending_bits(l)) << 32) | (0xffffffffu - static_cast<uint32_t>(i)));
   }
   first_nan = block_reduce(first_nan, Min{});
   best = block_reduce(best, Max{});
@@ -207,8 +215,8 @@ size_t sampling_sort_temp_bytes(int64_t vocab) {
   return bytes;
 }
 
-void launch_sampling_sort(const float* logits, const SamplingRowPlan* plans, int32_t rows, int32_t vocab,
-                          int32_t chunk, int32_t n_chunk_rows, const SortBuffers& buffers, void* stream) {
+void launch_sampling_sort(const float* logits, const SamplingRowPlan* plans, int32_t rows, int32_t vocab, int32_t chunk,
+                          int32_t n_chunk_rows, const SortBuffers& buffers, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(std::min<int32_t>((vocab + 255) / 256, 64)), static_cast<unsigned>(rows));
   sort_prepare_kernel<<<grid, 256, 0, s>>>(logits, plans, vocab, chunk, buffers);
@@ -219,8 +227,8 @@ void launch_sampling_sort(const float* logits, const SamplingRowPlan* plans, int
                                                  static_cast<int64_t>(n_chunk_rows) * vocab, 0, 32 + kSlotBits, s));
 }
 
-void launch_sampling_rows(const float* logits, const SamplingRowPlan* plans, int32_t rows, int32_t vocab,
-                          int32_t chunk, const int32_t* sorted_ids, const SamplingOutputs& outputs, void* stream) {
+void launch_sampling_rows(const float* logits, const SamplingRowPlan* plans, int32_t rows, int32_t vocab, int32_t chunk,
+                          const int32_t* sorted_ids, const SamplingOutputs& outputs, void* stream) {
   sample_rows_kernel<<<static_cast<unsigned>(rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       logits, plans, vocab, chunk, sorted_ids, outputs);
   FP4_CUDA_CHECK(cudaGetLastError());

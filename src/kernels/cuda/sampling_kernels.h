@@ -23,19 +23,19 @@ struct SamplingRowPlan {
 // Per-row results; status: 0 ok, 1 a NaN logit (token holds its id), 2 the largest logit is not finite (logprob
 // holds it).
 struct SamplingOutputs {
-  int32_t* tokens;        // [rows]
-  float* logprobs;        // [rows]
-  int32_t* status;        // [rows]
-  int32_t* top_tokens;    // [rows, top_stride]
-  float* top_logprobs;    // [rows, top_stride]
+  int32_t* tokens;      // [rows]
+  float* logprobs;      // [rows]
+  int32_t* status;      // [rows]
+  int32_t* top_tokens;  // [rows, top_stride]
+  float* top_logprobs;  // [rows, top_stride]
   int32_t top_stride;
 };
 
 struct SortBuffers {
-  uint64_t* keys_in;   // [kSamplingSortRows * vocab]: (slot << 32) | descending-orderable logit bits
+  uint64_t* keys_in;  // [kSamplingSortRows * vocab]: (slot << 32) | descending-orderable logit bits
   uint64_t* keys_out;
-  int32_t* ids_in;     // [kSamplingSortRows * vocab] token ids
-  int32_t* ids_out;    // token ids, each slot's row most probable first, lower id on ties
+  int32_t* ids_in;   // [kSamplingSortRows * vocab] token ids
+  int32_t* ids_out;  // token ids, each slot's row most probable first, lower id on ties
   void* temp;
   size_t temp_bytes;
 };
@@ -43,12 +43,12 @@ struct SortBuffers {
 size_t sampling_sort_temp_bytes(int64_t vocab);
 
 // Sorts the rows whose plan has sort_chunk == chunk (n_chunk_rows of them) into buffers.ids_out.
-void launch_sampling_sort(const float* logits, const SamplingRowPlan* plans, int32_t rows, int32_t vocab,
-                          int32_t chunk, int32_t n_chunk_rows, const SortBuffers& buffers, void* stream);
+void launch_sampling_sort(const float* logits, const SamplingRowPlan* plans, int32_t rows, int32_t vocab, int32_t chunk,
+                          int32_t n_chunk_rows, const SortBuffers& buffers, void* stream);
 
 // Samples the rows whose plan has sort_chunk == chunk (-1: the rows that need no sort), reading the order of sorted
 // rows from sorted_ids ([kSamplingSortRows, vocab], the chunk's sort).
-void launch_sampling_rows(const float* logits, const SamplingRowPlan* plans, int32_t rows, int32_t vocab,
-                          int32_t chunk, const int32_t* sorted_ids, const SamplingOutputs& outputs, void* stream);
+void launch_sampling_rows(const float* logits, const SamplingRowPlan* plans, int32_t rows, int32_t vocab, int32_t chunk,
+                          const int32_t* sorted_ids, const SamplingOutputs& outputs, void* stream);
 
 }  // namespace fp4serve::cuda
