@@ -1,6 +1,7 @@
-// Timing helpers of the CUDA benchmarks: checked calls, device allocation, the median time of one launch over CUDA
+// Timing helpers of the CUDA benchmarks: checked CUDA and cuBLAS calls, device allocation, the median time of one launch over CUDA
 // graph replays, and the device-to-device copy bandwidth that kernels are compared against (read + write bytes).
 #pragma once
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,6 +15,10 @@ namespace fp4serve::bench {
 
 inline void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+}
+inline void check(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string(what) + ": " + cublasGetStatusString(status));
 }
 
 template <typename T>

@@ -25,6 +25,7 @@ int main() {
 #include <string>
 #include <vector>
 
+#include "bench/cuda_bench_util.h"
 #include "format/bf16.h"
 #include "format/layout.h"
 #include "kernels/cuda/moe_layer.h"
@@ -34,24 +35,12 @@ namespace {
 
 using namespace fp4serve;
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
-void check(cublasStatus_t status, const char* what) {
-  if (status != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string(what) + ": " + cublasGetStatusString(status));
-}
+using bench::check;
+using bench::device_alloc;
 
 constexpr int64_t E = 128, kTopK = 8, H = 2048, I = 768;
 constexpr int kRotations = 8;
 constexpr int kRepeats = 7;
-
-template <typename T>
-T* device_alloc(size_t count) {
-  void* p = nullptr;
-  check(cudaMalloc(&p, count * sizeof(T)), "cudaMalloc");
-  return static_cast<T*>(p);
-}
 
 // Median over kRepeats of the time of `iteration` (which runs kRotations forwards), per forward, in microseconds.
 double median_us(cudaStream_t stream, const std::function<void()>& iteration) {
@@ -74,18 +63,6 @@ double median_us(cudaStream_t stream, const std::function<void()>& iteration) {
   check(cudaEventDestroy(stop), "event");
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
-}
-
-double copy_bandwidth_gbs(cudaStream_t stream) {
-  const size_t bytes = size_t{1} << 30;
-  uint8_t *a = device_alloc<uint8_t>(bytes), *b = device_alloc<uint8_t>(bytes);
-  check(cudaMemset(a, 1, bytes), "memset");
-  const double us = median_us(stream, [&] {
-    for (int i = 0; i < kRotations; ++i) check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream), "copy");
-  });
-  check(cudaFree(a), "free");
-  check(cudaFree(b), "free");
-  return 2.0 * static_cast<double>(bytes) / us / 1e3;  // bytes read + written
 }
 
 struct Stack {
@@ -211,7 +188,7 @@ int main() {
     check(cudaStreamCreate(&stream), "stream");
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, 0), "properties");
-    const double copy_gbs = copy_bandwidth_gbs(stream);
+    const double copy_gbs = bench::copy_bandwidth_gbs(stream);
     std::mt19937_64 rng(1234);
     const Stack w13 = make_stack(2 * I, H, rng, stream), w2 = make_stack(H, I, rng, stream);
     const size_t expert_bytes = w13.packed_bytes() + w13.scale_bytes() + w2.packed_bytes() + w2.scale_bytes();

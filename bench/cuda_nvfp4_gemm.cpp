@@ -37,10 +37,6 @@ using namespace fp4serve;
 
 using bench::check;
 using bench::device_alloc;
-void check(cublasStatus_t status, const char* what) {
-  if (status != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string(what) + ": " + cublasGetStatusString(status));
-}
 
 constexpr size_t kRotationBytes = size_t{256} << 20;  // > 5x the 50 MB L2 of an H100
 
