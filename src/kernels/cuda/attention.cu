@@ -103,9 +103,18 @@ __device__ void attend_tile(const float* q, const float* k_tile, const float* v_
   const int lane = threadIdx.x % 32;
   float score = -INFINITY;
   if (first_key + lane <= last_key) {
+    // q is read as float4 broadcasts: shared-memory wavefronts, not FMAs, bound this loop.
+    const float4* q4 = reinterpret_cast<const float4*>(q);
+    const float* k_row = k_tile + lane * (D + 1);
     float dot = 0.0f;
-#pragma unroll 8
-    for (int d = 0; d < D; ++d) dot += q[d] * k_tile[lane * (D + 1) + d];
+#pragma unroll 4
+    for (int d4 = 0; d4 < D / 4; ++d4) {
+      const float4 q_part = q4[d4];
+      dot += q_part.x * k_row[4 * d4];
+      dot += q_part.y * k_row[4 * d4 + 1];
+      dot += q_part.z * k_row[4 * d4 + 2];
+      dot += q_part.w * k_row[4 * d4 + 3];
+    }
     score = dot * scale;
   }
   const float new_max = fmaxf(state.max, warp_max(score));
@@ -131,7 +140,7 @@ __device__ void load_query(const HeadsView& q, int64_t row, int head, float* q_s
 // CTA (query tile, KV head, sequence); warp w serves token w / group of the tile and query head w % group.
 template <int D>
 __global__ void prefill_kernel(AttentionLaunch a, int group, int tokens_per_cta, float scale) {
-  extern __shared__ float shared[];
+  extern __shared__ __align__(16) float shared[];  // 16-byte aligned: queries are read as float4
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int s = blockIdx.z, kv_head = blockIdx.y;
   const int64_t seq_first_row = a.batch.row_start[s], n_tokens = a.batch.row_start[s + 1] - seq_first_row;
@@ -167,7 +176,7 @@ __global__ void prefill_kernel(AttentionLaunch a, int group, int tokens_per_cta,
 // CTA (split, KV head, sequence); warp g serves query head kv_head * group + g of the sequence's single row.
 template <int D>
 __global__ void decode_split_kernel(AttentionLaunch a, int group, float scale) {
-  extern __shared__ float shared[];
+  extern __shared__ __align__(16) float shared[];  // 16-byte aligned: queries are read as float4
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int split = blockIdx.x, kv_head = blockIdx.y, row = blockIdx.z;
   const int64_t context = a.batch.first_position[row] + 1;
