@@ -26,13 +26,15 @@ void launch_moe_route(const uint16_t* logits, int32_t m, int32_t n_experts, int3
 void launch_moe_group(int32_t m, int32_t n_experts, int32_t top_k, const MoeRoutingBuffers& routing, void* stream);
 
 // Small batches in one launch: router logits [m, E] = bf16(fp32 sum of x [m, H] . router [E, H]^T) (a GEMV, each warp
-// one expert for up to 8 tokens), then the last CTA to finish routes every token as launch_moe_route does and groups
-// the slots as launch_moe_group does (same permutation; token bitmasks per expert, hence the token limit).
-// done_counter: one zero-initialized uint32 that the last CTA resets to zero (launches on it must not overlap).
+// one expert for a group of up to 8 tokens); the last CTA of each token group routes its tokens as launch_moe_route
+// does, and the last group groups the slots as launch_moe_group does (same permutation; token bitmasks per expert,
+// hence the token limit). done_counters: kMoeFastRoutingCounters zero-initialized uint32 (one per token group, one for
+// the groups), left zero; launches on them must not overlap.
 inline constexpr int32_t kMoeFastRoutingMaxTokens = 64;
+inline constexpr int32_t kMoeFastRoutingCounters = kMoeFastRoutingMaxTokens / 8 + 1;
 void launch_moe_fast_route(const uint16_t* x, const uint16_t* router, int32_t m, int32_t n_experts, int32_t hidden,
                            int32_t top_k, bool norm_topk_prob, uint16_t* logits, const MoeRoutingBuffers& routing,
-                           uint32_t* done_counter, void* stream);
+                           uint32_t* done_counters, void* stream);
 
 // One grouped W4A16 GEMM over the active experts: for sorted rows p of expert e (expert_offsets),
 //   plain: out[p, n] = bf16(256 * alphas[e] * sum_k a[row(p), k] * W_e[n, k])   n < n_rows

@@ -105,7 +105,7 @@ MoeExpertGemm moe_expert_gemm_for(const MoeLayerShape& /*shape*/, int64_t m) {
 struct MoeLayerContext::State {
   cublasHandle_t blas = nullptr;
   void* blas_workspace = nullptr;
-  uint32_t* done_counter = nullptr;  // the fused routing kernel's; zero between launches
+  uint32_t* done_counters = nullptr;  // [kMoeFastRoutingCounters], the fused routing kernel's; zero between launches
   Nvfp4GemmContext gemm;
   static constexpr size_t kBlasWorkspaceBytes = size_t{4} << 20;
 
@@ -113,12 +113,12 @@ struct MoeLayerContext::State {
     // Destructors must not throw: release what exists and ignore teardown errors (the driver may be gone).
     if (blas != nullptr) cublasDestroy(blas);
     if (blas_workspace != nullptr) cudaFree(blas_workspace);
-    if (done_counter != nullptr) cudaFree(done_counter);
+    if (done_counters != nullptr) cudaFree(done_counters);
   }
   void ensure_created() {
     if (blas != nullptr) return;
-    FP4_CUDA_CHECK(cudaMalloc(&done_counter, sizeof(uint32_t)));
-    FP4_CUDA_CHECK(cudaMemset(done_counter, 0, sizeof(uint32_t)));
+    FP4_CUDA_CHECK(cudaMalloc(&done_counters, kMoeFastRoutingCounters * sizeof(uint32_t)));
+    FP4_CUDA_CHECK(cudaMemset(done_counters, 0, kMoeFastRoutingCounters * sizeof(uint32_t)));
     FP4_CUDA_CHECK(cudaMalloc(&blas_workspace, kBlasWorkspaceBytes));
     check_cublas(cublasCreate(&blas), "cublasCreate");
     check_cublas(cublasSetWorkspace(blas, blas_workspace, kBlasWorkspaceBytes), "cublasSetWorkspace");
@@ -134,13 +134,13 @@ MoeLayerContext::~MoeLayerContext() = default;
 namespace {
 
 // Logits, top-k routing and grouping into the workspace.
-void route(cublasHandle_t blas, uint32_t* done_counter, const MoeLayerShape& shape, const MoeLayerWeights& weights,
+void route(cublasHandle_t blas, uint32_t* done_counters, const MoeLayerShape& shape, const MoeLayerWeights& weights,
            const MoeLayerArgs& args, const MoeWorkspace& w) {
   const auto m = static_cast<int32_t>(args.m), E = static_cast<int32_t>(shape.n_experts);
   const auto k = static_cast<int32_t>(shape.top_k), H = static_cast<int32_t>(shape.hidden);
   if (m <= kMoeFastRoutingMaxTokens) {
     launch_moe_fast_route(args.x, weights.router, m, E, H, k, shape.norm_topk_prob, w.logits, w.routing,
-                          done_counter, args.stream);
+                          done_counters, args.stream);
     return;
   }
   // Router logits [m, E] = x [m, H] . router[E, H]^T, bf16 out: column-major logits^T = router^T^T . x^T.
@@ -264,7 +264,7 @@ void moe_layer_forward(MoeLayerContext& context, const MoeLayerShape& shape, con
 
   MoeLayerContext::State& state = *context.state_;
   state.ensure_created();
-  route(state.blas, state.done_counter, shape, weights, args, w);
+  route(state.blas, state.done_counters, shape, weights, args, w);
   const MoeExpertGemm path =
       args.expert_gemm == MoeExpertGemm::Auto ? moe_expert_gemm_for(shape, args.m) : args.expert_gemm;
   if (path == MoeExpertGemm::LayerKernels)

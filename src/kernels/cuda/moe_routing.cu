@@ -1,6 +1,7 @@
 // MoE routing kernels: softmax + top-k + renormalization (one warp per token, expert e in lane e % 32), the grouping of
 // (token, slot) pairs by expert (tokens stay in increasing order within an expert, so the permutation is the same on
-// every run), and for small batches both fused with the router logits in one launch whose last CTA routes and groups.
+// every run), and for small batches both fused with the router logits in one launch (the last CTA of each token
+// group routes the group, the last group groups).
 // No float atomics: every sum has a fixed order; the only atomics count finished CTAs and set token bits.
 #include <cuda_runtime.h>
 
@@ -21,6 +22,8 @@ constexpr int kFastWarps = 8;  // experts per CTA in the fused kernel's logits, 
 constexpr int kFastTokensPerCta = 8;
 constexpr int kMaxTopK = 16;  // kMoeMaxTopK (moe_layer.h)
 constexpr int kFastMaxSlots = kMoeFastRoutingMaxTokens * kMaxTopK;
+constexpr int kFastTokenGroups = kMoeFastRoutingMaxTokens / kFastTokensPerCta;
+static_assert(kFastTokenGroups + 1 == kMoeFastRoutingCounters && kFastTokensPerCta <= kFastWarps);
 static_assert(kFastWarps * 32 == kMaxExpertsPerLane * 32, "the fused kernel's tail gives each expert a thread");
 static_assert(kMoeFastRoutingMaxTokens <= 64, "token bitmasks are 64-bit");
 
@@ -34,7 +37,7 @@ struct TopkPick {
 // Softmax, top-k and renormalization of one token's logits [n_experts] bf16 by one warp: lane j < top_k returns the
 // j-th pick (most probable first, ties to the lower expert index). Loads bypass L1: in the fused kernel other CTAs
 // wrote the logits.
-__device__ TopkPick route_token(const uint16_t* row, int32_t n_experts, int32_t top_k, bool norm_topk_prob) {
+__device__ __forceinline__ TopkPick route_token(const uint16_t* row, int32_t n_experts, int32_t top_k, bool norm_topk_prob) {
   const int lane = threadIdx.x % 32;
   float p[kMaxExpertsPerLane];
   float max_logit = -INFINITY;
@@ -53,40 +56,38 @@ __device__ TopkPick route_token(const uint16_t* row, int32_t n_experts, int32_t 
     sum += p[i];
   }
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(kFullMask, sum, offset);
+  // Keys order the probabilities (non-negative floats order as their bits); + 1 so that 0 marks absent or taken.
+  uint32_t key[kMaxExpertsPerLane];
 #pragma unroll
-  for (int i = 0; i < kMaxExpertsPerLane; ++i)  // absent experts become -1: below every probability
-    p[i] = lane + 32 * i < n_experts ? __fdiv_rn(p[i], sum) : -1.0f;
+  for (int i = 0; i < kMaxExpertsPerLane; ++i)
+    key[i] = lane + 32 * i < n_experts ? __float_as_uint(__fdiv_rn(p[i], sum)) + 1u : 0u;
 
-  // Round j: the warp's best (probability, lower index on ties); lane j keeps it.
+  // Round j: the warp's best key, then the lowest expert holding it (two warp reductions); lane j keeps it.
   float my_probability = 0.0f, topk_sum = 0.0f;
   int32_t my_expert = 0;
   for (int32_t j = 0; j < top_k; ++j) {
-    float best = -2.0f;
-    int32_t best_expert = 0;
+    uint32_t lane_best = 0;
+    int lane_index = 0;
 #pragma unroll
     for (int i = 0; i < kMaxExpertsPerLane; ++i)
-      if (p[i] > best) {  // strict: the lowest index among this lane's equal values
-        best = p[i];
-        best_expert = lane + 32 * i;
+      if (key[i] > lane_best) {  // strict: the lowest index among this lane's equal keys
+        lane_best = key[i];
+        lane_index = i;
       }
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const float other = __shfl_xor_sync(kFullMask, best, offset);
-      const int32_t other_expert = __shfl_xor_sync(kFullMask, best_expert, offset);
-      if (other > best || (other == best && other_expert < best_expert)) {
-        best = other;
-        best_expert = other_expert;
-      }
-    }
+    const uint32_t best = __reduce_max_sync(kFullMask, lane_best);
+    const auto best_expert = static_cast<int32_t>(
+        __reduce_min_sync(kFullMask, lane_best == best ? static_cast<uint32_t>(lane + 32 * lane_index) : ~0u));
     if (best_expert % 32 == lane) {
 #pragma unroll
       for (int i = 0; i < kMaxExpertsPerLane; ++i)
-        if (i == best_expert / 32) p[i] = -2.0f;  // taken
+        if (i == best_expert / 32) key[i] = 0;  // taken
     }
+    const float probability = __uint_as_float(best - 1u);
     if (lane == j) {
-      my_probability = best;
+      my_probability = probability;
       my_expert = best_expert;
     }
-    topk_sum += best;  // in top-k order, as the CPU reference sums
+    topk_sum += probability;  // in top-k order, as the CPU reference sums
   }
   return {my_expert, norm_topk_prob ? __fdiv_rn(my_probability, topk_sum) : my_probability};
 }
@@ -167,14 +168,15 @@ __device__ __forceinline__ float dot8_bf16(const uint4& a, const uint4& b, float
   return acc;
 }
 
-// Grid (experts / kFastWarps, tokens / kFastTokensPerCta). Phase 1 (every CTA): warp w's expert against the CTA's
-// tokens; lane l owns the 8-element chunks l, l + 32, ... of H; fp32 sums in a fixed order, rounded to bf16 once.
-// Phase 2 (the last CTA to count itself done): route each token (a warp per token), mark the token's bit in its
-// experts' masks, scan (count, active) over the experts (thread e = expert e), and place slot (t, j) of expert e at
-// offset[e] + the number of earlier tokens in e's mask: exactly moe_group_kernel's order.
-__global__ void __launch_bounds__(kFastWarps * 32) moe_fast_route_kernel(
+// Grid (experts / kFastWarps, token groups of kFastTokensPerCta). Phase 1 (every CTA): warp w's expert against the
+// group's tokens; lane l owns the 8-element chunks l, l + 32, ... of H; fp32 sums in a fixed order, rounded to bf16
+// once. Phase 2 (the last CTA of a token group to finish phase 1): route the group's tokens, a warp each. Phase 3 (the
+// last group to finish phase 2): mark each token's bit in its experts' masks, scan (count, active) over the experts
+// (thread e = expert e), and place slot (t, j) of expert e at offset[e] + the number of earlier tokens in e's mask:
+// exactly moe_group_kernel's order. Counters are reset by the CTA that finds itself last.
+__global__ void __launch_bounds__(kFastWarps * 32, 1) moe_fast_route_kernel(
     const uint16_t* x, const uint16_t* router, int32_t m, int32_t n_experts, int32_t hidden, int32_t top_k,
-    bool norm_topk_prob, uint16_t* logits, MoeRoutingBuffers r, uint32_t* done_counter) {
+    bool norm_topk_prob, uint16_t* logits, MoeRoutingBuffers r, uint32_t* done_counters) {
   __shared__ unsigned long long token_mask[kMaxExpertsPerLane * 32];
   __shared__ int32_t expert_offset[kMaxExpertsPerLane * 32];
   __shared__ int32_t slot_expert[kFastMaxSlots];
@@ -209,23 +211,33 @@ __global__ void __launch_bounds__(kFastWarps * 32) moe_fast_route_kernel(
 
   __threadfence();  // this CTA's logits reach L2 before it counts itself done
   __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(done_counter, 1u) == gridDim.x * gridDim.y - 1;
+  if (threadIdx.x == 0) is_last = atomicAdd(&done_counters[blockIdx.y], 1u) == gridDim.x - 1;
   __syncthreads();
   if (!is_last) return;
-  if (threadIdx.x == 0) *done_counter = 0;  // every CTA has counted: ready for the next launch
-  __threadfence();
-
-  token_mask[threadIdx.x] = 0;
-  __syncthreads();
-  for (int32_t t = warp; t < m; t += kFastWarps) {
+  __threadfence();  // then read what the group's other CTAs wrote (through L2: __ldcg)
+  if (threadIdx.x == 0) done_counters[blockIdx.y] = 0;  // the whole group has counted: ready for the next launch
+  if (warp < tokens) {  // warp-uniform
+    const int32_t t = first_token + warp;
     const TopkPick pick = route_token(logits + static_cast<int64_t>(t) * n_experts, n_experts, top_k, norm_topk_prob);
     if (lane < top_k) {
-      const int32_t slot = t * top_k + lane;
-      r.topk_ids[slot] = pick.expert;
-      r.topk_weights[slot] = pick.weight;
-      slot_expert[slot] = pick.expert;
-      atomicOr(&token_mask[pick.expert], 1ull << t);  // bitwise or: the same mask in any order
+      r.topk_ids[t * top_k + lane] = pick.expert;
+      r.topk_weights[t * top_k + lane] = pick.weight;
     }
+  }
+
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(&done_counters[kFastTokenGroups], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  if (threadIdx.x == 0) done_counters[kFastTokenGroups] = 0;
+  token_mask[threadIdx.x] = 0;
+  __syncthreads();
+  for (int32_t slot = threadIdx.x; slot < m * top_k; slot += blockDim.x) {
+    const int32_t slot_owner = __ldcg(r.topk_ids + slot);
+    slot_expert[slot] = slot_owner;
+    atomicOr(&token_mask[slot_owner], 1ull << (slot / top_k));  // bitwise or: the same mask in any order
   }
   __syncthreads();
 
@@ -278,10 +290,10 @@ void launch_moe_group(int32_t m, int32_t n_experts, int32_t top_k, const MoeRout
 
 void launch_moe_fast_route(const uint16_t* x, const uint16_t* router, int32_t m, int32_t n_experts, int32_t hidden,
                            int32_t top_k, bool norm_topk_prob, uint16_t* logits, const MoeRoutingBuffers& routing,
-                           uint32_t* done_counter, void* stream) {
+                           uint32_t* done_counters, void* stream) {
   const dim3 grid((n_experts + kFastWarps - 1) / kFastWarps, (m + kFastTokensPerCta - 1) / kFastTokensPerCta);
   moe_fast_route_kernel<<<grid, kFastWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(
-      x, router, m, n_experts, hidden, top_k, norm_topk_prob, logits, routing, done_counter);
+      x, router, m, n_experts, hidden, top_k, norm_topk_prob, logits, routing, done_counters);
   FP4_CUDA_CHECK(cudaGetLastError());
 }
 
