@@ -195,33 +195,30 @@ void run_grouped_gemm(Nvfp4GemmContext& gemm, const MoeLayerShape& shape, const 
   auto* x_rows = reinterpret_cast<bf16_bits*>(w.sorted_rows);
   auto* expert_rows = reinterpret_cast<bf16_bits*>(w.expert_rows);
   launch_moe_gather_rows(args.x, w.routing.sorted_token, rows, H, w.sorted_rows, args.stream);
-  nvfp4_grouped_gemm_w4a16(gemm, {.x = x_rows,
-                                  .max_rows = rows,
-                                  .expert_offsets = w.routing.expert_offsets,
-                                  .n_experts = shape.n_experts,
-                                  .packed = weights.w13_packed,
-                                  .block_scales = weights.w13_scales,
-                                  .n = 2 * shape.intermediate,
-                                  .k = shape.hidden,
-                                  .row_order = weights.w13_row_order,
-                                  .alphas = weights.g1_alphas,
-                                  .alphas_per_expert = 2,
-                                  .y = expert_rows,
-                                  .stream = args.stream});
+  Nvfp4GroupedGemmArgs gemm1{.x = x_rows,
+                              .max_rows = rows,
+                              .expert_offsets = w.routing.expert_offsets,
+                              .n_experts = shape.n_experts,
+                              .packed = weights.w13_packed,
+                              .block_scales = weights.w13_scales,
+                              .n = 2 * shape.intermediate,
+                              .k = shape.hidden,
+                              .row_order = weights.w13_row_order,
+                              .alphas = weights.g1_alphas,
+                              .alphas_per_expert = 2,
+                              .y = expert_rows,
+                              .stream = args.stream};
+  nvfp4_grouped_gemm_w4a16(gemm, gemm1);
   launch_moe_swiglu(w.expert_rows, rows, I, w.sorted_rows, args.stream);
-  nvfp4_grouped_gemm_w4a16(gemm, {.x = x_rows,
-                                  .max_rows = rows,
-                                  .expert_offsets = w.routing.expert_offsets,
-                                  .n_experts = shape.n_experts,
-                                  .packed = weights.w2_packed,
-                                  .block_scales = weights.w2_scales,
-                                  .n = shape.hidden,
-                                  .k = shape.intermediate,
-                                  .row_order = weights.w2_row_order,
-                                  .alphas = weights.g2_alphas,
-                                  .alphas_per_expert = 1,
-                                  .y = expert_rows,
-                                  .stream = args.stream});
+  Nvfp4GroupedGemmArgs gemm2 = gemm1;  // x_rows now holds the activations, expert_rows receives the outputs
+  gemm2.packed = weights.w2_packed;
+  gemm2.block_scales = weights.w2_scales;
+  gemm2.n = shape.hidden;
+  gemm2.k = shape.intermediate;
+  gemm2.row_order = weights.w2_row_order;
+  gemm2.alphas = weights.g2_alphas;
+  gemm2.alphas_per_expert = 1;
+  nvfp4_grouped_gemm_w4a16(gemm, gemm2);
 }
 
 }  // namespace
