@@ -321,6 +321,54 @@ TEST_P(MoeLayerTest, MatchesFloat64Reference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, MoeLayerTest, testing::ValuesIn(kCases),
                          [](const testing::TestParamInfo<MoeCase>& info) { return std::string(info.param.name); });
 
+// What lets the engine capture the layer: no allocation or synchronization inside a forward, and the fused routing
+// kernel's counters back at zero after every launch (a replay that found them dirty would leave the routing unwritten).
+TEST(MoeLayerCuda, GraphReplaysMatchDirectRuns) {
+  FP4_SKIP_WITHOUT_GPU();
+  for (const int64_t m : {int64_t{16}, int64_t{100}}) {  // fused routing; cuBLAS + two routing kernels
+    const MoeCase c{"graph", 16, 4, 256, 128, m, WeightLayout::Cutlass, true, false};
+    Random random(static_cast<uint64_t>(7 + m));
+    const HostMoe moe = make_moe(c, random);
+    const std::vector<bf16_bits> x = grid_activations(c.m, c.hidden, random);
+    const Routing routing = reference_routing(c, moe, x);
+    const DeviceMoe device(c, moe, std::set<int32_t>(routing.ids.begin(), routing.ids.end()));
+    const cuda::MoeLayerShape shape{.n_experts = c.n_experts, .top_k = c.top_k, .hidden = c.hidden,
+                                    .intermediate = c.intermediate, .norm_topk_prob = true, .max_tokens = m};
+    DeviceBytes workspace(cuda::moe_layer_workspace_bytes(shape)), x_device(x.size() * 2), y_device(x.size() * 2);
+    x_device.upload(x);
+    cudaStream_t stream;
+    check_cuda(cudaStreamCreate(&stream), "cudaStreamCreate");
+    cuda::MoeLayerContext context;
+    for (const ExpertPath& path : kPaths) {
+      SCOPED_TRACE(std::string(path.name) + ", m = " + std::to_string(m));
+      const cuda::MoeLayerArgs args{.x = x_device.data<bf16_bits>(), .m = m, .y = y_device.data<bf16_bits>(),
+                                    .workspace = workspace.data<uint8_t>(), .workspace_bytes = workspace.size(),
+                                    .stream = stream, .expert_gemm = path.gemm};
+      cuda::moe_layer_forward(context, shape, device.weights(c), args);
+      check_cuda(cudaStreamSynchronize(stream), "direct run");
+      const std::vector<bf16_bits> direct = y_device.download<bf16_bits>();
+      ASSERT_TRUE(std::none_of(direct.begin(), direct.end(), [](bf16_bits v) { return std::isnan(bf16_to_float(v)); }))
+          << "the direct run left NaN in y";
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+      cuda::moe_layer_forward(context, shape, device.weights(c), args);
+      check_cuda(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture (the forward must not allocate or sync)");
+      check_cuda(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+      for (int replay = 0; replay < 2; ++replay) {
+        workspace.fill(0xFF);
+        y_device.fill(0xFF);
+        check_cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+        check_cuda(cudaStreamSynchronize(stream), "replay");
+        EXPECT_EQ(y_device.download<bf16_bits>(), direct) << "replay " << replay << " differs from the direct run";
+      }
+      check_cuda(cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
+      check_cuda(cudaGraphDestroy(graph), "cudaGraphDestroy");
+    }
+    check_cuda(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  }
+}
+
 TEST(MoeLayerCuda, ZeroTokensWritesNothing) {
   FP4_SKIP_WITHOUT_GPU();
   const cuda::MoeLayerShape shape{.n_experts = 4, .top_k = 2, .hidden = 32, .intermediate = 16,

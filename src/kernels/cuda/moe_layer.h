@@ -76,7 +76,7 @@ struct MoeRouting {
 MoeRouting moe_layer_routing(const MoeLayerShape& shape, const void* workspace);
 
 // The cuBLAS handle of the router GEMM for large batches (with a fixed cuBLAS workspace, so that calls can be captured)
-// and the fused routing kernel's completion counter, created on first use on the device current then. Not thread-safe,
+// and the fused routing kernel's completion counters, created on first use on the device current then. Not thread-safe,
 // and forwards that may run concurrently (other host threads or streams) need contexts of their own.
 class MoeLayerContext {
  public:
