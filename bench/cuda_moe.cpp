@@ -3,7 +3,9 @@
 // same run" and (2) a bf16 grouped baseline: the two expert GEMMs alone through cublasGemmGroupedBatchedEx on the
 // same (dequantized) weights with host-known group sizes, no routing, gather, activation or combine, so it is a lower
 // bound on a bf16 layer's time. Each timed iteration runs kRotations batches with different tokens (different experts),
-// so the decode working set exceeds the 50 MB L2. Times are medians of event-timed repeats. Prints a markdown table.
+// so the decode working set exceeds the 50 MB L2. Times are medians of event-timed repeats. Both expert-GEMM paths
+// (MoeExpertGemm) are timed as well as Auto, so the table shows where moe_expert_gemm_for's threshold belongs. Prints
+// a markdown table.
 #include <cstdio>
 
 #ifndef FP4SERVE_HAVE_CUDA
@@ -216,9 +218,10 @@ int main() {
     std::printf("GPU: %s, D2D copy bandwidth %.0f GB/s (read + write); NVFP4 expert: %.2f MB\n\n", prop.name, copy_gbs,
                 static_cast<double>(expert_bytes) / 1e6);
     std::printf("| tokens | distinct experts (mean of %d batches) | NVFP4 MB touched | floor us | ours us (graph) | "
-                "ours us (stream) | floor / ours | bf16 grouped GEMMs us | bf16 / ours |\n",
+                "auto path | layer kernels us (graph) | grouped GEMM us (graph) | ours us (stream) | floor / ours | "
+                "bf16 grouped GEMMs us | bf16 / ours |\n",
                 kRotations);
-    std::printf("|---|---|---|---|---|---|---|---|---|\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const int64_t m : {int64_t{1}, int64_t{16}, int64_t{64}, int64_t{256}, int64_t{4096}}) {
       const cuda::MoeLayerShape shape{.n_experts = E, .top_k = kTopK, .hidden = H, .intermediate = I,
                                       .norm_topk_prob = true, .max_tokens = m};
@@ -233,21 +236,30 @@ int main() {
         check(cudaMalloc(&workspaces[r], workspace_bytes), "workspace");
         check(cudaMemcpy(xs[r], x.data(), x.size() * 2, cudaMemcpyHostToDevice), "upload");
       }
-      auto forward = [&](int r) {
+      auto forward = [&](int r, cuda::MoeExpertGemm path) {
         cuda::moe_layer_forward(context, shape, weights,
                                 {.x = xs[r], .m = m, .y = ys[r], .workspace = workspaces[r],
-                                 .workspace_bytes = workspace_bytes, .stream = stream});
+                                 .workspace_bytes = workspace_bytes, .stream = stream, .expert_gemm = path});
       };
       const double stream_us = median_us(stream, [&] {
-        for (int r = 0; r < kRotations; ++r) forward(r);
+        for (int r = 0; r < kRotations; ++r) forward(r, cuda::MoeExpertGemm::Auto);
       });
-      cudaGraph_t graph;
-      cudaGraphExec_t exec;
-      check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
-      for (int r = 0; r < kRotations; ++r) forward(r);
-      check(cudaStreamEndCapture(stream, &graph), "end capture");
-      check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-      const double graph_us = median_us(stream, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+      auto graph_us = [&](cuda::MoeExpertGemm path) {
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+        for (int r = 0; r < kRotations; ++r) forward(r, path);
+        check(cudaStreamEndCapture(stream, &graph), "end capture");
+        check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+        const double us = median_us(stream, [&] { check(cudaGraphLaunch(exec, stream), "graph launch"); });
+        check(cudaGraphExecDestroy(exec), "graph");
+        check(cudaGraphDestroy(graph), "graph");
+        return us;
+      };
+      const double layer_us = graph_us(cuda::MoeExpertGemm::LayerKernels);
+      const double grouped_us = graph_us(cuda::MoeExpertGemm::GroupedGemm);
+      const double graph_auto_us = graph_us(cuda::MoeExpertGemm::Auto);
+      const bool auto_layer = cuda::moe_expert_gemm_for(shape, m) == cuda::MoeExpertGemm::LayerKernels;
 
       // Routing of each batch (from the workspace) -> distinct experts and the baseline's groups.
       double distinct = 0;
@@ -271,12 +283,11 @@ int main() {
       });
       const double touched_bytes = distinct * static_cast<double>(expert_bytes);
       const double floor_us = touched_bytes / (copy_gbs * 1e3);
-      std::printf("| %lld | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f%% | %.1f | %.2fx |\n", static_cast<long long>(m),
-                  distinct, touched_bytes / 1e6, floor_us, graph_us, stream_us, 100.0 * floor_us / graph_us, bf16_us,
-                  bf16_us / graph_us);
+      std::printf("| %lld | %.1f | %.1f | %.1f | %.1f | %s | %.1f | %.1f | %.1f | %.0f%% | %.1f | %.2fx |\n",
+                  static_cast<long long>(m), distinct, touched_bytes / 1e6, floor_us, graph_auto_us,
+                  auto_layer ? "layer kernels" : "grouped GEMM", layer_us, grouped_us, stream_us,
+                  100.0 * floor_us / graph_auto_us, bf16_us, bf16_us / graph_auto_us);
       std::fflush(stdout);
-      check(cudaGraphExecDestroy(exec), "graph");
-      check(cudaGraphDestroy(graph), "graph");
       for (int r = 0; r < kRotations; ++r) {
         check(cudaFree(xs[r]), "free");
         check(cudaFree(ys[r]), "free");

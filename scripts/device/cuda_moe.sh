@@ -35,17 +35,19 @@ grep "\[ moe \]" "$OUT/test.log"
 
 stamp "memcheck on the odd shapes"
 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 "$tests" --gtest_brief=1 \
-  --gtest_filter='ActQuantCuda*:Layouts/*padded*:Layouts/*w13_trtllm*:PostprocessCuda*Alphas*:Shapes/*odd*:Shapes/ties*' \
+  --gtest_filter='ActQuantCuda*:Layouts/*padded*:Layouts/*w13_trtllm*:PostprocessCuda*Alphas*:Shapes/*odd*:Shapes/ties*:Shapes/max_experts*:Shapes/single_expert*' \
   > "$OUT/memcheck.log" 2>&1
 echo "memcheck exit status $? (0 = clean)" | tee -a "$OUT/memcheck.log"
 tail -4 "$OUT/memcheck.log"
 
 if command -v ncu > /dev/null; then
-  stamp "ncu: every kernel of the layer at m = 1 and m = 16 (Qwen3-30B-A3B shapes; two forwards each)"
+  # Each case runs the layer twice on each expert path (layer kernels, grouped GEMM, auto): 6 forwards.
+  stamp "ncu: every MoE kernel at m = 1 and m = 16 (Qwen3-30B-A3B shapes; 2 forwards per expert path)"
   for case in qwen3_m1 qwen3_m16_trtllm; do
-    timeout 100 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum,sm__warps_active.avg.pct_of_peak_sustained_active \
+    timeout 150 ncu --kernel-name regex:'moe_|nvfp4_' \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,sm__warps_active.avg.pct_of_peak_sustained_active \
       "$tests" --gtest_filter="Shapes/MoeLayerTest.*/$case" > "$OUT/ncu_$case.log" 2>&1
-    grep -E "^  [a-zA-Z_].*\(|gpu__time_duration|dram__bytes_read|warps_active" "$OUT/ncu_$case.log" | head -44
+    grep -E "^  [a-zA-Z_].*\(|gpu__time_duration|dram__bytes_read|warps_active" "$OUT/ncu_$case.log" | head -100
   done
 fi
 

@@ -4,7 +4,8 @@
 // routing must then match exactly (ids; weights to 1e-5), ties included (duplicated router rows: the lower expert
 // index wins). Expert weights are random NVFP4 codes and scales (zero and subnormal scales included) in both layouts.
 // Every expert that the reference does not route to gets NaN block scales on the device, so reading one would show.
-// Outputs and workspace are poisoned; a second run must be bitwise identical.
+// Every case runs on both expert-GEMM paths and Auto; token counts on both sides of kMoeFastRoutingMaxTokens (64) take
+// the fused routing kernel or the cuBLAS one. Outputs and workspace are poisoned; a second run must be bitwise identical.
 #include <gtest/gtest.h>
 
 #include "kernels/device.h"
@@ -58,7 +59,21 @@ const MoeCase kCases[] = {
     {"odd_ties_m33", 6, 2, 80, 48, 33, WeightLayout::Cutlass, true, true},
     // H = 4096 (kMoeMaxK): two k-steps per warp with four token tiles.
     {"wide_m20_trtllm", 4, 2, 4096, 64, 20, WeightLayout::Trtllm, true, false},
+    // The fused routing kernel's last token count (bit 63 of its token masks) and the first on cuBLAS + two kernels.
+    {"reduced_m64", 64, 8, 512, 256, 64, WeightLayout::Cutlass, true, false},
+    {"reduced_m65_trtllm", 64, 8, 512, 256, 65, WeightLayout::Trtllm, true, false},
+    // kMoeMaxExperts and kMoeMaxTopK with ties: every thread of the fused kernel's expert scan owns an expert.
+    {"max_experts_ties_m3", 256, 16, 64, 32, 3, WeightLayout::Cutlass, true, true},
+    {"single_expert_m5", 1, 1, 32, 16, 5, WeightLayout::Cutlass, true, false},
 };
+
+struct ExpertPath {
+  const char* name;
+  cuda::MoeExpertGemm gemm;
+};
+const ExpertPath kPaths[] = {{"layer kernels", cuda::MoeExpertGemm::LayerKernels},
+                             {"grouped GEMM", cuda::MoeExpertGemm::GroupedGemm},
+                             {"auto", cuda::MoeExpertGemm::Auto}};
 
 struct HostMoe {
   std::vector<bf16_bits> router;                  // [E, H]
@@ -256,50 +271,103 @@ TEST_P(MoeLayerTest, MatchesFloat64Reference) {
       y_device(x.size() * 2);
   x_device.upload(x);
   void* aligned_workspace = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(workspace.data<uint8_t>()) + 255) / 256 * 256);
+  const std::vector<double> reference = reference_layer(c, moe, x, routing);
   cuda::MoeLayerContext context;
-  std::vector<bf16_bits> first_run;
-  for (int run = 0; run < 2; ++run) {
-    workspace.fill(0xFF);
-    y_device.fill(0xFF);  // bf16 NaN
-    cuda::moe_layer_forward(context, shape, device.weights(c),
-                            {.x = x_device.data<bf16_bits>(), .m = c.m, .y = y_device.data<bf16_bits>(),
-                             .workspace = aligned_workspace, .workspace_bytes = cuda::moe_layer_workspace_bytes(shape),
-                             .stream = nullptr});
-    check_cuda(cudaDeviceSynchronize(), "moe_layer_forward");
-    const std::vector<bf16_bits> y = y_device.download<bf16_bits>();
-    if (run == 1) {
-      EXPECT_EQ(y, first_run) << "a second run differs: the layer is not deterministic";
-      break;
-    }
-    first_run = y;
+  for (const ExpertPath& path : kPaths) {
+    SCOPED_TRACE(path.name);
+    std::vector<bf16_bits> first_run;
+    for (int run = 0; run < 2; ++run) {
+      workspace.fill(0xFF);
+      y_device.fill(0xFF);  // bf16 NaN
+      cuda::moe_layer_forward(context, shape, device.weights(c),
+                              {.x = x_device.data<bf16_bits>(), .m = c.m, .y = y_device.data<bf16_bits>(),
+                               .workspace = aligned_workspace,
+                               .workspace_bytes = cuda::moe_layer_workspace_bytes(shape), .stream = nullptr,
+                               .expert_gemm = path.gemm});
+      check_cuda(cudaDeviceSynchronize(), "moe_layer_forward");
+      const std::vector<bf16_bits> y = y_device.download<bf16_bits>();
+      if (run == 1) {
+        EXPECT_EQ(y, first_run) << "a second run differs: the layer is not deterministic";
+        break;
+      }
+      first_run = y;
 
-    const cuda::MoeRouting device_routing = cuda::moe_layer_routing(shape, aligned_workspace);
-    std::vector<int32_t> ids(c.m * c.top_k);
-    std::vector<float> weights(c.m * c.top_k);
-    check_cuda(cudaMemcpy(ids.data(), device_routing.topk_ids, ids.size() * 4, cudaMemcpyDeviceToHost), "ids");
-    check_cuda(cudaMemcpy(weights.data(), device_routing.topk_weights, weights.size() * 4, cudaMemcpyDeviceToHost), "w");
-    ASSERT_EQ(ids, routing.ids) << "top-k experts differ from the float64 reference";
-    for (size_t i = 0; i < weights.size(); ++i)
-      EXPECT_NEAR(weights[i], routing.weights[i], 1e-5 * routing.weights[i]) << "topk_weights[" << i << "]";
+      const cuda::MoeRouting device_routing = cuda::moe_layer_routing(shape, aligned_workspace);
+      std::vector<int32_t> ids(c.m * c.top_k);
+      std::vector<float> weights(c.m * c.top_k);
+      check_cuda(cudaMemcpy(ids.data(), device_routing.topk_ids, ids.size() * 4, cudaMemcpyDeviceToHost), "ids");
+      check_cuda(cudaMemcpy(weights.data(), device_routing.topk_weights, weights.size() * 4, cudaMemcpyDeviceToHost),
+                 "w");
+      ASSERT_EQ(ids, routing.ids) << "top-k experts differ from the float64 reference";
+      for (size_t i = 0; i < weights.size(); ++i)
+        EXPECT_NEAR(weights[i], routing.weights[i], 1e-5 * routing.weights[i]) << "topk_weights[" << i << "]";
 
-    const std::vector<double> reference = reference_layer(c, moe, x, routing);
-    double error_squares = 0.0, reference_squares = 0.0;
-    for (size_t i = 0; i < y.size(); ++i) {
-      const double got = bf16_to_float(y[i]), error = got - reference[i];
-      ASSERT_FALSE(std::isnan(got)) << "y[" << i << "] is NaN: not written, or an unrouted expert was read";
-      error_squares += error * error;
-      reference_squares += reference[i] * reference[i];
+      double error_squares = 0.0, reference_squares = 0.0;
+      for (size_t i = 0; i < y.size(); ++i) {
+        const double got = bf16_to_float(y[i]), error = got - reference[i];
+        ASSERT_FALSE(std::isnan(got)) << "y[" << i << "] is NaN: not written, or an unrouted expert was read";
+        error_squares += error * error;
+        reference_squares += reference[i] * reference[i];
+      }
+      const double relative = std::sqrt(error_squares / reference_squares);
+      std::printf("[ moe ] %s (%s): normwise relative error %.3g\n", c.name, path.name, relative);
+      EXPECT_LE(relative, kNormRelative);
+      EXPECT_GT(reference_squares, 0.0);
     }
-    const double relative = std::sqrt(error_squares / reference_squares);
-    std::printf("[ moe ] %s: normwise relative error %.3g\n", c.name, relative);
-    EXPECT_LE(relative, kNormRelative);
-    EXPECT_GT(reference_squares, 0.0);
   }
   EXPECT_TRUE(y_device.guards_intact() && workspace.guards_intact());
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, MoeLayerTest, testing::ValuesIn(kCases),
                          [](const testing::TestParamInfo<MoeCase>& info) { return std::string(info.param.name); });
+
+// What lets the engine capture the layer: no allocation or synchronization inside a forward, and the fused routing
+// kernel's counters back at zero after every launch (a replay that found them dirty would leave the routing unwritten).
+TEST(MoeLayerCuda, GraphReplaysMatchDirectRuns) {
+  FP4_SKIP_WITHOUT_GPU();
+  for (const int64_t m : {int64_t{16}, int64_t{100}}) {  // fused routing; cuBLAS + two routing kernels
+    const MoeCase c{"graph", 16, 4, 256, 128, m, WeightLayout::Cutlass, true, false};
+    Random random(static_cast<uint64_t>(7 + m));
+    const HostMoe moe = make_moe(c, random);
+    const std::vector<bf16_bits> x = grid_activations(c.m, c.hidden, random);
+    const Routing routing = reference_routing(c, moe, x);
+    const DeviceMoe device(c, moe, std::set<int32_t>(routing.ids.begin(), routing.ids.end()));
+    const cuda::MoeLayerShape shape{.n_experts = c.n_experts, .top_k = c.top_k, .hidden = c.hidden,
+                                    .intermediate = c.intermediate, .norm_topk_prob = true, .max_tokens = m};
+    DeviceBytes workspace(cuda::moe_layer_workspace_bytes(shape)), x_device(x.size() * 2), y_device(x.size() * 2);
+    x_device.upload(x);
+    cudaStream_t stream;
+    check_cuda(cudaStreamCreate(&stream), "cudaStreamCreate");
+    cuda::MoeLayerContext context;
+    for (const ExpertPath& path : kPaths) {
+      SCOPED_TRACE(std::string(path.name) + ", m = " + std::to_string(m));
+      const cuda::MoeLayerArgs args{.x = x_device.data<bf16_bits>(), .m = m, .y = y_device.data<bf16_bits>(),
+                                    .workspace = workspace.data<uint8_t>(), .workspace_bytes = workspace.size(),
+                                    .stream = stream, .expert_gemm = path.gemm};
+      cuda::moe_layer_forward(context, shape, device.weights(c), args);
+      check_cuda(cudaStreamSynchronize(stream), "direct run");
+      const std::vector<bf16_bits> direct = y_device.download<bf16_bits>();
+      ASSERT_TRUE(std::none_of(direct.begin(), direct.end(), [](bf16_bits v) { return std::isnan(bf16_to_float(v)); }))
+          << "the direct run left NaN in y";
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+      cuda::moe_layer_forward(context, shape, device.weights(c), args);
+      check_cuda(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture (the forward must not allocate or sync)");
+      check_cuda(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+      for (int replay = 0; replay < 2; ++replay) {
+        workspace.fill(0xFF);
+        y_device.fill(0xFF);
+        check_cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+        check_cuda(cudaStreamSynchronize(stream), "replay");
+        EXPECT_EQ(y_device.download<bf16_bits>(), direct) << "replay " << replay << " differs from the direct run";
+      }
+      check_cuda(cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
+      check_cuda(cudaGraphDestroy(graph), "cudaGraphDestroy");
+    }
+    check_cuda(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  }
+}
 
 TEST(MoeLayerCuda, ZeroTokensWritesNothing) {
   FP4_SKIP_WITHOUT_GPU();
@@ -353,6 +421,12 @@ TEST(MoeLayerCuda, RejectsBadArgumentsNamingTheField) {
   weights.g2_alphas = reinterpret_cast<const float*>(fake);
   weights.w2_row_order = Nvfp4RowOrder::GatedShuffled;
   expect_error_naming([&] { cuda::moe_layer_forward(context, good, weights, args); }, "weights.w2_row_order");
+  weights.w2_row_order = Nvfp4RowOrder::Linear;
+  weights.router = reinterpret_cast<const bf16_bits*>(fake + 2);  // the fused routing kernel reads 16-byte vectors
+  expect_error_naming([&] { cuda::moe_layer_forward(context, good, weights, args); }, "weights.router");
+  weights.router = reinterpret_cast<const bf16_bits*>(fake);
+  args.expert_gemm = static_cast<cuda::MoeExpertGemm>(7);
+  expect_error_naming([&] { cuda::moe_layer_forward(context, good, weights, args); }, "args.expert_gemm = 7");
 }
 
 #endif  // FP4SERVE_HAVE_CUDA

@@ -3,7 +3,8 @@
 // 128-element steps, up to kSteps each, as in nvfp4_streaming.cu) and then walks the expert's tokens 32 at a time:
 // dequantize in registers, mma.sync against the gathered activations, partial sums added across warps in shared memory
 // in a fixed order. CTAs of grid rows past the number of active experts exit at once, so unrouted experts cost no
-// weight traffic.
+// weight traffic. Also the row gather and SwiGLU that surround the public grouped GEMM on the layer's other path; both
+// paths store SwiGLU through swiglu_bf16, so their bf16 intermediates differ only by fp32 summation order.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -26,6 +27,12 @@ struct StepWeights {
 };
 
 __device__ __forceinline__ float round_bf16(float v) { return __uint_as_float(bf16x2_bits(v, 0.0f) << 16); }
+
+// bf16(bf16(silu(gate)) * up) for bf16-valued gate and up, as kernels/cpu/moe_experts.h stores it.
+__device__ __forceinline__ uint32_t swiglu_bf16(float gate, float up) {
+  const float silu = round_bf16(__fdiv_rn(gate, __fadd_rn(1.0f, expf(-gate))));
+  return bf16x2_bits(__fmul_rn(silu, up), 0.0f) & 0xFFFFu;
+}
 
 template <bool kGated, int kSteps>
 __global__ void __launch_bounds__(kMaxWarps * 32) moe_grouped_kernel(const MoeGroupedGemm g, int32_t padded_rows,
@@ -153,9 +160,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) moe_grouped_kernel(const MoeGr
         const int32_t intermediate = g.n_rows / 2;
         const float gate = round_bf16(sums[0] * (g.alphas[2 * expert] * kDequantizedAlphaFactor));
         const float up = round_bf16(sums[1] * (g.alphas[2 * expert + 1] * kDequantizedAlphaFactor));
-        const float silu = round_bf16(__fdiv_rn(gate, __fadd_rn(1.0f, expf(-gate))));
-        g.out[position * intermediate + first_row + local_row] =
-            static_cast<uint16_t>(bf16x2_bits(__fmul_rn(silu, up), 0.0f) & 0xFFFFu);
+        g.out[position * intermediate + first_row + local_row] = static_cast<uint16_t>(swiglu_bf16(gate, up));
       } else {
         g.out[position * g.n_rows + first_row + local_row] = static_cast<uint16_t>(
             bf16x2_bits(sums[0] * (g.alphas[expert] * kDequantizedAlphaFactor), 0.0f) & 0xFFFFu);
@@ -187,6 +192,39 @@ __global__ void moe_combine_kernel(const uint16_t* expert_out, const MoeRoutingB
   *reinterpret_cast<uint4*>(y + token * hidden + column) =
       make_uint4(bf16x2_bits(sum[0], sum[1]), bf16x2_bits(sum[2], sum[3]), bf16x2_bits(sum[4], sum[5]),
                  bf16x2_bits(sum[6], sum[7]));
+}
+
+__global__ void moe_gather_rows_kernel(const uint16_t* x, const int32_t* sorted_token, int32_t rows, int32_t hidden,
+                                       uint16_t* gathered) {
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int32_t vectors = hidden / 8;
+  if (index >= static_cast<int64_t>(rows) * vectors) return;
+  const int64_t row = index / vectors;
+  const int32_t column = static_cast<int32_t>(index % vectors) * 8;
+  *reinterpret_cast<uint4*>(gathered + row * hidden + column) =
+      __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(sorted_token[row]) * hidden + column));
+}
+
+__global__ void moe_swiglu_kernel(const uint16_t* gate_up, int32_t rows, int32_t intermediate, uint16_t* activated) {
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int32_t vectors = intermediate / 8;
+  if (index >= static_cast<int64_t>(rows) * vectors) return;
+  const int64_t row = index / vectors;
+  const int32_t column = static_cast<int32_t>(index % vectors) * 8;
+  const uint16_t* gate = gate_up + row * 2 * intermediate + column;
+  const uint4 g = __ldg(reinterpret_cast<const uint4*>(gate)), u = __ldg(reinterpret_cast<const uint4*>(gate + intermediate));
+  const uint32_t gates[4] = {g.x, g.y, g.z, g.w}, ups[4] = {u.x, u.y, u.z, u.w};
+  uint32_t out[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    out[i] = swiglu_bf16(__uint_as_float(gates[i] << 16), __uint_as_float(ups[i] << 16)) |
+             swiglu_bf16(__uint_as_float(gates[i] & 0xFFFF0000u), __uint_as_float(ups[i] & 0xFFFF0000u)) << 16;
+  *reinterpret_cast<uint4*>(activated + row * intermediate + column) = make_uint4(out[0], out[1], out[2], out[3]);
+}
+
+// Blocks for one thread per 8-element vector of a [rows, width] bf16 matrix.
+unsigned vector_blocks(int64_t rows, int32_t width, int threads) {
+  return static_cast<unsigned>((rows * (width / 8) + threads - 1) / threads);
 }
 
 template <bool kGated, int kSteps>
@@ -226,9 +264,23 @@ void launch_moe_grouped_gemm(const MoeGroupedGemm& gemm, bool gated, int32_t max
 void launch_moe_combine(const uint16_t* expert_out, const MoeRoutingBuffers& routing, int32_t m, int32_t top_k,
                         int32_t hidden, uint16_t* y, void* stream) {
   constexpr int kThreads = 256;
-  const int64_t threads = static_cast<int64_t>(m) * (hidden / 8);
-  moe_combine_kernel<<<static_cast<unsigned>((threads + kThreads - 1) / kThreads), kThreads, 0,
-                       static_cast<cudaStream_t>(stream)>>>(expert_out, routing, m, top_k, hidden, y);
+  moe_combine_kernel<<<vector_blocks(m, hidden, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      expert_out, routing, m, top_k, hidden, y);
+  FP4_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_moe_gather_rows(const uint16_t* x, const int32_t* sorted_token, int32_t rows, int32_t hidden,
+                            uint16_t* gathered, void* stream) {
+  constexpr int kThreads = 256;
+  moe_gather_rows_kernel<<<vector_blocks(rows, hidden, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      x, sorted_token, rows, hidden, gathered);
+  FP4_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_moe_swiglu(const uint16_t* gate_up, int32_t rows, int32_t intermediate, uint16_t* activated, void* stream) {
+  constexpr int kThreads = 256;
+  moe_swiglu_kernel<<<vector_blocks(rows, intermediate, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      gate_up, rows, intermediate, activated);
   FP4_CUDA_CHECK(cudaGetLastError());
 }
 
