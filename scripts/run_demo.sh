@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# The main job on the bundled model: describe it, check the loaded weights against the files (digest), answer a
-# held-out arithmetic question, then serve it over HTTP, ask the question, hot-reload the second checkpoint into
-# the same parameters and ask again (the reply's meta_info.weight_version names the weights that answered).
+# The main job on the bundled trained demo pair (models/README.md): describe step A, check the loaded weights
+# against the files (digest), answer a held-out arithmetic question, then serve A over HTTP, ask the question,
+# hot-reload step B into the same parameters and ask again (meta_info.weight_version names the weights that answered).
 set -euo pipefail
 # Spinning OpenMP workers make every step slow on a loaded machine (generate took 15 s instead of 0.1 s here).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 bin=${1:-build/fp4serve}
-model=${FP4SERVE_DEMO_MODEL:-models/qwen3-moe-tiny-nvfp4}
-other=${FP4SERVE_DEMO_RELOAD_MODEL:-models/qwen3-moe-tiny-nvfp4-b}
+model=${FP4SERVE_DEMO_MODEL:-models/qwen3-moe-arith-a-nvfp4}
+other=${FP4SERVE_DEMO_RELOAD_MODEL:-models/qwen3-moe-arith-b-nvfp4}
 port=${FP4SERVE_DEMO_PORT:-30000}
 log=$(mktemp)
-# The first held-out question (models/arith-heldout.jsonl; its reference answer is 913), as the chat template
-# renders a user turn: the demo model was trained on exactly this ChatML layout.
-question="There are 538 toys in Ines's box. Ines wins 370 toys in a game. A friend gives Ines 8 more toys. Ines uses 3 of the toys. How many toys are left?"
+# Held-out question 13 (models/arith-heldout.jsonl; reference answer 80), as the chat template renders a user
+# turn: the demo model was trained on exactly this ChatML layout. Step A adds wrongly (49+31=70), step B does not.
+question="Nico owns 41 cards. Then Nico buys 8 more cards. Nico finds 31 more cards. How many cards does Nico have now?"
 prompt="<|im_start|>user"$'\n'"$question<|im_end|>"$'\n'"<|im_start|>assistant"$'\n'
 json_prompt="<|im_start|>user\\n$question<|im_end|>\\n<|im_start|>assistant\\n"  # the question has no \" or \\
 
