@@ -2,7 +2,7 @@
 // shape (Qwen3-30B-A3B linears, an lm-head-like and two large shapes; M tokens), then the grouped GEMM on the
 // Qwen3-30B-A3B experts against its HBM floor and a per-expert cuBLAS bf16 loop. Times are medians of CUDA-graph
 // replays, each replay launching once per copy of the weights (copies rotate so that weights come from HBM, not L2).
-// Prints markdown tables last.
+// Prints markdown tables last. `--profile CASE` runs one case alone instead, for ncu (see profile_case).
 #include <cstdio>
 
 #ifndef FP4SERVE_HAVE_CUDA
@@ -326,6 +326,130 @@ std::vector<GroupedRow> bench_grouped(cudaStream_t stream, cublasHandle_t blas, 
   return rows;
 }
 
+// --profile: launches one case a few times outside any graph, for a profiler to pick one launch (ncu -k ...
+// --launch-skip 2 --launch-count 1), and prints its event-timed median. Cases: "fused N K M [TOKEN_TILES WARPS_N
+// SPLITS]" (the rule's configuration when left out), "streaming N K M", "grouped TOKENS" (w13 then w2, top-8 of 128).
+int profile_case(const std::vector<std::string>& args, cudaStream_t stream, cuda::Nvfp4GemmContext& context) {
+  constexpr int kLaunches = 5;
+  auto number = [&](size_t i) { return i < args.size() ? std::stol(args[i]) : -1L; };
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  std::vector<float> times;
+  auto timed = [&](const std::function<void()>& launch) {
+    for (int i = 0; i < kLaunches; ++i) {
+      check(cudaEventRecord(start, stream), "record");
+      launch();
+      check(cudaEventRecord(stop, stream), "record");
+      check(cudaEventSynchronize(stop), "sync");
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+      times.push_back(ms * 1000.0f);
+    }
+  };
+  std::mt19937 rng(7);
+  if (args[0] == "grouped" && args.size() == 2) {
+    constexpr int64_t kExperts = 128, kTopK = 8, kHidden = 2048, kInter = 768;
+    const int64_t tokens = number(1), rows = tokens * kTopK;
+    std::vector<int32_t> counts(kExperts, 0), offsets = {0};
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::vector<int> ids(kExperts);
+      for (int e = 0; e < kExperts; ++e) ids[e] = e;
+      std::shuffle(ids.begin(), ids.end(), rng);
+      for (int j = 0; j < kTopK; ++j) ++counts[ids[j]];
+    }
+    for (int32_t c : counts) offsets.push_back(offsets.back() + c);
+    int32_t* offsets_d = device_alloc<int32_t>(offsets.size());
+    check(cudaMemcpy(offsets_d, offsets.data(), offsets.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "upload");
+    BenchWeight one(2 * kInter, kHidden, 1, rng);
+    uint8_t* packed = device_alloc<uint8_t>(one.packed_bytes * kExperts);
+    uint8_t* scales = device_alloc<uint8_t>(one.scale_bytes * kExperts);
+    for (int64_t e = 0; e < kExperts; ++e) {
+      check(cudaMemcpy(packed + e * one.packed_bytes, one.packed, one.packed_bytes, cudaMemcpyDeviceToDevice), "copy");
+      check(cudaMemcpy(scales + e * one.scale_bytes, one.scales, one.scale_bytes, cudaMemcpyDeviceToDevice), "copy");
+    }
+    std::vector<float> alphas(kExperts * 2, one.global_scale);
+    float* alphas_d = device_alloc<float>(alphas.size());
+    check(cudaMemcpy(alphas_d, alphas.data(), alphas.size() * sizeof(float), cudaMemcpyHostToDevice), "upload");
+    bf16_bits* x_d = device_alloc<bf16_bits>(rows * std::max(kHidden, 2 * kInter));
+    bf16_bits* y_d = device_alloc<bf16_bits>(rows * std::max(kHidden, 2 * kInter));
+    check(cudaMemset(x_d, 0x3C, rows * kHidden * sizeof(bf16_bits)), "memset");
+    // w2 reuses w13's bytes as [E, 2048, 768] weights: the time does not depend on the values.
+    auto launch = [&](bool w13) {
+      cuda::Nvfp4GroupedGemmArgs a;
+      a.x = x_d;
+      a.max_rows = rows;
+      a.expert_offsets = offsets_d;
+      a.n_experts = kExperts;
+      a.packed = packed;
+      a.block_scales = scales;
+      a.n = w13 ? 2 * kInter : kHidden;
+      a.k = w13 ? kHidden : kInter;
+      a.alphas = alphas_d;
+      a.alphas_per_expert = w13 ? 2 : 1;
+      a.y = y_d;
+      a.stream = stream;
+      cuda::nvfp4_grouped_gemm_w4a16(context, a);
+    };
+    timed([&] { launch(true); });
+    timed([&] { launch(false); });
+    for (void* p : {static_cast<void*>(offsets_d), static_cast<void*>(packed), static_cast<void*>(scales),
+                    static_cast<void*>(alphas_d), static_cast<void*>(x_d), static_cast<void*>(y_d)})
+      check(cudaFree(p), "free");
+  } else if ((args[0] == "fused" || args[0] == "streaming") && (args.size() == 4 || args.size() == 7)) {
+    const int64_t n = number(1), k = number(2), m = number(3);
+    BenchWeight w(n, k, 1, rng);
+    bf16_bits* x_d = device_alloc<bf16_bits>(m * k);
+    bf16_bits* y_d = device_alloc<bf16_bits>(m * n);
+    check(cudaMemset(x_d, 0x3C, m * k * sizeof(bf16_bits)), "memset");
+    cuda::Nvfp4LaunchArgs launch{};
+    launch.x = x_d;
+    launch.m = static_cast<int32_t>(m);
+    launch.packed = w.packed;
+    launch.block_scales = w.scales;
+    launch.n = static_cast<int32_t>(n);
+    launch.k = static_cast<int32_t>(k);
+    launch.order = Nvfp4RowOrder::Linear;
+    launch.alphas.count = 1;
+    launch.alphas.row_end[0] = static_cast<int32_t>(n);
+    launch.alphas.alpha[0] = w.global_scale;
+    launch.y = y_d;
+    launch.stream = stream;
+    if (args[0] == "streaming") {
+      timed([&] { cuda::launch_nvfp4_streaming(launch, cuda::nvfp4_streaming_warps_for(m, n, k)); });
+    } else {
+      cuda::Nvfp4FusedConfig config = cuda::nvfp4_fused_config_for(m, n, k);
+      if (args.size() == 7) config = {static_cast<int>(number(4)), static_cast<int>(number(5)),
+                                      static_cast<int>(number(6))};
+      std::printf("fused config: token_tiles %d, warps_n %d, k_splits %d\n", config.token_tiles, config.warps_n,
+                  config.k_splits);
+      const cuda::Nvfp4FusedWorkspaceSize size = cuda::nvfp4_fused_workspace_size(m, n, config);
+      float* partials = device_alloc<float>(std::max<int64_t>(1, size.partial_floats));
+      int32_t* counters = device_alloc<int32_t>(std::max<int64_t>(1, size.counters));
+      check(cudaMemset(counters, 0, std::max<int64_t>(1, size.counters) * sizeof(int32_t)), "memset");
+      timed([&] { cuda::launch_nvfp4_fused(launch, config, partials, counters); });
+      check(cudaFree(partials), "free");
+      check(cudaFree(counters), "free");
+    }
+    check(cudaFree(x_d), "free");
+    check(cudaFree(y_d), "free");
+  } else {
+    std::fprintf(stderr, "bench_cuda_nvfp4_gemm: --profile takes \"fused N K M [TOKEN_TILES WARPS_N SPLITS]\", "
+                         "\"streaming N K M\" or \"grouped TOKENS\"\n");
+    return 2;
+  }
+  check(cudaStreamSynchronize(stream), "profile case");
+  for (size_t first = 0; first < times.size(); first += kLaunches) {
+    std::vector<float> run(times.begin() + first, times.begin() + first + kLaunches);
+    std::sort(run.begin(), run.end());
+    std::printf("profile case launch set %zu: median %.1f us (single launches, event-timed, L2 warm)\n",
+                first / kLaunches, run[kLaunches / 2]);
+  }
+  check(cudaEventDestroy(start), "event");
+  check(cudaEventDestroy(stop), "event");
+  return 0;
+}
+
 void print_time(double us) {
   if (std::isnan(us))
     std::printf(" - |");
@@ -335,7 +459,7 @@ void print_time(double us) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   try {
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -352,6 +476,8 @@ int main() {
     check(cublasSetWorkspace(blas, blas_workspace, size_t{32} << 20), "cublasSetWorkspace");
     check(cublasSetStream(blas, stream), "cublasSetStream");
     cuda::Nvfp4GemmContext context;
+    if (argc > 2 && std::string(argv[1]) == "--profile")
+      return profile_case(std::vector<std::string>(argv + 2, argv + argc), stream, context);
 
     const double copy_gbs = bench::copy_bandwidth_gbs(stream);
     const int64_t max_m = 4096, max_k = 8192, max_n = 151936;
