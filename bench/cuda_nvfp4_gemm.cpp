@@ -81,10 +81,26 @@ struct BenchWeight {
   size_t bytes() const { return packed_bytes + scale_bytes; }
 };
 
-// Dense columns: the public Auto path; each path forced; the fused kernel in other tile / split choices.
-enum Column { kAuto, kFused, kFusedW8, kFusedW4, kFusedW2, kFusedSplit1, kFusedSplit2x, kStreaming, kDequant, kColumns };
-const char* const kColumnNames[kColumns] = {"auto",     "fused", "f w8",      "f w4",       "f w2",
-                                            "f split1", "f split x2", "streaming", "deq+cublas"};
+// Dense columns: the public Auto path; each path forced; the fused kernel in other tile / split choices, with one
+// m16 weight tile per warp (row_tiles 1, the kernel measured before) and with two (r2).
+enum Column {
+  kAuto,
+  kFused,
+  kFusedW8,
+  kFusedW4,
+  kFusedW2,
+  kFusedSplit1,
+  kFusedSplit2x,
+  kFusedR2,
+  kFusedR2Split1,
+  kFusedR2Other,
+  kStreaming,
+  kDequant,
+  kColumns
+};
+const char* const kColumnNames[kColumns] = {"auto",     "fused",      "f w8", "f w4",       "f w2",
+                                            "f split1", "f split x2", "r2",   "r2 split1",  "r2 other",
+                                            "streaming", "deq+cublas"};
 
 struct DenseRow {
   std::string shape;
@@ -153,14 +169,25 @@ std::vector<DenseRow> bench_shape(const Shape& shape, cudaStream_t stream, cubla
       cuda::nvfp4_gemm_w4a16(context, a);
     };
     const cuda::Nvfp4FusedConfig rule = cuda::nvfp4_fused_config_for(m, n, k);
-    auto with_warps = [&](int warps_n) {
-      return cuda::Nvfp4FusedConfig{rule.token_tiles, warps_n,
-                                    cuda::nvfp4_fused_splits_for(m, n, k, rule.token_tiles, warps_n)};
+    auto with_tile = [&](int warps_n, int row_tiles) {
+      cuda::Nvfp4FusedConfig config{rule.token_tiles, warps_n, 1, row_tiles};
+      config.k_splits = cuda::nvfp4_fused_splits_for(m, n, k, config);
+      return config;
     };
+    // r2: the rule's rows per CTA as half the row warps of two m16 tiles each; r2 other: twice (rule w4) or half
+    // (rule w8) those rows.
+    const cuda::Nvfp4FusedConfig r2 = with_tile(rule.warps_n / 2, 2);
     const cuda::Nvfp4FusedConfig configs[] = {
-        rule, with_warps(8), with_warps(4), with_warps(2), {rule.token_tiles, rule.warps_n, 1},
-        {rule.token_tiles, rule.warps_n,
-         std::min(2 * rule.k_splits, cuda::nvfp4_fused_max_splits(k, rule.warps_n))}};
+        rule,
+        with_tile(8, 1),
+        with_tile(4, 1),
+        with_tile(2, 1),
+        {rule.token_tiles, rule.warps_n, 1, 1},
+        {rule.token_tiles, rule.warps_n, std::min(2 * rule.k_splits, cuda::nvfp4_fused_max_splits(k, rule.warps_n)),
+         1},
+        r2,
+        {r2.token_tiles, r2.warps_n, 1, 2},
+        with_tile(rule.warps_n == 4 ? 4 : 2, 2)};
     for (const cuda::Nvfp4FusedConfig& config : configs) {
       const cuda::Nvfp4FusedWorkspaceSize size = cuda::nvfp4_fused_workspace_size(m, n, config);
       if (size.partial_floats > partial_floats) {
@@ -179,9 +206,9 @@ std::vector<DenseRow> bench_shape(const Shape& shape, cudaStream_t stream, cubla
     DenseRow row{shape.name, n, k, m, {}, path_label(auto_path), 0, w.bytes()};
     if (auto_path == cuda::Nvfp4GemmPath::Fused)
       row.auto_label += " t" + std::to_string(rule.token_tiles) + "w" + std::to_string(rule.warps_n) + "s" +
-                        std::to_string(rule.k_splits);
+                        std::to_string(rule.k_splits) + "r" + std::to_string(rule.row_tiles);
     for (int c = 0; c < kColumns; ++c) {
-      const bool fused_column = c >= kFused && c <= kFusedSplit2x;
+      const bool fused_column = c >= kFused && c <= kFusedR2Other;
       if ((fused_column && m > 512) || (c == kStreaming && m > cuda::kNvfp4StreamingMaxTokens)) {
         row.us[c] = NAN;
         continue;
@@ -214,9 +241,15 @@ std::vector<DenseRow> bench_shape(const Shape& shape, cudaStream_t stream, cubla
 }
 
 // ---- Grouped: Qwen3-30B-A3B experts (E 128, top-8, H 2048, I 768), w13 [E, 2I, H] then w2 [E, H, I] ----
+// Forced grouped tiles (w13 + w2 time), besides the public rule's: the rule's token tiles with warps_n 4 and 8, and
+// with warps_n 2 x row_tiles 2.
+constexpr int kGroupedVariants = 3;
+const char* const kGroupedVariantNames[kGroupedVariants] = {"g w4", "g w8", "g w2r2"};
+
 struct GroupedRow {
   int64_t tokens, experts_touched;
   double w13_us, w2_us, floor_us, bf16_us;
+  double variant_us[kGroupedVariants];
 };
 
 std::vector<GroupedRow> bench_grouped(cudaStream_t stream, cublasHandle_t blas, cuda::Nvfp4GemmContext& context,
@@ -274,7 +307,8 @@ std::vector<GroupedRow> bench_grouped(cudaStream_t stream, cublasHandle_t blas, 
                        cudaMemcpyHostToDevice),
             "upload");
     }
-    auto grouped = [&](int i, bool w13) {
+    // config.token_tiles == 0: the public entry point; otherwise that tile, launched directly.
+    auto grouped = [&](int i, bool w13, const cuda::Nvfp4FusedConfig& config) {
       const int r = i % kRoutings;
       cuda::Nvfp4GroupedGemmArgs a;
       a.x = w13 ? x_d : h_d;
@@ -290,11 +324,28 @@ std::vector<GroupedRow> bench_grouped(cudaStream_t stream, cublasHandle_t blas, 
       a.alphas_per_expert = w13 ? 2 : 1;
       a.y = w13 ? h_d : y_d;
       a.stream = stream;
-      cuda::nvfp4_grouped_gemm_w4a16(context, a);
+      if (config.token_tiles == 0) {
+        cuda::nvfp4_grouped_gemm_w4a16(context, a);
+        return;
+      }
+      cuda::launch_nvfp4_grouped({a.x, static_cast<int32_t>(a.max_rows), a.expert_offsets,
+                                  static_cast<int32_t>(a.n_experts), a.packed, a.block_scales,
+                                  static_cast<int32_t>(a.n), static_cast<int32_t>(a.k), a.row_order, a.alphas,
+                                  static_cast<int32_t>(a.alphas_per_expert), a.y, a.stream},
+                                 config);
     };
-    GroupedRow row{tokens, touched_total / kRoutings, 0, 0, 0, 0};
-    row.w13_us = bench::median_graph_us(stream, kRoutings, [&](int i) { grouped(i, true); });
-    row.w2_us = bench::median_graph_us(stream, kRoutings, [&](int i) { grouped(i, false); });
+    GroupedRow row{tokens, touched_total / kRoutings, 0, 0, 0, 0, {}};
+    const cuda::Nvfp4FusedConfig public_rule{0, 0, 1, 1};
+    row.w13_us = bench::median_graph_us(stream, kRoutings, [&](int i) { grouped(i, true, public_rule); });
+    row.w2_us = bench::median_graph_us(stream, kRoutings, [&](int i) { grouped(i, false, public_rule); });
+    const int token_tiles = cuda::nvfp4_grouped_config_for(tokens * kTopK, kExperts, kHidden, kHidden).token_tiles;
+    const cuda::Nvfp4FusedConfig variants[kGroupedVariants] = {
+        {token_tiles, 4, 1, 1}, {token_tiles, 8, 1, 1}, {token_tiles, 2, 1, 2}};
+    for (int v = 0; v < kGroupedVariants; ++v)
+      row.variant_us[v] = bench::median_graph_us(stream, kRoutings, [&](int i) {
+        grouped(i, true, variants[v]);
+        grouped(i, false, variants[v]);
+      });
     row.floor_us = static_cast<double>(touched_total) / kRoutings * (w13_bytes + w2_bytes) / copy_gbs / 1e3;
     row.bf16_us = bench::median_graph_us(stream, 2, [&](int i) {
       const float one = 1.0f, zero = 0.0f;
@@ -328,7 +379,8 @@ std::vector<GroupedRow> bench_grouped(cudaStream_t stream, cublasHandle_t blas, 
 
 // --profile: launches one case a few times outside any graph, for a profiler to pick one launch (ncu -k ...
 // --launch-skip 2 --launch-count 1), and prints its event-timed median. Cases: "fused N K M [TOKEN_TILES WARPS_N
-// SPLITS]" (the rule's configuration when left out), "streaming N K M", "grouped TOKENS" (w13 then w2, top-8 of 128).
+// SPLITS ROW_TILES]" (the rule's configuration when left out), "streaming N K M", "grouped TOKENS" (w13 then w2,
+// top-8 of 128).
 int profile_case(const std::vector<std::string>& args, cudaStream_t stream, cuda::Nvfp4GemmContext& context) {
   constexpr int kLaunches = 5;
   auto number = [&](size_t i) { return i < args.size() ? std::stol(args[i]) : -1L; };
@@ -396,7 +448,7 @@ int profile_case(const std::vector<std::string>& args, cudaStream_t stream, cuda
     for (void* p : {static_cast<void*>(offsets_d), static_cast<void*>(packed), static_cast<void*>(scales),
                     static_cast<void*>(alphas_d), static_cast<void*>(x_d), static_cast<void*>(y_d)})
       check(cudaFree(p), "free");
-  } else if ((args[0] == "fused" || args[0] == "streaming") && (args.size() == 4 || args.size() == 7)) {
+  } else if ((args[0] == "fused" || args[0] == "streaming") && (args.size() == 4 || args.size() == 8)) {
     const int64_t n = number(1), k = number(2), m = number(3);
     BenchWeight w(n, k, 1, rng);
     bf16_bits* x_d = device_alloc<bf16_bits>(m * k);
@@ -419,10 +471,11 @@ int profile_case(const std::vector<std::string>& args, cudaStream_t stream, cuda
       timed([&] { cuda::launch_nvfp4_streaming(launch, cuda::nvfp4_streaming_warps_for(m, n, k)); });
     } else {
       cuda::Nvfp4FusedConfig config = cuda::nvfp4_fused_config_for(m, n, k);
-      if (args.size() == 7) config = {static_cast<int>(number(4)), static_cast<int>(number(5)),
-                                      static_cast<int>(number(6))};
-      std::printf("fused config: token_tiles %d, warps_n %d, k_splits %d\n", config.token_tiles, config.warps_n,
-                  config.k_splits);
+      if (args.size() == 8)
+        config = {static_cast<int>(number(4)), static_cast<int>(number(5)), static_cast<int>(number(6)),
+                  static_cast<int>(number(7))};
+      std::printf("fused config: token_tiles %d, warps_n %d, k_splits %d, row_tiles %d\n", config.token_tiles,
+                  config.warps_n, config.k_splits, config.row_tiles);
       const cuda::Nvfp4FusedWorkspaceSize size = cuda::nvfp4_fused_workspace_size(m, n, config);
       float* partials = device_alloc<float>(std::max<int64_t>(1, size.partial_floats));
       int32_t* counters = device_alloc<int32_t>(std::max<int64_t>(1, size.counters));
@@ -434,7 +487,8 @@ int profile_case(const std::vector<std::string>& args, cudaStream_t stream, cuda
     check(cudaFree(x_d), "free");
     check(cudaFree(y_d), "free");
   } else {
-    std::fprintf(stderr, "bench_cuda_nvfp4_gemm: --profile takes \"fused N K M [TOKEN_TILES WARPS_N SPLITS]\", "
+    std::fprintf(stderr, "bench_cuda_nvfp4_gemm: --profile takes \"fused N K M [TOKEN_TILES WARPS_N SPLITS "
+                         "ROW_TILES]\", "
                          "\"streaming N K M\" or \"grouped TOKENS\"\n");
     return 2;
   }
@@ -503,7 +557,11 @@ int main(int argc, char** argv) {
     std::printf("Times in us per launch (median of %d graph replays, weights rotated over > 256 MB).\n",
                 bench::kTimedReplays);
     std::printf("GB/s: NVFP4 weight bytes (codes + scales) / auto time; %% copy: of the copy rate above. "
-                "ratio: cuBLAS bf16 / auto.\n\n");
+                "ratio: cuBLAS bf16 / auto.\n");
+    std::printf("Fused tiles tTwWsSrR: 8T tokens, W row warps of R m16 tiles (16WR rows per CTA), S K-splits. "
+                "f w8/w4/w2: the rule's T with that W, R 1; split1 / split x2: the rule's tile unsplit / twice "
+                "split; r2: W / 2 row warps, R 2 (the rule's rows per CTA); r2 split1: that unsplit; r2 other: R 2 "
+                "with W 4 (rule W 4) or W 2 (rule W 8). Splits follow the rule's formula for each tile.\n\n");
     std::printf("| shape | M | ours (auto) | cuBLAS bf16 | ratio | GB/s | %% copy | auto path |");
     for (int c = kFused; c < kColumns; ++c) std::printf(" %s |", kColumnNames[c]);
     std::printf("\n|---|---|---|---|---|---|---|---|");
@@ -523,13 +581,21 @@ int main(int argc, char** argv) {
     std::printf("\nGrouped NVFP4 GEMM, Qwen3-30B-A3B experts (E 128, top-8, H 2048, I 768), random routing. floor: "
                 "distinct experts touched x NVFP4 bytes of w13 + w2 / copy rate; bf16: one cuBLAS GEMM per busy "
                 "expert and projection.\n\n");
+    std::printf("Forced tiles (w13 + w2 us, same token tiles as the rule): g w4 / g w8 = 4 / 8 row warps, g w2r2 = 2 "
+                "row warps of two m16 tiles.\n\n");
     std::printf("| tokens | experts touched | w13 us | w2 us | w13 + w2 us | floor us | %% of floor | bf16 cuBLAS us | "
-                "speedup |\n|---|---|---|---|---|---|---|---|---|\n");
+                "speedup |");
+    for (const char* name : kGroupedVariantNames) std::printf(" %s |", name);
+    std::printf("\n|---|---|---|---|---|---|---|---|---|");
+    for (int v = 0; v < kGroupedVariants; ++v) std::printf("---|");
+    std::printf("\n");
     for (const GroupedRow& row : grouped) {
       const double total = row.w13_us + row.w2_us;
-      std::printf("| %ld | %ld | %.1f | %.1f | %.1f | %.1f | %.0f%% | %.1f | %.2fx |\n", static_cast<long>(row.tokens),
+      std::printf("| %ld | %ld | %.1f | %.1f | %.1f | %.1f | %.0f%% | %.1f | %.2fx |", static_cast<long>(row.tokens),
                   static_cast<long>(row.experts_touched), row.w13_us, row.w2_us, total, row.floor_us,
                   100.0 * row.floor_us / total, row.bf16_us, row.bf16_us / total);
+      for (double us : row.variant_us) print_time(us);
+      std::printf("\n");
     }
     check(cublasDestroy(blas), "cublasDestroy");
     check(cudaFree(blas_workspace), "free");

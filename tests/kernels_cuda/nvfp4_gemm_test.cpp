@@ -114,7 +114,7 @@ std::string case_name(const testing::TestParamInfo<GemmCase>& info) {
   std::string config;
   if (c.kernel == Kernel::Fused && c.fused.token_tiles != 0)
     config = "_t" + std::to_string(c.fused.token_tiles) + "w" + std::to_string(c.fused.warps_n) + "s" +
-             std::to_string(c.fused.k_splits);
+             std::to_string(c.fused.k_splits) + (c.fused.row_tiles == 2 ? "r2" : "");
   return c.shape_name + "_m" + std::to_string(c.m) + "_" + kernel_name(c.kernel) + config + order;
 }
 
@@ -179,7 +179,8 @@ std::vector<GemmCase> gemm_cases() {
       for (Kernel kernel : kernels)
         cases.push_back({layer.name, layer.k, layer.shards, m, kernel, Nvfp4RowOrder::Linear});
     }
-  // Every fused configuration, unsplit and split as far as K allows, on shapes with tails in N, K and M.
+  // Every fused configuration, unsplit and split as far as K allows (two m16 tiles per warp: unsplit and fully
+  // split), on shapes with tails in N, K and M.
   for (int token_tiles : {1, 2, 4, 8})
     for (int warps_n : {8, 4, 2})
       for (const Layer* layer : {&layers[3], &layers[4], &layers[5]})
@@ -187,14 +188,19 @@ std::vector<GemmCase> gemm_cases() {
           const int max_splits = cuda::nvfp4_fused_max_splits(layer->k, warps_n);
           for (int splits : std::set<int>{1, std::min(3, max_splits), max_splits})
             cases.push_back({layer->name, layer->k, layer->shards, m, Kernel::Fused, Nvfp4RowOrder::Linear,
-                             {token_tiles, warps_n, splits}});
+                             {token_tiles, warps_n, splits, 1}});
+          for (int splits : std::set<int>{1, max_splits})
+            cases.push_back({layer->name, layer->k, layer->shards, m, Kernel::Fused, Nvfp4RowOrder::Linear,
+                             {token_tiles, warps_n, splits, 2}});
         }
   // TRT-LLM layouts (n % 128 == 0): a plain shuffle on qkv, the gated reorder + shuffle on gate_up.
   for (Kernel kernel : {Kernel::Auto, Kernel::StreamingFewWarps, Kernel::DequantCublas}) {
     cases.push_back({"qkv", 2048, layers[0].shards, 3, kernel, Nvfp4RowOrder::Shuffled});
     cases.push_back({"gate_up", 2048, layers[2].shards, 16, kernel, Nvfp4RowOrder::GatedShuffled});
   }
-  for (const cuda::Nvfp4FusedConfig config : {cuda::Nvfp4FusedConfig{1, 2, 2}, cuda::Nvfp4FusedConfig{8, 8, 3}}) {
+  for (const cuda::Nvfp4FusedConfig config :
+       {cuda::Nvfp4FusedConfig{1, 2, 2, 1}, cuda::Nvfp4FusedConfig{8, 8, 3, 1}, cuda::Nvfp4FusedConfig{2, 4, 2, 2},
+        cuda::Nvfp4FusedConfig{8, 4, 1, 2}}) {
     cases.push_back({"qkv", 2048, layers[0].shards, 40, Kernel::Fused, Nvfp4RowOrder::Shuffled, config});
     cases.push_back({"gate_up", 2048, layers[2].shards, 70, Kernel::Fused, Nvfp4RowOrder::GatedShuffled, config});
   }

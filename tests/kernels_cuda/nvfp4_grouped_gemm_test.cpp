@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -45,7 +46,8 @@ std::string grouped_case_name(const testing::TestParamInfo<GroupedCase>& info) {
   const GroupedCase& c = info.param;
   return c.name + (c.config.token_tiles == 0 ? std::string("_auto")
                                              : "_t" + std::to_string(c.config.token_tiles) + "w" +
-                                                   std::to_string(c.config.warps_n));
+                                                   std::to_string(c.config.warps_n) + "r" +
+                                                   std::to_string(c.config.row_tiles));
 }
 
 class Nvfp4GroupedGemmTest : public testing::TestWithParam<GroupedCase> {};
@@ -130,17 +132,25 @@ std::vector<GroupedCase> grouped_cases() {
   std::vector<int32_t> decode(32, 0);
   for (int e : {1, 4, 5, 11, 20, 21, 30, 31}) decode[e] = 1;
   const std::vector<int32_t> prefill = {130, 64, 0, 200, 3};
+  // More experts than one warp's pass over the offsets covers (4 per lane): busy experts on both sides of 128 and 256.
+  std::vector<int32_t> many(300, 0);
+  for (const auto& [e, rows] : std::vector<std::pair<int, int32_t>>{{3, 2}, {127, 1}, {128, 9}, {200, 1}, {299, 4}})
+    many[e] = rows;
   std::vector<GroupedCase> cases;
+  // {token_tiles, warps_n, k_splits, row_tiles}; token_tiles 0: the public entry point.
   for (const cuda::Nvfp4FusedConfig config :
-       {cuda::Nvfp4FusedConfig{0, 0, 1}, cuda::Nvfp4FusedConfig{1, 2, 1}, cuda::Nvfp4FusedConfig{2, 4, 1},
-        cuda::Nvfp4FusedConfig{4, 8, 1}, cuda::Nvfp4FusedConfig{8, 8, 1}, cuda::Nvfp4FusedConfig{8, 2, 1}}) {
+       {cuda::Nvfp4FusedConfig{0, 0, 1, 1}, cuda::Nvfp4FusedConfig{1, 2, 1, 1}, cuda::Nvfp4FusedConfig{2, 4, 1, 1},
+        cuda::Nvfp4FusedConfig{4, 8, 1, 1}, cuda::Nvfp4FusedConfig{8, 8, 1, 1}, cuda::Nvfp4FusedConfig{8, 2, 1, 1},
+        cuda::Nvfp4FusedConfig{1, 2, 1, 2}, cuda::Nvfp4FusedConfig{2, 8, 1, 2}, cuda::Nvfp4FusedConfig{8, 4, 1, 2}}) {
     cases.push_back({"w13_gated_uneven", 256, 256, 2, Nvfp4RowOrder::GatedShuffled, uneven, 7, config});
     cases.push_back({"w2_uneven", 256, 112, 1, Nvfp4RowOrder::Linear, uneven, 0, config});
     cases.push_back({"odd_uneven", 72, 48, 2, Nvfp4RowOrder::Linear, uneven, 3, config});
   }
-  for (const cuda::Nvfp4FusedConfig config : {cuda::Nvfp4FusedConfig{0, 0, 1}, cuda::Nvfp4FusedConfig{1, 8, 1}}) {
+  for (const cuda::Nvfp4FusedConfig config :
+       {cuda::Nvfp4FusedConfig{0, 0, 1, 1}, cuda::Nvfp4FusedConfig{1, 8, 1, 1}, cuda::Nvfp4FusedConfig{1, 4, 1, 2}}) {
     cases.push_back({"w13_decode", 256, 256, 2, Nvfp4RowOrder::GatedShuffled, decode, 0, config});
     cases.push_back({"w2_shuffled_prefill", 128, 192, 1, Nvfp4RowOrder::Shuffled, prefill, 40, config});
+    cases.push_back({"w2_many_experts", 64, 64, 1, Nvfp4RowOrder::Linear, many, 5, config});
   }
   return cases;
 }

@@ -1,8 +1,9 @@
 // Fused NVFP4 W4A16 GEMM (dense and grouped): packed codes, their swizzled scales and the token tile go global ->
-// shared through a kStages-deep cp.async pipeline; each warp dequantizes 16 weight rows in registers straight into
-// mma.sync A fragments (weights are the m16 operand, tokens the n8 one). A lane owns 32 consecutive k of its rows
-// (one 16-byte shared load), and the activation pairs are permuted the same way (permute_x_pairs), so the dot
-// product is unchanged. All reductions (warps of a CTA, K splits over CTAs) add in a fixed order: deterministic.
+// shared through a kStages-deep cp.async pipeline; each warp dequantizes 16 * kRowTiles weight rows in registers
+// straight into mma.sync A fragments (weights are the m16 operand, tokens the n8 one), loading and permuting each token
+// fragment once for its kRowTiles row tiles. A lane owns 32 consecutive k of its rows (one 16-byte shared load), and
+// the activation pairs are permuted the same way (permute_x_pairs), so the dot product is unchanged. All reductions
+// (warps of a CTA, K splits over CTAs) add in a fixed order: deterministic.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -38,10 +39,10 @@ struct FusedProblem {
   int32_t* counters;
 };
 
-template <int kTokenTiles, int kWarpsN>
+template <int kTokenTiles, int kWarpsN, int kRowTiles>
 struct Tile {
   static constexpr int kWarpsK = kWarps / kWarpsN;
-  static constexpr int kRows = 16 * kWarpsN, kTokens = 8 * kTokenTiles;
+  static constexpr int kRows = 16 * kRowTiles * kWarpsN, kTokens = 8 * kTokenTiles;
   static constexpr int kStageK = kGroupK * kWarpsK;
   static constexpr int kCodeBytes = kRows * kStageK / 2;         // [group][row][64 bytes]
   static constexpr int kScaleBytes = kRows * (kStageK / 16);     // [row][blocks of the stage]
@@ -49,10 +50,12 @@ struct Tile {
   static constexpr int kStageBytes = kCodeBytes + kScaleBytes + kTokenBytes;
   static constexpr int kStages = std::min(4, std::max(2, (100 * 1024) / kStageBytes));
   static constexpr int kSharedBytes = kStages * kStageBytes;
-  static constexpr int kCodeChunks = kCodeBytes / 16 / kThreads;          // per thread: 2 for every shape
-  static constexpr int kScaleWords = kScaleBytes / 4;                     // == kThreads
+  static constexpr int kCodeChunks = kCodeBytes / 16 / kThreads;          // per thread: 2 * kRowTiles
+  static constexpr int kScaleWords = kScaleBytes / 4 / kThreads;          // per thread: kRowTiles
   static constexpr int kTokenChunks = (kTokens * kStageK / 8 + kThreads - 1) / kThreads;
-  static_assert(kRows * kWarpsK == 128 && kCodeChunks * kThreads * 16 == kCodeBytes && kScaleWords == kThreads);
+  static constexpr int kSumBytes = (kWarpsK - 1) * kWarpsN * kRowTiles * kTokenTiles * 4 * 32 * 4;
+  static_assert(kRows * kWarpsK == 128 * kRowTiles && kCodeChunks * kThreads * 16 == kCodeBytes &&
+                kScaleWords * kThreads * 4 == kScaleBytes && kSumBytes <= kSharedBytes);
 };
 
 __device__ __forceinline__ uint32_t shared_address(const void* p) {
@@ -84,32 +87,43 @@ struct WorkItem {
   int32_t expert, first_row, end_row;  // rows of x / y; expert < 0: no work
 };
 
-// Grouped: the item-th (expert, token tile) over the non-empty experts in expert order, found by one warp.
+// Grouped: the item-th (expert, token tile) over the non-empty experts in expert order, found by one warp. A lane
+// owns kExpertsPerLane consecutive experts and loads all their offsets at once, so 128 experts cost one round trip
+// to L2 (profiled: one dependent round trip per 32 experts kept the CTA's other warps waiting at the barrier).
 template <int kTokens>
 __device__ WorkItem find_work_item(const FusedProblem& p, int item) {
+  constexpr int kExpertsPerLane = 4;
   __shared__ WorkItem found;
   const int lane = threadIdx.x % 32;
   if (threadIdx.x < 32) {
     if (lane == 0) found.expert = -1;
     __syncwarp();
     int before = 0;
-    for (int first = 0; first < p.n_experts && before <= item; first += 32) {
-      const int e = first + lane;
-      int begin = 0, end = 0;
-      if (e < p.n_experts) {
-        begin = p.expert_offsets[e];
-        end = p.expert_offsets[e + 1];
+    for (int first = 0; first < p.n_experts && before <= item; first += 32 * kExpertsPerLane) {
+      const int lane_first = first + lane * kExpertsPerLane;
+      int32_t bound[kExpertsPerLane + 1];  // offsets of experts lane_first .. + kExpertsPerLane (clamped)
+#pragma unroll
+      for (int j = 0; j <= kExpertsPerLane; ++j) bound[j] = p.expert_offsets[min(lane_first + j, p.n_experts)];
+      int tiles[kExpertsPerLane], lane_tiles = 0;
+#pragma unroll
+      for (int j = 0; j < kExpertsPerLane; ++j) {
+        const int rows = bound[j + 1] - bound[j];
+        tiles[j] = rows > 0 ? (rows + kTokens - 1) / kTokens : 0;
+        lane_tiles += tiles[j];
       }
-      const int tiles = end > begin ? (end - begin + kTokens - 1) / kTokens : 0;
-      int inclusive = tiles;
+      int inclusive = lane_tiles;
 #pragma unroll
       for (int d = 1; d < 32; d *= 2) {
         const int v = __shfl_up_sync(0xFFFFFFFFu, inclusive, d);
         if (lane >= d) inclusive += v;
       }
-      const int exclusive = before + inclusive - tiles;
-      if (item >= exclusive && item < exclusive + tiles)
-        found = {e, begin + (item - exclusive) * kTokens, end};
+      int exclusive = before + inclusive - lane_tiles;
+#pragma unroll
+      for (int j = 0; j < kExpertsPerLane; ++j) {
+        if (item >= exclusive && item < exclusive + tiles[j])
+          found = {lane_first + j, bound[j] + (item - exclusive) * kTokens, bound[j + 1]};
+        exclusive += tiles[j];
+      }
       before += __shfl_sync(0xFFFFFFFFu, inclusive, 31);
     }
   }
@@ -117,9 +131,12 @@ __device__ WorkItem find_work_item(const FusedProblem& p, int item) {
   return found;
 }
 
-template <int kTokenTiles, int kWarpsN>
-__global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedProblem p) {
-  using T = Tile<kTokenTiles, kWarpsN>;
+// Two CTAs per multiprocessor (<= 128 registers), except 8 token tiles x 2 row tiles, whose 64 accumulators would
+// spill there: that tile covers 64 tokens x 16 * 2 * warps_n rows, so its grids are small anyway.
+template <int kTokenTiles, int kWarpsN, int kRowTiles>
+__global__ void __launch_bounds__(kThreads, kTokenTiles * kRowTiles >= 16 ? 1 : 2)
+    nvfp4_fused_kernel(const FusedProblem p) {
+  using T = Tile<kTokenTiles, kWarpsN, kRowTiles>;
   extern __shared__ __align__(16) uint8_t shared[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int warp_n = warp % kWarpsN, warp_k = warp / kWarpsN;
@@ -155,14 +172,20 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
     code_src[i] = packed + static_cast<int64_t>(physical) * (p.k / 2) + part * 16;
     code_dst[i] = ((part / 4) * T::kRows + row) * 64 + (part % 4) * 16;
   }
-  const int scale_words_per_row = T::kStageK / 64, scale_row = threadIdx.x / scale_words_per_row;
-  const int scale_word = threadIdx.x % scale_words_per_row;
-  const bool scale_row_valid = first_n + scale_row < p.n;
-  const uint8_t* scale_src =
-      scales + (scale_row_valid ? swizzled_row_base(nvfp4_physical_row_device(p.order, first_n + scale_row, p.n),
-                                                    p.padded_scale_cols)
-                                : 0);
-  const int scale_dst = scale_row * (T::kStageK / 16) + scale_word * 4;
+  const int scale_words_per_row = T::kStageK / 64, scale_word = threadIdx.x % scale_words_per_row;
+  const uint8_t* scale_src[T::kScaleWords];
+  int scale_dst[T::kScaleWords];
+  bool scale_row_valid[T::kScaleWords];
+#pragma unroll
+  for (int i = 0; i < T::kScaleWords; ++i) {
+    const int row = (threadIdx.x + i * kThreads) / scale_words_per_row;
+    scale_row_valid[i] = first_n + row < p.n;
+    scale_src[i] = scales + (scale_row_valid[i] ? swizzled_row_base(nvfp4_physical_row_device(p.order, first_n + row,
+                                                                                              p.n),
+                                                                    p.padded_scale_cols)
+                                                : 0);
+    scale_dst[i] = row * (T::kStageK / 16) + scale_word * 4;
+  }
 
   auto load_stage = [&](int32_t stage, int slot) {
     uint8_t* base = shared + slot * T::kStageBytes;
@@ -181,12 +204,13 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
         copy_async_8(dst + 8, high_valid ? src + 8 : p.packed, high_valid ? 8 : 0);
       }
     }
-    {
+#pragma unroll
+    for (int i = 0; i < T::kScaleWords; ++i) {
       // Word q of the swizzled row holds blocks 4q..4q+3; words past the padded columns do not exist.
       const int32_t q = k0 / 64 + scale_word;
-      const bool valid = scale_row_valid && q < p.padded_scale_cols / 4;
-      copy_async_4(base + T::kCodeBytes + scale_dst, valid ? scale_src + swizzled_block_offset(4 * q) : p.scales,
-                   valid ? 4 : 0);
+      const bool valid = scale_row_valid[i] && q < p.padded_scale_cols / 4;
+      copy_async_4(base + T::kCodeBytes + scale_dst[i],
+                   valid ? scale_src[i] + swizzled_block_offset(4 * q) : p.scales, valid ? 4 : 0);
     }
     uint8_t* token_base = base + T::kCodeBytes + T::kScaleBytes;
     constexpr int kChunksPerToken = T::kStageK / 8;
@@ -203,56 +227,64 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
     }
   };
 
-  // Few token tiles: several accumulator chains per tile, added at the end.
-  constexpr int kChains = kTokenTiles >= 4 ? 1 : 4 / kTokenTiles;
-  float acc[kChains][kTokenTiles][4] = {};
+  // Few token tiles: several accumulator chains per (row tile, token tile), added at the end.
+  constexpr int kChains = kTokenTiles * kRowTiles >= 4 ? 1 : 4 / (kTokenTiles * kRowTiles);
+  float acc[kChains][kRowTiles][kTokenTiles][4] = {};
   auto compute_stage = [&](int32_t stage, int slot) {
     const uint8_t* base = shared + slot * T::kStageBytes;
-    const int row = warp_n * 16 + g;
-    uint4 codes[2];
-    uint32_t two_scales[2];
+    uint4 codes[kRowTiles][2];
+    uint32_t two_scales[kRowTiles][2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      codes[h] = *reinterpret_cast<const uint4*>(base + (warp_k * T::kRows + row + 8 * h) * 64 + t * 16);
-      two_scales[h] = *reinterpret_cast<const uint16_t*>(base + T::kCodeBytes + (row + 8 * h) * (T::kStageK / 16) +
-                                                         warp_k * 8 + 2 * t);
-    }
+    for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = (warp_n * kRowTiles + r) * 16 + g + 8 * h;
+        codes[r][h] = *reinterpret_cast<const uint4*>(base + (warp_k * T::kRows + row) * 64 + t * 16);
+        two_scales[r][h] = *reinterpret_cast<const uint16_t*>(base + T::kCodeBytes + row * (T::kStageK / 16) +
+                                                              warp_k * 8 + 2 * t);
+      }
     // Scales past k are padding (any byte, NaN included): zero them, as the codes and tokens there are zero.
     const int32_t first_k = stage * T::kStageK + warp_k * kGroupK + t * 32;
     if (first_k + 32 > p.k) {
       const uint32_t keep = first_k >= p.k ? 0u : 0xFFu;
-      two_scales[0] &= keep;
-      two_scales[1] &= keep;
-    }
-    uint32_t a[4][2][4];  // [word][row g, g + 8][pairs]
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      uint32_t splats[2];
-      scale_splats(two_scales[h], splats[0], splats[1]);
-      dequantize_word(codes[h].x, splats[0], a[0][h]);
-      dequantize_word(codes[h].y, splats[0], a[1][h]);
-      dequantize_word(codes[h].z, splats[1], a[2][h]);
-      dequantize_word(codes[h].w, splats[1], a[3][h]);
+      for (int r = 0; r < kRowTiles; ++r) {
+        two_scales[r][0] &= keep;
+        two_scales[r][1] &= keep;
+      }
     }
+    uint32_t splats[kRowTiles][2][2];  // [row tile][row g, g + 8][block]
+#pragma unroll
+    for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) scale_splats(two_scales[r][h], splats[r][h][0], splats[r][h][1]);
     // Straight-line code (no early exit for padding token tiles): consecutive mma go to independent accumulators.
     const uint8_t* token_base = base + T::kCodeBytes + T::kScaleBytes;
 #pragma unroll
     for (int word = 0; word < 4; ++word) {
-      uint32_t pairs[kTokenTiles][4];
+      uint32_t a[kRowTiles][2][4];  // [row tile][row g, g + 8][pairs]
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint4& c = codes[r][h];
+          dequantize_word(word == 0 ? c.x : word == 1 ? c.y : word == 2 ? c.z : c.w, splats[r][h][word / 2], a[r][h]);
+        }
 #pragma unroll
       for (int tt = 0; tt < kTokenTiles; ++tt) {
         const int token = tt * 8 + g, part = warp_k * 16 + t * 4 + word;
+        uint32_t pairs[4];
         permute_x_pairs(*reinterpret_cast<const uint4*>(token_base + token * (T::kStageK * 2) +
                                                         swizzled_token_chunk(part, token) * 16),
-                        pairs[tt]);
-      }
+                        pairs);
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const uint32_t frag[4] = {a[word][0][2 * half], a[word][1][2 * half], a[word][0][2 * half + 1],
-                                  a[word][1][2 * half + 1]};
+        for (int half = 0; half < 2; ++half)
 #pragma unroll
-        for (int tt = 0; tt < kTokenTiles; ++tt)
-          mma_bf16_m16n8k16(acc[(word * 2 + half) % kChains][tt], frag, pairs[tt][2 * half], pairs[tt][2 * half + 1]);
+          for (int r = 0; r < kRowTiles; ++r) {
+            const uint32_t frag[4] = {a[r][0][2 * half], a[r][1][2 * half], a[r][0][2 * half + 1],
+                                      a[r][1][2 * half + 1]};
+            mma_bf16_m16n8k16(acc[(word * 2 + half) % kChains][r][tt], frag, pairs[2 * half], pairs[2 * half + 1]);
+          }
       }
     }
   };
@@ -272,42 +304,39 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
   }
   wait_copies<0>();
   __syncthreads();
+  // The warp's fragments, flattened: v = (row tile * kTokenTiles + token tile) * 4 + element (constant indices only).
+  constexpr int kFragments = kRowTiles * kTokenTiles * 4;
+  float(&out)[kFragments] = reinterpret_cast<float(&)[kFragments]>(acc[0]);
 #pragma unroll
   for (int c = 1; c < kChains; ++c)
 #pragma unroll
-    for (int tt = 0; tt < kTokenTiles; ++tt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[0][tt][e] += acc[c][tt][e];
+    for (int v = 0; v < kFragments; ++v) out[v] += reinterpret_cast<const float(&)[kFragments]>(acc[c])[v];
 
   // Warps that split a stage's K add into warp_k == 0, in warp_k order.
   if constexpr (T::kWarpsK > 1) {
-    float* sums = reinterpret_cast<float*>(shared);  // [warp_k - 1][warp_n][tt][4][32]
+    float* sums = reinterpret_cast<float*>(shared);  // [warp_k - 1][warp_n][v][32]
     if (warp_k > 0)
 #pragma unroll
-      for (int tt = 0; tt < kTokenTiles; ++tt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sums[(((warp_k - 1) * kWarpsN + warp_n) * kTokenTiles * 4 + tt * 4 + e) * 32 + lane] = acc[0][tt][e];
+      for (int v = 0; v < kFragments; ++v)
+        sums[(((warp_k - 1) * kWarpsN + warp_n) * kFragments + v) * 32 + lane] = out[v];
     __syncthreads();
     if (warp_k == 0)
       for (int w = 1; w < T::kWarpsK; ++w)
 #pragma unroll
-        for (int tt = 0; tt < kTokenTiles; ++tt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            acc[0][tt][e] += sums[(((w - 1) * kWarpsN + warp_n) * kTokenTiles * 4 + tt * 4 + e) * 32 + lane];
+        for (int v = 0; v < kFragments; ++v)
+          out[v] += sums[(((w - 1) * kWarpsN + warp_n) * kFragments + v) * 32 + lane];
   }
 
   if (p.k_splits > 1) {
     // Every split stores its partial tile; the last CTA to arrive adds all of them in split order.
     __shared__ bool is_last;
     const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
-    constexpr int kTileFloats = kWarpsN * 32 * kTokenTiles * 4;
+    constexpr int kTileFloats = kWarpsN * 32 * kFragments;
     float* tile_partials = p.partials + tile * p.k_splits * kTileFloats;
     if (warp_k == 0)
 #pragma unroll
-      for (int r = 0; r < kTokenTiles * 4; ++r)
-        tile_partials[blockIdx.z * kTileFloats + r * kWarpsN * 32 + threadIdx.x] = acc[0][r / 4][r % 4];
+      for (int v = 0; v < kFragments; ++v)
+        tile_partials[blockIdx.z * kTileFloats + v * kWarpsN * 32 + threadIdx.x] = out[v];
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -319,42 +348,46 @@ __global__ void __launch_bounds__(kThreads, 2) nvfp4_fused_kernel(const FusedPro
     __threadfence();
     if (warp_k == 0)
 #pragma unroll
-      for (int r = 0; r < kTokenTiles * 4; ++r) {
+      for (int v = 0; v < kFragments; ++v) {
         float sum = 0.0f;
-        for (int s = 0; s < p.k_splits; ++s) sum += __ldcg(&tile_partials[s * kTileFloats + r * kWarpsN * 32 +
+        for (int s = 0; s < p.k_splits; ++s) sum += __ldcg(&tile_partials[s * kTileFloats + v * kWarpsN * 32 +
                                                                           threadIdx.x]);
-        acc[0][r / 4][r % 4] = sum;
+        out[v] = sum;
       }
   }
   if (warp_k != 0) return;
 
-  // Fragment element e of token tile tt is (row g + 8 * (e / 2), token tt * 8 + 2 * t + e % 2).
-  float row_alpha[2];
+  // Fragment element e of (row tile r, token tile tt) is (row r * 16 + g + 8 * (e / 2), token tt * 8 + 2 * t + e % 2).
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int32_t row = first_n + warp_n * 16 + g + 8 * h;
-    if (p.expert_alphas != nullptr) {
-      const int shard = p.alphas_per_expert == 2 && row >= p.n / 2 ? 1 : 0;
-      row_alpha[h] = p.expert_alphas[work.expert * p.alphas_per_expert + shard] * kDequantizedAlphaFactor;
-    } else {
-      row_alpha[h] = alpha_of_row(p.alphas, row) * kDequantizedAlphaFactor;
+  for (int r = 0; r < kRowTiles; ++r) {
+    const int32_t tile_row = first_n + (warp_n * kRowTiles + r) * 16 + g;
+    float row_alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t row = tile_row + 8 * h;
+      if (p.expert_alphas != nullptr) {
+        const int shard = p.alphas_per_expert == 2 && row >= p.n / 2 ? 1 : 0;
+        row_alpha[h] = p.expert_alphas[work.expert * p.alphas_per_expert + shard] * kDequantizedAlphaFactor;
+      } else {
+        row_alpha[h] = alpha_of_row(p.alphas, row) * kDequantizedAlphaFactor;
+      }
     }
+#pragma unroll
+    for (int tt = 0; tt < kTokenTiles; ++tt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int32_t row = tile_row + 8 * (e / 2), token = tt * 8 + 2 * t + e % 2;
+        if (row < p.n && token < tokens)
+          p.y[static_cast<int64_t>(work.first_row + token) * p.n + row] = static_cast<uint16_t>(
+              bf16x2_bits(out[(r * kTokenTiles + tt) * 4 + e] * row_alpha[e / 2], 0.0f) & 0xFFFFu);
+      }
   }
-#pragma unroll
-  for (int tt = 0; tt < kTokenTiles; ++tt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int32_t row = first_n + warp_n * 16 + g + 8 * (e / 2), token = tt * 8 + 2 * t + e % 2;
-      if (row < p.n && token < tokens)
-        p.y[static_cast<int64_t>(work.first_row + token) * p.n + row] =
-            static_cast<uint16_t>(bf16x2_bits(acc[0][tt][e] * row_alpha[e / 2], 0.0f) & 0xFFFFu);
-    }
 }
 
-template <int kTokenTiles, int kWarpsN>
+template <int kTokenTiles, int kWarpsN, int kRowTiles>
 void launch_tile(const FusedProblem& problem, dim3 grid, cudaStream_t stream) {
-  using T = Tile<kTokenTiles, kWarpsN>;
-  auto kernel = nvfp4_fused_kernel<kTokenTiles, kWarpsN>;
+  using T = Tile<kTokenTiles, kWarpsN, kRowTiles>;
+  auto kernel = nvfp4_fused_kernel<kTokenTiles, kWarpsN, kRowTiles>;
   // Once per process (the attribute belongs to the device current then; one device per process here).
   static const bool shared_limit_raised = [&] {
     FP4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSharedBytes));
@@ -365,21 +398,29 @@ void launch_tile(const FusedProblem& problem, dim3 grid, cudaStream_t stream) {
   FP4_CUDA_CHECK(cudaGetLastError());
 }
 
-template <int kTokenTiles>
-void launch_token_tiles(const FusedProblem& problem, int warps_n, dim3 grid, cudaStream_t stream) {
+template <int kTokenTiles, int kRowTiles>
+void launch_row_tiles(const FusedProblem& problem, int warps_n, dim3 grid, cudaStream_t stream) {
   switch (warps_n) {
-    case 8: launch_tile<kTokenTiles, 8>(problem, grid, stream); break;
-    case 4: launch_tile<kTokenTiles, 4>(problem, grid, stream); break;
-    default: launch_tile<kTokenTiles, 2>(problem, grid, stream); break;
+    case 8: launch_tile<kTokenTiles, 8, kRowTiles>(problem, grid, stream); break;
+    case 4: launch_tile<kTokenTiles, 4, kRowTiles>(problem, grid, stream); break;
+    default: launch_tile<kTokenTiles, 2, kRowTiles>(problem, grid, stream); break;
   }
+}
+
+template <int kTokenTiles>
+void launch_token_tiles(const FusedProblem& problem, const Nvfp4FusedConfig& config, dim3 grid, cudaStream_t stream) {
+  if (config.row_tiles == 2)
+    launch_row_tiles<kTokenTiles, 2>(problem, config.warps_n, grid, stream);
+  else
+    launch_row_tiles<kTokenTiles, 1>(problem, config.warps_n, grid, stream);
 }
 
 void launch(const FusedProblem& problem, const Nvfp4FusedConfig& config, dim3 grid, cudaStream_t stream) {
   switch (config.token_tiles) {
-    case 1: launch_token_tiles<1>(problem, config.warps_n, grid, stream); break;
-    case 2: launch_token_tiles<2>(problem, config.warps_n, grid, stream); break;
-    case 4: launch_token_tiles<4>(problem, config.warps_n, grid, stream); break;
-    default: launch_token_tiles<kMaxProblemTokenTiles>(problem, config.warps_n, grid, stream); break;
+    case 1: launch_token_tiles<1>(problem, config, grid, stream); break;
+    case 2: launch_token_tiles<2>(problem, config, grid, stream); break;
+    case 4: launch_token_tiles<4>(problem, config, grid, stream); break;
+    default: launch_token_tiles<kMaxProblemTokenTiles>(problem, config, grid, stream); break;
   }
 }
 
@@ -387,6 +428,7 @@ int token_tiles_for(int64_t tokens_per_tile) {
   return tokens_per_tile <= 8 ? 1 : tokens_per_tile <= 16 ? 2 : tokens_per_tile <= 32 ? 4 : kMaxProblemTokenTiles;
 }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t rows_per_cta(const Nvfp4FusedConfig& config) { return 16 * config.warps_n * config.row_tiles; }
 
 }  // namespace
 
@@ -394,22 +436,24 @@ int nvfp4_fused_max_splits(int64_t k, int warps_n) {
   return static_cast<int>(ceil_div(k, kGroupK * (kWarps / warps_n)));  // one stage per split at least
 }
 
-int nvfp4_fused_splits_for(int64_t m, int64_t n, int64_t k, int token_tiles, int warps_n) {
+int nvfp4_fused_splits_for(int64_t m, int64_t n, int64_t k, const Nvfp4FusedConfig& tile) {
   // Split K only while the tiles leave multiprocessors of an H100 (132) idle: the partials' round trip and the last
   // CTA's serial pass cost more than the extra CTAs bring once every SM has one (measured, bench/RESULTS.md).
-  const int64_t tiles = ceil_div(m, 8 * token_tiles) * ceil_div(n, 16 * warps_n);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(132 / tiles, nvfp4_fused_max_splits(k, warps_n))));
+  const int64_t tiles = ceil_div(m, 8 * tile.token_tiles) * ceil_div(n, rows_per_cta(tile));
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(132 / tiles, nvfp4_fused_max_splits(k, tile.warps_n))));
 }
 
 Nvfp4FusedConfig nvfp4_fused_config_for(int64_t m, int64_t n, int64_t k) {
-  const int token_tiles = token_tiles_for(m), warps_n = m <= 16 ? 4 : 8;
-  return {token_tiles, warps_n, nvfp4_fused_splits_for(m, n, k, token_tiles, warps_n)};
+  Nvfp4FusedConfig config{token_tiles_for(m), m <= 16 ? 4 : 8, 1, 1};
+  config.k_splits = nvfp4_fused_splits_for(m, n, k, config);
+  return config;
 }
 
 Nvfp4FusedWorkspaceSize nvfp4_fused_workspace_size(int64_t m, int64_t n, const Nvfp4FusedConfig& config) {
   if (config.k_splits <= 1) return {0, 0};
-  const int64_t tiles = ceil_div(m, 8 * config.token_tiles) * ceil_div(n, 16 * config.warps_n);
-  return {tiles * config.k_splits * 16 * config.warps_n * 8 * config.token_tiles, tiles};
+  const int64_t tiles = ceil_div(m, 8 * config.token_tiles) * ceil_div(n, rows_per_cta(config));
+  return {tiles * config.k_splits * rows_per_cta(config) * 8 * config.token_tiles, tiles};
 }
 
 void launch_nvfp4_fused(const Nvfp4LaunchArgs& args, const Nvfp4FusedConfig& config, float* partials,
@@ -431,7 +475,8 @@ void launch_nvfp4_fused(const Nvfp4LaunchArgs& args, const Nvfp4FusedConfig& con
   problem.partials = partials;
   problem.counters = counters;
   const dim3 grid(static_cast<unsigned>(ceil_div(args.m, 8 * config.token_tiles)),
-                  static_cast<unsigned>(ceil_div(args.n, 16 * config.warps_n)), static_cast<unsigned>(config.k_splits));
+                  static_cast<unsigned>(ceil_div(args.n, rows_per_cta(config))),
+                  static_cast<unsigned>(config.k_splits));
   launch(problem, config, grid, static_cast<cudaStream_t>(args.stream));
 }
 
@@ -439,7 +484,7 @@ Nvfp4FusedConfig nvfp4_grouped_config_for(int64_t max_rows, int64_t n_experts, i
   // Tokens per busy expert if the rows spread evenly (top-k routing of a batch); few rows: narrow row tiles.
   const int64_t rows_per_expert = ceil_div(max_rows, std::max<int64_t>(1, std::min(n_experts, max_rows)));
   const int token_tiles = token_tiles_for(rows_per_expert);
-  return {token_tiles, token_tiles <= 2 ? 2 : 8, 1};
+  return {token_tiles, token_tiles <= 2 ? 2 : 8, 1, 1};
 }
 
 void launch_nvfp4_grouped(const Nvfp4GroupedLaunchArgs& args, const Nvfp4FusedConfig& config) {
@@ -464,7 +509,7 @@ void launch_nvfp4_grouped(const Nvfp4GroupedLaunchArgs& args, const Nvfp4FusedCo
   // Work items: each non-empty expert's token tiles; at most max_rows / tokens + one partial tile per expert.
   const int64_t tokens = 8 * config.token_tiles;
   const int64_t items = ceil_div(args.max_rows, tokens) + std::min<int64_t>(args.n_experts, args.max_rows);
-  const dim3 grid(static_cast<unsigned>(items), static_cast<unsigned>(ceil_div(args.n, 16 * config.warps_n)), 1);
+  const dim3 grid(static_cast<unsigned>(items), static_cast<unsigned>(ceil_div(args.n, rows_per_cta(config))), 1);
   launch(problem, config, grid, static_cast<cudaStream_t>(args.stream));
 }
 

@@ -31,17 +31,20 @@ struct Nvfp4LaunchArgs {
 };
 
 // The fused kernel (nvfp4_fused.cu): weights stay packed, a cp.async pipeline stages codes, scales and the token
-// tile in shared memory, each warp dequantizes 16 weight rows in registers into mma.sync fragments. A CTA covers
-// 8 * token_tiles tokens x 16 * warps_n rows; its 8 warps split the rows (warps_n) and each stage's K (8 / warps_n).
+// tile in shared memory, each warp dequantizes 16 * row_tiles weight rows in registers into mma.sync fragments (one
+// token fragment load serves its row_tiles m16 tiles). A CTA covers 8 * token_tiles tokens x 16 * warps_n * row_tiles
+// rows; its 8 warps split the rows (warps_n) and each stage's K (8 / warps_n).
 // k_splits > 1 splits K over CTAs; their fp32 partials meet in `partials` and the last CTA of a tile adds them in
 // split order (deterministic), counted in `counters` (zero-initialized; the last CTA resets its counter).
 struct Nvfp4FusedConfig {
   int token_tiles;  // 1, 2, 4 or 8
   int warps_n;      // 8, 4 or 2
   int k_splits;     // >= 1, <= nvfp4_fused_max_splits
+  int row_tiles;    // 1 or 2: m16 weight tiles per warp
 };
 Nvfp4FusedConfig nvfp4_fused_config_for(int64_t m, int64_t n, int64_t k);
-int nvfp4_fused_splits_for(int64_t m, int64_t n, int64_t k, int token_tiles, int warps_n);
+// The rule's K split for `tile`'s token_tiles, warps_n and row_tiles (its k_splits is ignored).
+int nvfp4_fused_splits_for(int64_t m, int64_t n, int64_t k, const Nvfp4FusedConfig& tile);
 int nvfp4_fused_max_splits(int64_t k, int warps_n);
 // Workspace a launch needs: floats of partials and counters (both 0 when k_splits == 1).
 struct Nvfp4FusedWorkspaceSize {
@@ -68,7 +71,7 @@ struct Nvfp4GroupedLaunchArgs {
   uint16_t* y;                    // [max_rows, n]
   void* stream;
 };
-// token_tiles / warps_n as in Nvfp4FusedConfig (no K split); nvfp4_grouped_config_for picks them.
+// token_tiles / warps_n / row_tiles as in Nvfp4FusedConfig (no K split); nvfp4_grouped_config_for picks them.
 Nvfp4FusedConfig nvfp4_grouped_config_for(int64_t max_rows, int64_t n_experts, int64_t n, int64_t k);
 void launch_nvfp4_grouped(const Nvfp4GroupedLaunchArgs& args, const Nvfp4FusedConfig& config);
 
