@@ -84,7 +84,7 @@ test_status=${PIPESTATUS[0]}
 if command -v compute-sanitizer > /dev/null; then
   stamp "memcheck on the padded and odd-K shapes, every fused tile shape, the grouped kernel"
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/tests/test_kernels_cuda" --gtest_brief=1 \
-    --gtest_filter='*odd_m3_*:*odd_m100_*:*down_m16_*:*_gated-*DequantCublas*:*odd200_m5_Fused*:*odd_m*_Fused*:*odd_uneven*:*w13_decode*' \
+    --gtest_filter='*odd_m3_*:*odd_m100_*:*down_m16_*:*_gated-*DequantCublas*:*odd200_m5_Fused*:*odd_m*_Fused*:*odd_uneven*:*w13_decode*:*many_experts*' \
     > "$OUT/memcheck.log" 2>&1
   echo "memcheck exit status $? (0 = clean)" | tee -a "$OUT/memcheck.log"
   tail -5 "$OUT/memcheck.log"

@@ -32,6 +32,8 @@ cases=(
   "grouped_16|nvfp4_fused|2|grouped 16"
   "fused_8192_m16|nvfp4_fused|1|fused 8192 8192 16"
   "streaming_8192_m1|nvfp4_streaming|1|streaming 8192 8192 1"
+  "fused_8192_m1_w2r2|nvfp4_fused|1|fused 8192 8192 1 1 2 1 2"
+  "fused_8192_m64_w4r2|nvfp4_fused|1|fused 8192 8192 64 8 4 2 2"
 )
 for entry in "${cases[@]}"; do
   IFS='|' read -r name kernel count arguments <<< "$entry"
