@@ -346,14 +346,16 @@ __global__ void __launch_bounds__(kThreads, kTokenTiles * kRowTiles >= 16 ? 1 : 
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    if (warp_k == 0)
+    // Splits outermost, so a split's kFragments loads are in flight together (profiled: the inner split loop left
+    // the FADD chain waiting on one load at a time); each value still adds 0 + split 0 + split 1 + ... in order.
+    if (warp_k == 0) {
 #pragma unroll
-      for (int v = 0; v < kFragments; ++v) {
-        float sum = 0.0f;
-        for (int s = 0; s < p.k_splits; ++s) sum += __ldcg(&tile_partials[s * kTileFloats + v * kWarpsN * 32 +
-                                                                          threadIdx.x]);
-        out[v] = sum;
-      }
+      for (int v = 0; v < kFragments; ++v) out[v] = 0.0f;
+      for (int s = 0; s < p.k_splits; ++s)
+#pragma unroll
+        for (int v = 0; v < kFragments; ++v) out[v] += __ldcg(&tile_partials[s * kTileFloats + v * kWarpsN * 32 +
+                                                                             threadIdx.x]);
+    }
   }
   if (warp_k != 0) return;
 
