@@ -81,6 +81,25 @@ struct BenchWeight {
   size_t bytes() const { return packed_bytes + scale_bytes; }
 };
 
+// Kernel launch arguments for x [m, w.k] . w^T -> y [m, w.n] on w's first copy (linear rows, one alpha).
+cuda::Nvfp4LaunchArgs dense_launch(const BenchWeight& w, int64_t m, bf16_bits* x_d, bf16_bits* y_d,
+                                   cudaStream_t stream) {
+  cuda::Nvfp4LaunchArgs launch{};
+  launch.x = x_d;
+  launch.m = static_cast<int32_t>(m);
+  launch.packed = w.packed;
+  launch.block_scales = w.scales;
+  launch.n = static_cast<int32_t>(w.n);
+  launch.k = static_cast<int32_t>(w.k);
+  launch.order = Nvfp4RowOrder::Linear;
+  launch.alphas.count = 1;
+  launch.alphas.row_end[0] = static_cast<int32_t>(w.n);
+  launch.alphas.alpha[0] = w.global_scale;
+  launch.y = y_d;
+  launch.stream = stream;
+  return launch;
+}
+
 // Dense columns: the public Auto path; each path forced; the fused kernel in other tile / split choices, with one
 // m16 weight tile per warp (row_tiles 1, the kernel measured before) and with two (r2).
 enum Column {
@@ -139,17 +158,7 @@ std::vector<DenseRow> bench_shape(const Shape& shape, cudaStream_t stream, cubla
   const std::vector<cuda::Nvfp4AlphaRange> alphas = {{n, w.global_scale}};
   std::vector<DenseRow> rows;
   for (int64_t m : {1, 8, 16, 32, 64, 128, 512, 4096}) {
-    cuda::Nvfp4LaunchArgs launch{};
-    launch.x = x_d;
-    launch.m = static_cast<int32_t>(m);
-    launch.n = static_cast<int32_t>(n);
-    launch.k = static_cast<int32_t>(k);
-    launch.order = Nvfp4RowOrder::Linear;
-    launch.alphas.count = 1;
-    launch.alphas.row_end[0] = static_cast<int32_t>(n);
-    launch.alphas.alpha[0] = w.global_scale;
-    launch.y = y_d;
-    launch.stream = stream;
+    const cuda::Nvfp4LaunchArgs launch = dense_launch(w, m, x_d, y_d, stream);
     auto with_copy = [&](int i) {
       cuda::Nvfp4LaunchArgs l = launch;
       l.packed = w.packed + (i % w.copies) * w.packed_bytes;
@@ -377,28 +386,12 @@ std::vector<GroupedRow> bench_grouped(cudaStream_t stream, cublasHandle_t blas, 
   return rows;
 }
 
-// --profile: launches one case a few times outside any graph, for a profiler to pick one launch (ncu -k ...
-// --launch-skip 2 --launch-count 1), and prints its event-timed median. Cases: "fused N K M [TOKEN_TILES WARPS_N
-// SPLITS ROW_TILES]" (the rule's configuration when left out), "streaming N K M", "grouped TOKENS" (w13 then w2,
-// top-8 of 128).
+// --profile: one case alone, timed by bench::median_graph_us (a launch outside the graph, a warm-up replay, then the timed
+// replays; one weight copy, so L2-warm times), for a profiler to pick the third launch (ncu -k ... --launch-skip 2
+// --launch-count 1). Cases: "fused N K M [TOKEN_TILES WARPS_N SPLITS ROW_TILES]" (the rule's configuration when left
+// out), "streaming N K M", "grouped TOKENS" (w13, then w2; top-8 of 128 experts).
 int profile_case(const std::vector<std::string>& args, cudaStream_t stream, cuda::Nvfp4GemmContext& context) {
-  constexpr int kLaunches = 5;
-  auto number = [&](size_t i) { return i < args.size() ? std::stol(args[i]) : -1L; };
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "event");
-  check(cudaEventCreate(&stop), "event");
-  std::vector<float> times;
-  auto timed = [&](const std::function<void()>& launch) {
-    for (int i = 0; i < kLaunches; ++i) {
-      check(cudaEventRecord(start, stream), "record");
-      launch();
-      check(cudaEventRecord(stop, stream), "record");
-      check(cudaEventSynchronize(stop), "sync");
-      float ms = 0;
-      check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
-      times.push_back(ms * 1000.0f);
-    }
-  };
+  auto number = [&](size_t i) { return std::stol(args[i]); };
   std::mt19937 rng(7);
   if (args[0] == "grouped" && args.size() == 2) {
     constexpr int64_t kExperts = 128, kTopK = 8, kHidden = 2048, kInter = 768;
@@ -423,11 +416,11 @@ int profile_case(const std::vector<std::string>& args, cudaStream_t stream, cuda
     std::vector<float> alphas(kExperts * 2, one.global_scale);
     float* alphas_d = device_alloc<float>(alphas.size());
     check(cudaMemcpy(alphas_d, alphas.data(), alphas.size() * sizeof(float), cudaMemcpyHostToDevice), "upload");
-    bf16_bits* x_d = device_alloc<bf16_bits>(rows * std::max(kHidden, 2 * kInter));
-    bf16_bits* y_d = device_alloc<bf16_bits>(rows * std::max(kHidden, 2 * kInter));
+    bf16_bits* x_d = device_alloc<bf16_bits>(rows * kHidden);
+    bf16_bits* y_d = device_alloc<bf16_bits>(rows * kHidden);
     check(cudaMemset(x_d, 0x3C, rows * kHidden * sizeof(bf16_bits)), "memset");
     // w2 reuses w13's bytes as [E, 2048, 768] weights: the time does not depend on the values.
-    auto launch = [&](bool w13) {
+    for (const bool w13 : {true, false}) {
       cuda::Nvfp4GroupedGemmArgs a;
       a.x = x_d;
       a.max_rows = rows;
@@ -441,67 +434,48 @@ int profile_case(const std::vector<std::string>& args, cudaStream_t stream, cuda
       a.alphas_per_expert = w13 ? 2 : 1;
       a.y = y_d;
       a.stream = stream;
-      cuda::nvfp4_grouped_gemm_w4a16(context, a);
-    };
-    timed([&] { launch(true); });
-    timed([&] { launch(false); });
+      std::printf("grouped %s: median %.1f us\n", w13 ? "w13" : "w2",
+                  bench::median_graph_us(stream, 1, [&](int) { cuda::nvfp4_grouped_gemm_w4a16(context, a); }));
+    }
     for (void* p : {static_cast<void*>(offsets_d), static_cast<void*>(packed), static_cast<void*>(scales),
                     static_cast<void*>(alphas_d), static_cast<void*>(x_d), static_cast<void*>(y_d)})
       check(cudaFree(p), "free");
-  } else if ((args[0] == "fused" || args[0] == "streaming") && (args.size() == 4 || args.size() == 8)) {
+    return 0;
+  }
+  if ((args[0] == "fused" || args[0] == "streaming") && (args.size() == 4 || args.size() == 8)) {
     const int64_t n = number(1), k = number(2), m = number(3);
     BenchWeight w(n, k, 1, rng);
     bf16_bits* x_d = device_alloc<bf16_bits>(m * k);
     bf16_bits* y_d = device_alloc<bf16_bits>(m * n);
     check(cudaMemset(x_d, 0x3C, m * k * sizeof(bf16_bits)), "memset");
-    cuda::Nvfp4LaunchArgs launch{};
-    launch.x = x_d;
-    launch.m = static_cast<int32_t>(m);
-    launch.packed = w.packed;
-    launch.block_scales = w.scales;
-    launch.n = static_cast<int32_t>(n);
-    launch.k = static_cast<int32_t>(k);
-    launch.order = Nvfp4RowOrder::Linear;
-    launch.alphas.count = 1;
-    launch.alphas.row_end[0] = static_cast<int32_t>(n);
-    launch.alphas.alpha[0] = w.global_scale;
-    launch.y = y_d;
-    launch.stream = stream;
+    const cuda::Nvfp4LaunchArgs launch = dense_launch(w, m, x_d, y_d, stream);
     if (args[0] == "streaming") {
-      timed([&] { cuda::launch_nvfp4_streaming(launch, cuda::nvfp4_streaming_warps_for(m, n, k)); });
+      std::printf("streaming: median %.1f us\n", bench::median_graph_us(stream, 1, [&](int) {
+                    cuda::launch_nvfp4_streaming(launch, cuda::nvfp4_streaming_warps_for(m, n, k));
+                  }));
     } else {
       cuda::Nvfp4FusedConfig config = cuda::nvfp4_fused_config_for(m, n, k);
       if (args.size() == 8)
         config = {static_cast<int>(number(4)), static_cast<int>(number(5)), static_cast<int>(number(6)),
                   static_cast<int>(number(7))};
-      std::printf("fused config: token_tiles %d, warps_n %d, k_splits %d, row_tiles %d\n", config.token_tiles,
-                  config.warps_n, config.k_splits, config.row_tiles);
       const cuda::Nvfp4FusedWorkspaceSize size = cuda::nvfp4_fused_workspace_size(m, n, config);
       float* partials = device_alloc<float>(std::max<int64_t>(1, size.partial_floats));
       int32_t* counters = device_alloc<int32_t>(std::max<int64_t>(1, size.counters));
       check(cudaMemset(counters, 0, std::max<int64_t>(1, size.counters) * sizeof(int32_t)), "memset");
-      timed([&] { cuda::launch_nvfp4_fused(launch, config, partials, counters); });
+      std::printf("fused t%dw%ds%dr%d: median %.1f us\n", config.token_tiles, config.warps_n, config.k_splits,
+                  config.row_tiles, bench::median_graph_us(stream, 1, [&](int) {
+                    cuda::launch_nvfp4_fused(launch, config, partials, counters);
+                  }));
       check(cudaFree(partials), "free");
       check(cudaFree(counters), "free");
     }
     check(cudaFree(x_d), "free");
     check(cudaFree(y_d), "free");
-  } else {
-    std::fprintf(stderr, "bench_cuda_nvfp4_gemm: --profile takes \"fused N K M [TOKEN_TILES WARPS_N SPLITS "
-                         "ROW_TILES]\", "
-                         "\"streaming N K M\" or \"grouped TOKENS\"\n");
-    return 2;
+    return 0;
   }
-  check(cudaStreamSynchronize(stream), "profile case");
-  for (size_t first = 0; first < times.size(); first += kLaunches) {
-    std::vector<float> run(times.begin() + first, times.begin() + first + kLaunches);
-    std::sort(run.begin(), run.end());
-    std::printf("profile case launch set %zu: median %.1f us (single launches, event-timed, L2 warm)\n",
-                first / kLaunches, run[kLaunches / 2]);
-  }
-  check(cudaEventDestroy(start), "event");
-  check(cudaEventDestroy(stop), "event");
-  return 0;
+  std::fprintf(stderr, "bench_cuda_nvfp4_gemm: --profile takes \"fused N K M [TOKEN_TILES WARPS_N SPLITS ROW_TILES]\", "
+                       "\"streaming N K M\" or \"grouped TOKENS\"\n");
+  return 2;
 }
 
 void print_time(double us) {

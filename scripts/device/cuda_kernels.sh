@@ -16,15 +16,7 @@ for arg in "$@"; do
   [ "$arg" = "--no-bench" ] && run_bench=0
 done
 
-OUT=${OUT:-/tmp/fp4serve-device-out}
-BUILD=${BUILD:-build-device}
-mkdir -p "$OUT"
-start=$(date +%s)
-stamp() { echo "[cuda_kernels.sh +$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/steps.log"; }
-
-print_device_environment "$OUT/env.log"
-
-unpack_deps
+start_device_script cuda_kernels.sh steps.log
 
 # The fallback: only the sources these two programs need, with the flags CMake would use.
 minimal_build() {

@@ -3,7 +3,8 @@
 # `carry`), fetched on the workstation with
 #   mkdir -p .deps-cuda && (cd .deps-cuda && apt-get download $(bash scripts/device/cuda_kernels.sh --list-debs))
 # and unpacked into a private prefix (never into /); binaries find their libraries through an rpath.
-# Defines: fp4serve_debs, DEPS, LIBDIR, print_device_environment FILE, unpack_deps (sets dep_flags for CMake).
+# Defines: fp4serve_debs, DEPS, LIBDIR, print_device_environment FILE, unpack_deps (sets dep_flags for CMake),
+# start_device_script NAME LOG and stamp MESSAGE.
 
 fp4serve_debs=(nlohmann-json3-dev libcli11-dev libfmt-dev libfmt9 libspdlog-dev libspdlog1.10 libcpp-httplib-dev
       libcpp-httplib0.11 libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian libpcre2-dev libpcre2-8-0
@@ -22,6 +23,20 @@ print_device_environment() {
     ldd --version | head -1
   } > "$1" 2>&1
   cat "$1"
+}
+
+# The common start of a device script: OUT and BUILD defaults, the environment log, the carried packages unpacked;
+# afterwards `stamp MESSAGE` prints and appends to $OUT/LOG the message with the seconds since the start.
+start_device_script() {
+  OUT=${OUT:-/tmp/fp4serve-device-out}
+  BUILD=${BUILD:-build-device}
+  mkdir -p "$OUT"
+  device_script_name=$1 device_script_log=$OUT/$2 device_script_start=$(date +%s)
+  print_device_environment "$OUT/env.log"
+  unpack_deps
+}
+stamp() {
+  echo "[$device_script_name +$(( $(date +%s) - device_script_start ))s] $*" | tee -a "$device_script_log"
 }
 
 # Unpacks the carried packages into $DEPS and makes their pkg-config files point there.

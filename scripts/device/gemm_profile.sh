@@ -1,19 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU device machine, from the repository root: Nsight Compute profiles of the NVFP4 GEMM kernels, one launch
-# per case (bench_cuda_nvfp4_gemm --profile), as text reports in $OUT/ncu.tgz (details, raw metrics, per-SASS source
+# per case (bench_cuda_nvfp4_gemm --profile; grouped: the w13 launch), as text reports in $OUT/ncu.tgz (details, raw metrics, per-SASS source
 # counters) and a summary in $OUT/profile.log. --prebuilt DIR: DIR holds bench_cuda_nvfp4_gemm built on the
 # workstation (it needs only libfmt from the carried packages, deps.sh); otherwise CMake builds it here (-j16).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
 
-OUT=${OUT:-/tmp/fp4serve-device-out}
-BUILD=${BUILD:-build-device}
+start_device_script gemm_profile.sh profile.log > /dev/null
 mkdir -p "$OUT/ncu"
-start=$(date +%s)
-stamp() { echo "[gemm_profile.sh +$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/profile.log"; }
-
-print_device_environment "$OUT/env.log"
-unpack_deps > /dev/null
 if [ "${1:-}" = "--prebuilt" ]; then
   bench="$2/bench_cuda_nvfp4_gemm"
   export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -29,7 +23,7 @@ fi
 cases=(
   "fused_8192_m1|nvfp4_fused|1|fused 8192 8192 1"
   "fused_8192_m64|nvfp4_fused|1|fused 8192 8192 64"
-  "grouped_16|nvfp4_fused|2|grouped 16"
+  "grouped_16|nvfp4_fused|1|grouped 16"
   "fused_8192_m16|nvfp4_fused|1|fused 8192 8192 16"
   "streaming_8192_m1|nvfp4_streaming|1|streaming 8192 8192 1"
   "fused_8192_m1_w2r2|nvfp4_fused|1|fused 8192 8192 1 1 2 1 2"
