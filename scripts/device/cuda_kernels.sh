@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU device machine, from the repository root: configure and build test_kernels_cuda and
 # bench_cuda_nvfp4_gemm (Ninja, -j16), run the tests, memcheck a subset, then the benchmark (--no-bench skips it);
-# every log is tee'd into $OUT.
+# every log is tee'd into $OUT. With --prebuilt DIR, DIR holds test_kernels_cuda and bench_cuda_nvfp4_gemm built on
+# the workstation and nothing is compiled here.
 # The device image lacks the project's Debian -dev packages: deps.sh unpacks the carried ones (see there).
 # If the whole library does not build (other engineers' unfinished files travel with the tree), only the sources
 # these two programs need are compiled; --minimal goes there directly (after configuring, which checks the packages).
@@ -11,9 +12,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
 if [ "${1:-}" = "--list-debs" ]; then echo "${fp4serve_debs[@]}"; exit 0; fi
 minimal_only=0
 run_bench=1
-for arg in "$@"; do
-  [ "$arg" = "--minimal" ] && minimal_only=1
-  [ "$arg" = "--no-bench" ] && run_bench=0
+prebuilt=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minimal) minimal_only=1 ;;
+    --no-bench) run_bench=0 ;;
+    --prebuilt) prebuilt=$2; shift ;;
+  esac
+  shift
 done
 
 start_device_script cuda_kernels.sh steps.log
@@ -52,30 +58,37 @@ minimal_build() {
     g++ -fopenmp "$dir/bench.o" "${objects[@]}" "${libs[@]}" -o "$BUILD/bench/bench_cuda_nvfp4_gemm"
 }
 
-stamp "configure"
-build_status=1
-if ! cmake -S . -B "$BUILD" -G Ninja -DFP4SERVE_CUDA=ON -DFP4SERVE_BUILD_BENCH=ON "${dep_flags[@]}" \
-     > "$OUT/configure.log" 2>&1; then
-  tail -20 "$OUT/configure.log"
-elif [ "$minimal_only" -eq 0 ]; then
-  stamp "build"
-  cmake --build "$BUILD" --target test_kernels_cuda bench_cuda_nvfp4_gemm -j16 > "$OUT/build.log" 2>&1
-  build_status=$?
+if [ -n "$prebuilt" ]; then
+  tests="$prebuilt/test_kernels_cuda" bench="$prebuilt/bench_cuda_nvfp4_gemm"
+  export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+else
+  stamp "configure"
+  build_status=1
+  if ! cmake -S . -B "$BUILD" -G Ninja -DFP4SERVE_CUDA=ON -DFP4SERVE_BUILD_BENCH=ON "${dep_flags[@]}" \
+       > "$OUT/configure.log" 2>&1; then
+    tail -20 "$OUT/configure.log"
+  elif [ "$minimal_only" -eq 0 ]; then
+    stamp "build"
+    cmake --build "$BUILD" --target test_kernels_cuda bench_cuda_nvfp4_gemm -j16 > "$OUT/build.log" 2>&1
+    build_status=$?
+  fi
+  if [ "$build_status" -ne 0 ]; then
+    grep -E "error|FAILED" "$OUT/build.log" 2> /dev/null | head -20
+    stamp "no full build; building only the NVFP4 kernels, their test and benchmark"
+    minimal_build >> "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; stamp "minimal build FAILED"; exit 1; }
+  fi
+  echo "build warnings: $(grep -c -i "warning" "$OUT/build.log")"
+
+  tests="$BUILD/tests/test_kernels_cuda" bench="$BUILD/bench/bench_cuda_nvfp4_gemm"
 fi
-if [ "$build_status" -ne 0 ]; then
-  grep -E "error|FAILED" "$OUT/build.log" 2> /dev/null | head -20
-  stamp "no full build; building only the NVFP4 kernels, their test and benchmark"
-  minimal_build >> "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; stamp "minimal build FAILED"; exit 1; }
-fi
-echo "build warnings: $(grep -c -i "warning" "$OUT/build.log")"
 
 stamp "tests"
-"$BUILD/tests/test_kernels_cuda" --gtest_brief=1 2>&1 | tee "$OUT/test.log" | tail -30
+"$tests" --gtest_brief=1 2>&1 | tee "$OUT/test.log" | tail -30
 test_status=${PIPESTATUS[0]}
 
 if command -v compute-sanitizer > /dev/null; then
   stamp "memcheck on the padded and odd-K shapes, every fused tile shape, the grouped kernel"
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/tests/test_kernels_cuda" --gtest_brief=1 \
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 "$tests" --gtest_brief=1 \
     --gtest_filter='*odd_m3_*:*odd_m100_*:*down_m16_*:*_gated-*DequantCublas*:*odd200_m5_Fused*:*odd_m*_Fused*:*odd_uneven*:*w13_decode*:*many_experts*' \
     > "$OUT/memcheck.log" 2>&1
   echo "memcheck exit status $? (0 = clean)" | tee -a "$OUT/memcheck.log"
@@ -85,7 +98,7 @@ fi
 bench_status=0
 if [ "$run_bench" -eq 1 ]; then
   stamp "benchmark"
-  "$BUILD/bench/bench_cuda_nvfp4_gemm" 2> "$OUT/bench.err" | tee "$OUT/bench.md"
+  "$bench" 2> "$OUT/bench.err" | tee "$OUT/bench.md"
   bench_status=${PIPESTATUS[0]}
 fi
 stamp "done: tests exit $test_status, bench exit $bench_status"
