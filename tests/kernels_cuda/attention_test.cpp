@@ -308,6 +308,10 @@ TEST(AttentionCuda, DecodeRowDependsOnlyOnItsSequence) {
   const std::vector<bf16_bits> expected(in_batch.out.begin() + row_size, in_batch.out.begin() + 2 * row_size);
   // Alone, and under a larger launch bound (another grid): the same bits.
   EXPECT_TRUE(run_gpu(alone, Mode::Decode, 1300).out == expected);
+  // A launch bound of 9000 positions needs page tables that could cover it: pad with unused (-1) entries.
+  const int64_t wide_stride = (9000 + alone.shape.page_size - 1) / alone.shape.page_size;
+  alone.tables.resize(static_cast<size_t>(wide_stride), -1);
+  alone.table_stride = wide_stride;
   EXPECT_TRUE(run_gpu(alone, Mode::Decode, 9000).out == expected);
 }
 
@@ -332,7 +336,8 @@ TEST(AttentionCuda, RejectsBadArgumentsNamingTheField) {
   batch.max_query_tokens = 0;
   expect_error_naming(prefill, "batch.max_query_tokens = 0");
   batch.max_query_tokens = 1;
-  expect_error_naming([&] { cuda::paged_prefill_attention_cuda(cache, batch, q, 3, o, nullptr); }, "n_heads = 3");
+  // 33 query heads on one KV head exceed the 32 per KV head the kernels support.
+  expect_error_naming([&] { cuda::paged_prefill_attention_cuda(cache, batch, q, 33, o, nullptr); }, "n_heads = 33");
   expect_error_naming(
       [&] {
         cuda::paged_prefill_attention_cuda(cache, batch, {rows.data<bf16_bits>(), 100}, 4, o, nullptr);

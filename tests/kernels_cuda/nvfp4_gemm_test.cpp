@@ -214,10 +214,10 @@ INSTANTIATE_TEST_SUITE_P(Qwen3Shapes, Nvfp4GemmTest, testing::ValuesIn(gemm_case
 TEST(Nvfp4GemmCuda, AutoPathFollowsTheMeasuredRule) {
   using cuda::Nvfp4GemmPath;
   EXPECT_EQ(cuda::nvfp4_gemm_auto_path(1, 5120, 2048), Nvfp4GemmPath::Streaming);
-  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(32, 2048, 4096), Nvfp4GemmPath::Streaming);
-  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(64, 5120, 2048), Nvfp4GemmPath::DequantCublas);
-  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(16, 8192, 8192), Nvfp4GemmPath::Streaming);
-  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(32, 8192, 8192), Nvfp4GemmPath::Fused);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(8, 8192, 8192), Nvfp4GemmPath::Streaming);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(16, 2048, 4096), Nvfp4GemmPath::Fused);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(64, 5120, 2048), Nvfp4GemmPath::Fused);
+  EXPECT_EQ(cuda::nvfp4_gemm_auto_path(16, 8192, 8192), Nvfp4GemmPath::Fused);
   EXPECT_EQ(cuda::nvfp4_gemm_auto_path(1, 151936, 2048), Nvfp4GemmPath::Fused);
   EXPECT_EQ(cuda::nvfp4_gemm_auto_path(128, 28672, 8192), Nvfp4GemmPath::Fused);
   EXPECT_EQ(cuda::nvfp4_gemm_auto_path(129, 28672, 8192), Nvfp4GemmPath::DequantCublas);

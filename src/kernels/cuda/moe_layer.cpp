@@ -79,11 +79,10 @@ void check_shape(const MoeLayerShape& s) {
             s.max_tokens);
 }
 
-// Auto takes the layer's own kernels up to this many tokens and the public grouped GEMM above. Measured before the
-// joint run (bench/RESULTS.md, H100): the grouped GEMM did w13 + w2 in 28 / 217 / 322 / 539 / 1747 us at 1 / 16 /
-// 64 / 256 / 4096 tokens, the layer's kernels in ~45 / ~290 / ~400 / ~560 / ~5100 us: grouped everywhere. Adjust
-// from bench_cuda_moe's "layer kernels" and "grouped GEMM" columns.
-constexpr int64_t kMoeLayerKernelsMaxTokens = 0;
+// Auto takes the layer's own kernels up to this many tokens and the public grouped GEMM above. Measured in the joint
+// run (bench/RESULTS.md, H100, whole layer in a CUDA graph): layer kernels 41.0 / 282.8 / 417.0 / 583.8 / 5193 us,
+// grouped GEMM 43.3 / 239.9 / 352.4 / 568.6 / 2719 us at 1 / 16 / 64 / 256 / 4096 tokens.
+constexpr int64_t kMoeLayerKernelsMaxTokens = 1;
 
 }  // namespace
 

@@ -161,14 +161,14 @@ void Nvfp4GemmContext::reserve_fused(int64_t max_m, int64_t n_rows, int64_t k) {
 }
 
 Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m, int64_t n, int64_t k) {
-  // H100, bench/RESULTS.md: the fused kernel wins on weights of >= 64M elements (8192x8192, 28672x8192, lm-head) up to
-  // m = 128, except at m <= 16 on 8192x8192 where streaming ties or wins; on the smaller Qwen3 linears the streaming
-  // kernel wins for m <= 32 and dequantize + cuBLAS above; every shape takes dequantize + cuBLAS past m = 128.
+  // H100, bench/RESULTS.md (joint run of 2026-11-23): streaming wins for m <= 8 on weights up to 8192x8192 elements
+  // (it loses ~1 µs to the fused kernel at o_proj m = 16 / 32 and wins nowhere else past m = 8); the fused kernel
+  // wins up to m = 128 on every shape (qkv / o_proj m = 64: 15.9 / 15.8 µs vs 25.6 / 23.9 for dequantize + cuBLAS);
+  // past m = 128 dequantize + cuBLAS wins everywhere.
   const int64_t elements = n * k, large = int64_t{8192} * 8192;
   if (m > 128) return Nvfp4GemmPath::DequantCublas;
-  if (m <= 16) return elements > large ? Nvfp4GemmPath::Fused : Nvfp4GemmPath::Streaming;
-  if (elements >= large) return Nvfp4GemmPath::Fused;
-  return m <= kNvfp4StreamingMaxTokens ? Nvfp4GemmPath::Streaming : Nvfp4GemmPath::DequantCublas;
+  if (m <= 8 && elements <= large) return Nvfp4GemmPath::Streaming;
+  return Nvfp4GemmPath::Fused;
 }
 
 void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args) {

@@ -62,8 +62,8 @@ class Nvfp4GemmContext {
   std::unique_ptr<State> state_;
 };
 
-// The path Auto takes for m tokens on an [n, k] weight (measured on H100, bench/RESULTS.md): Fused for large weights
-// (n * k >= 8192^2) up to m = 128, Streaming for smaller ones up to m = 32, DequantCublas otherwise.
+// The path Auto takes for m tokens on an [n, k] weight (measured on H100, bench/RESULTS.md): Streaming for m <= 8 on
+// weights of at most 8192^2 elements, Fused otherwise up to m = 128, DequantCublas past it.
 Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m, int64_t n, int64_t k);
 
 // Validates the arguments (throws fp4serve::Error naming the field at fault), then launches. m == 0 does nothing.
