@@ -83,7 +83,8 @@ void run_serve(ServerOptions options) {
       .engine = {.kv_cache_tokens = kv_cache_tokens(options, config),
                  .page_size = options.page_size,
                  .scheduler = {.max_running_sequences = options.max_running_requests,
-                               .max_prefill_tokens = options.chunked_prefill_size},
+                               .max_prefill_tokens = options.max_prefill_tokens,
+                               .chunked_prefill_size = options.chunked_prefill_size},
                  .eos_token_ids = tokenizer.stop_ids(),
                  .weight_version = options.weight_version,
                  .enable_prefix_cache = !options.disable_radix_cache,
@@ -145,7 +146,13 @@ void register_serve(CLI::App& app) {
       ->check(CLI::Range(0.01, 0.95))
       ->capture_default_str();
   cmd->add_option("--chunked-prefill-size", options->chunked_prefill_size,
-                  "Prefill token budget per engine step (a longer prompt still runs alone in one step)")
+                  "Most prompt tokens prefilled per engine step; longer prompts are split over steps while running "
+                  "requests keep decoding (-1: never split a prompt)")
+      ->check(CLI::PositiveNumber | CLI::IsMember({-1}))
+      ->capture_default_str();
+  cmd->add_option("--max-prefill-tokens", options->max_prefill_tokens,
+                  "Prompt tokens prefilled per engine step (with chunking off, a longer prompt runs as the step's only "
+                  "prefill)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--page-size", options->page_size, "KV cache page size in tokens")

@@ -312,18 +312,21 @@ void EngineService::run() {
 }
 
 void EngineService::step_once() {
-  std::vector<StepToken> produced;
+  std::vector<StepOutput> produced;
   try {
     produced = engine_->step();
   } catch (const std::exception& e) {
     fail_everything(fmt::format("the engine failed: {}", e.what()));
     return;
   }
-  for (StepToken& token : produced) {
-    auto it = active_.find(token.request_id);
+  for (StepOutput& out : produced) {
+    auto it = active_.find(out.request_id);
     if (it == active_.end()) continue;
-    it->second.channel->push({token.token, token.logprob, std::move(token.top_logprobs)});
-    if (token.finished) end_active(token.request_id, std::nullopt);
+    RequestChannel& channel = *it->second.channel;
+    if (!out.input_logprobs.empty()) channel.push_input_logprobs(std::move(out.input_logprobs));
+    if (out.token)
+      channel.push({*out.token, out.logprobs.logprob, std::move(out.logprobs.top), std::move(out.logprobs.ids)});
+    if (out.finished) end_active(out.request_id, std::nullopt);
   }
 }
 

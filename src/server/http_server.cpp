@@ -51,6 +51,7 @@ nlohmann::json to_json(const ServerOptions& o) {
           {"max_total_tokens", o.max_total_tokens},
           {"mem_fraction_static", o.mem_fraction_static},
           {"chunked_prefill_size", o.chunked_prefill_size},
+          {"max_prefill_tokens", o.max_prefill_tokens},
           {"page_size", o.page_size},
           {"disable_radix_cache", o.disable_radix_cache},
           {"enable_return_routed_experts", o.enable_return_routed_experts},
