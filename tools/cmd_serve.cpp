@@ -88,7 +88,8 @@ void run_serve(ServerOptions options) {
                  .eos_token_ids = tokenizer.stop_ids(),
                  .weight_version = options.weight_version,
                  .enable_prefix_cache = !options.disable_radix_cache,
-                 .record_routed_experts = options.enable_return_routed_experts},
+                 .record_routed_experts = options.enable_return_routed_experts,
+                 .logprobs_mode = options.logprobs_mode == "raw" ? LogprobsMode::Raw : LogprobsMode::Processed},
       .max_queued_requests = options.max_queued_requests};
   EngineService service(std::move(service_options));
   HttpServer server(options, service, tokenizer, std::move(chat_template));
@@ -161,6 +162,11 @@ void register_serve(CLI::App& app) {
   cmd->add_flag("--disable-radix-cache", options->disable_radix_cache, "Turn the prefix cache off");
   cmd->add_flag("--enable-return-routed-experts", options->enable_return_routed_experts,
                 "Record every token's MoE routing so requests can ask for it (return_routed_experts)");
+  cmd->add_option("--logprobs-mode", options->logprobs_mode,
+                  "What reported logprobs are of: raw = log_softmax(logits); processed = log_softmax(logits / "
+                  "temperature), before top-k/top-p/min-p")
+      ->check(CLI::IsMember({"raw", "processed"}))
+      ->capture_default_str();
   cmd->add_option("--api-key", options->api_key, "Key every endpoint requires (Authorization: Bearer KEY)");
   cmd->add_option("--admin-api-key", options->admin_api_key,
                   "Key for reload, flush, pause/continue and abort-all (default: --api-key)");

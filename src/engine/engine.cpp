@@ -53,9 +53,10 @@ void Engine::check_request(const GenerateRequest& request, std::string_view name
   for (int32_t id : request.sampling.token_ids_logprob)
     FP4_CHECK(id >= 0 && id < config.vocab_size, "{}: token_ids_logprob id {} is outside the vocabulary [0, {})", name,
               id, config.vocab_size);
-  FP4_CHECK(request.logprob_start_len >= -1 && request.logprob_start_len < static_cast<int64_t>(request.input_ids.size()),
-            "{}: logprob_start_len {} must be -1 (no prompt logprobs) or below the number of prompt tokens ({})", name,
-            request.logprob_start_len, request.input_ids.size());
+  FP4_CHECK(
+      request.logprob_start_len >= -1 && request.logprob_start_len < static_cast<int64_t>(request.input_ids.size()),
+      "{}: logprob_start_len {} must be -1 (no prompt logprobs) or below the number of prompt tokens ({})", name,
+      request.logprob_start_len, request.input_ids.size());
   FP4_CHECK(request.max_new_tokens >= 0, "{}: max_new_tokens {} must be >= 0", name, request.max_new_tokens);
   const int64_t total = static_cast<int64_t>(request.input_ids.size()) + request.max_new_tokens;
   FP4_CHECK(total <= config.max_position_embeddings,
@@ -111,11 +112,8 @@ std::vector<StepOutput> Engine::step() {
   for (const ScheduledChunk& chunk : scheduled.chunks) {
     Sequence& seq = *chunk.sequence;
     if (!chunk.decode && chunk.start == seq.n_cached_tokens) seq.kv_weight_version = weight_version_;  // 1st chunk
-    batch.sequences.push_back(
-        {.token_ids =
-             std::span(seq.tokens).subspan(static_cast<size_t>(chunk.start), static_cast<size_t>(chunk.n_tokens)),
-         .start_position = chunk.start,
-         .page_table = seq.pages.pages});
+    const std::span<const int32_t> tokens(seq.tokens.data() + chunk.start, static_cast<size_t>(chunk.n_tokens));
+    batch.sequences.push_back({.token_ids = tokens, .start_position = chunk.start, .page_table = seq.pages.pages});
     batch.all_logits |= static_cast<int64_t>(seq.input_logprobs.size()) < seq.n_input_logprobs_wanted();
   }
   std::vector<int64_t> row_slots;
@@ -135,7 +133,8 @@ std::vector<StepOutput> Engine::step() {
     if (!chunk.decode) offer_to_prefix_cache(seq);
     if (!chunk.completes_prefill()) continue;
 
-    StepOutput out{.request_id = seq.id, .token = std::nullopt, .logprobs = {}, .input_logprobs = {}, .finished = false};
+    StepOutput out{
+        .request_id = seq.id, .token = std::nullopt, .logprobs = {}, .input_logprobs = {}, .finished = false};
     if (seq.n_output_tokens() == 0) out.input_logprobs = seq.input_logprobs;
     if (seq.n_output_tokens() < seq.request.max_new_tokens)
       sample_next(seq, {output.last_logits.data<float>() + static_cast<int64_t>(i) * vocab, static_cast<size_t>(vocab)},
@@ -161,11 +160,11 @@ void Engine::record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, c
   const int64_t end = std::min(chunk.start + chunk.n_tokens, seq.n_prompt_tokens - 1);
   for (int64_t p = seq.request.logprob_start_len + static_cast<int64_t>(seq.input_logprobs.size());
        static_cast<int64_t>(seq.input_logprobs.size()) < n_wanted && p < end; ++p) {
-    FP4_CHECK(p >= chunk.start, "engine: request {} needs the logits of position {} but its chunk starts at {}",
-              seq.id, p, chunk.start);
+    FP4_CHECK(p >= chunk.start, "engine: request {} needs the logits of position {} but its chunk starts at {}", seq.id,
+              p, chunk.start);
     const std::span<const float> logits(chunk_logits + (p - chunk.start) * vocab, static_cast<size_t>(vocab));
-    seq.input_logprobs.push_back(
-        position_logprobs(logits, seq.tokens[static_cast<size_t>(p + 1)], seq.request.sampling, options_.logprobs_mode));
+    const int32_t scored_token = seq.tokens[static_cast<size_t>(p + 1)];
+    seq.input_logprobs.push_back(position_logprobs(logits, scored_token, seq.request.sampling, options_.logprobs_mode));
   }
 }
 
@@ -229,6 +228,12 @@ void Engine::retract_all() {
 void Engine::set_weight_version(std::string version) {
   weight_version_ = std::move(version);
   if (prefix_cache_) prefix_cache_->set_weight_version(weight_version_);
+}
+
+bool Engine::is_finished(int64_t request_id) const {
+  const auto it = sequences_.find(request_id);
+  FP4_CHECK(it != sequences_.end(), "request {} is unknown (never added, or its result was already taken)", request_id);
+  return it->second->status == SequenceStatus::Finished;
 }
 
 void Engine::flush_prefix_cache() {

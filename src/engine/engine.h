@@ -80,6 +80,8 @@ class Engine {
   // Ends a queued or running request with finish reason abort (its pages are freed); no-op once it has finished.
   void abort(int64_t request_id);
   bool has_unfinished() const { return scheduler_.has_work(); }
+  // Whether a request has ended (max_new_tokens 0 without prompt logprobs ends at add_request); throws if unknown.
+  bool is_finished(int64_t request_id) const;
   // One forward pass over the scheduled batch (none when idle); returns the sequences that sampled or ended in it.
   std::vector<StepOutput> step();
   int64_t n_steps() const { return n_steps_; }  // forward passes run so far

@@ -117,7 +117,9 @@ PositionLogprobs position_logprobs(std::span<const float> logits, int32_t token,
   const float log_normalizer = max_logit * scale + std::log(sum_exp);
   auto logprob_of = [&](int32_t id) { return logits[id] * scale - log_normalizer; };
 
-  PositionLogprobs result{.logprob = logprob_of(token)};
+  PositionLogprobs result{
+      .logprob = logprob_of(token),
+      .rank = 1 + std::count_if(logits.begin(), logits.end(), [&](float l) { return l > logits[token]; })};
   if (params.n_top_logprobs > 0)  // dividing by a positive temperature keeps the order
     for (int32_t id : order_descending(logits, std::min<int64_t>(params.n_top_logprobs, vocab)))
       result.top.emplace_back(id, logprob_of(id));

@@ -34,6 +34,7 @@ using TokenLogprobs = std::vector<std::pair<int32_t, float>>;  // (token id, log
 // The logprobs reported at one position.
 struct PositionLogprobs {
   float logprob = 0.0f;  // of the token at this position
+  int64_t rank = 1;      // of that token: 1 + the number of strictly more probable tokens (vLLM's rank)
   TokenLogprobs top{};   // the n_top_logprobs most probable tokens, most probable first (lower id on ties)
   TokenLogprobs ids{};   // of SamplingParams::token_ids_logprob, in that order
 };

@@ -223,7 +223,6 @@ void EngineService::abort_in_engine() {
 }
 
 void EngineService::admit(Pending pending) {
-  const bool no_tokens = pending.request.max_new_tokens == 0;
   int64_t id;
   try {
     id = engine_->add_request(std::move(pending.request));
@@ -234,7 +233,7 @@ void EngineService::admit(Pending pending) {
   }
   pending.channel->admitted(engine_->weight_version());
   active_.emplace(id, Active{pending.ticket, std::move(pending.rid), std::move(pending.channel)});
-  if (no_tokens) end_active(id, std::nullopt);  // finished at admission: it never appears in a step
+  if (engine_->is_finished(id)) end_active(id, std::nullopt);  // nothing to run: it never appears in a step
 }
 
 // Takes the request's result (aborting it first if it still runs) and closes its channel.

@@ -69,6 +69,9 @@ TEST(Sampler, LogprobsAreTheRawOrTheTemperedLogSoftmaxBeforeFilters) {
       }
     }
   }
+  // Rank: 1 + the tokens strictly more probable. Logit 0 = sin(0); 161 of the others have sin > 0.
+  EXPECT_EQ(position_logprobs(logits, 0, {}, LogprobsMode::Raw).rank, 162);
+  EXPECT_EQ(position_logprobs(logits, 225, {}, LogprobsMode::Processed).rank, 1);  // sin(83.25), the largest
   // Raw logprobs do not depend on the temperature at all, bit for bit.
   EXPECT_EQ(position_logprobs(logits, 4, {.temperature = 0.3f}, LogprobsMode::Raw).logprob,
             position_logprobs(logits, 4, {.temperature = 3.0f}, LogprobsMode::Raw).logprob);
