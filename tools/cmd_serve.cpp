@@ -83,11 +83,13 @@ void run_serve(ServerOptions options) {
       .engine = {.kv_cache_tokens = kv_cache_tokens(options, config),
                  .page_size = options.page_size,
                  .scheduler = {.max_running_sequences = options.max_running_requests,
-                               .max_prefill_tokens = options.chunked_prefill_size},
+                               .max_prefill_tokens = options.max_prefill_tokens,
+                               .chunked_prefill_size = options.chunked_prefill_size},
                  .eos_token_ids = tokenizer.stop_ids(),
                  .weight_version = options.weight_version,
                  .enable_prefix_cache = !options.disable_radix_cache,
-                 .record_routed_experts = options.enable_return_routed_experts},
+                 .record_routed_experts = options.enable_return_routed_experts,
+                 .logprobs_mode = options.logprobs_mode == "raw" ? LogprobsMode::Raw : LogprobsMode::Processed},
       .max_queued_requests = options.max_queued_requests};
   EngineService service(std::move(service_options));
   HttpServer server(options, service, tokenizer, std::move(chat_template));
@@ -145,7 +147,13 @@ void register_serve(CLI::App& app) {
       ->check(CLI::Range(0.01, 0.95))
       ->capture_default_str();
   cmd->add_option("--chunked-prefill-size", options->chunked_prefill_size,
-                  "Prefill token budget per engine step (a longer prompt still runs alone in one step)")
+                  "Most prompt tokens prefilled per engine step; longer prompts are split over steps while running "
+                  "requests keep decoding (-1: never split a prompt)")
+      ->check(CLI::PositiveNumber | CLI::IsMember({-1}))
+      ->capture_default_str();
+  cmd->add_option("--max-prefill-tokens", options->max_prefill_tokens,
+                  "Prompt tokens prefilled per engine step (with chunking off, a longer prompt runs as the step's only "
+                  "prefill)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--page-size", options->page_size, "KV cache page size in tokens")
@@ -154,6 +162,11 @@ void register_serve(CLI::App& app) {
   cmd->add_flag("--disable-radix-cache", options->disable_radix_cache, "Turn the prefix cache off");
   cmd->add_flag("--enable-return-routed-experts", options->enable_return_routed_experts,
                 "Record every token's MoE routing so requests can ask for it (return_routed_experts)");
+  cmd->add_option("--logprobs-mode", options->logprobs_mode,
+                  "What reported logprobs are of: raw = log_softmax(logits); processed = log_softmax(logits / "
+                  "temperature), before top-k/top-p/min-p")
+      ->check(CLI::IsMember({"raw", "processed"}))
+      ->capture_default_str();
   cmd->add_option("--api-key", options->api_key, "Key every endpoint requires (Authorization: Bearer KEY)");
   cmd->add_option("--admin-api-key", options->admin_api_key,
                   "Key for reload, flush, pause/continue and abort-all (default: --api-key)");

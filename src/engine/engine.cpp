@@ -50,6 +50,13 @@ void Engine::check_request(const GenerateRequest& request, std::string_view name
     FP4_CHECK(request.input_ids[i] >= 0 && request.input_ids[i] < config.vocab_size,
               "{}: input id {} at position {} is outside the vocabulary [0, {})", name, request.input_ids[i], i,
               config.vocab_size);
+  for (int32_t id : request.sampling.token_ids_logprob)
+    FP4_CHECK(id >= 0 && id < config.vocab_size, "{}: token_ids_logprob id {} is outside the vocabulary [0, {})", name,
+              id, config.vocab_size);
+  FP4_CHECK(
+      request.logprob_start_len >= -1 && request.logprob_start_len < static_cast<int64_t>(request.input_ids.size()),
+      "{}: logprob_start_len {} must be -1 (no prompt logprobs) or below the number of prompt tokens ({})", name,
+      request.logprob_start_len, request.input_ids.size());
   FP4_CHECK(request.max_new_tokens >= 0, "{}: max_new_tokens {} must be >= 0", name, request.max_new_tokens);
   const int64_t total = static_cast<int64_t>(request.input_ids.size()) + request.max_new_tokens;
   FP4_CHECK(total <= config.max_position_embeddings,
@@ -80,7 +87,7 @@ int64_t Engine::queue_request(GenerateRequest request) {
   seq->tokens = request.input_ids;
   seq->n_prompt_tokens = static_cast<int64_t>(request.input_ids.size());
   seq->request = std::move(request);
-  if (seq->request.max_new_tokens == 0) {
+  if (seq->request.max_new_tokens == 0 && seq->n_input_logprobs_wanted() == 0) {
     seq->status = SequenceStatus::Finished;
     seq->finish_reason = FinishReason::Length;
   } else {
@@ -97,54 +104,84 @@ bool Engine::is_stop_token(const Sequence& seq, int32_t token) const {
   return contains(seq.request.stop_token_ids) || (!seq.request.ignore_eos && contains(options_.eos_token_ids));
 }
 
-std::vector<StepToken> Engine::step() {
+std::vector<StepOutput> Engine::step() {
   const ScheduledBatch scheduled = scheduler_.schedule();
-  if (scheduled.sequences.empty()) return {};
+  if (scheduled.chunks.empty()) return {};
 
   ForwardBatch batch{.sequences = {}, .kv_cache = &kv_cache_.tensors()};
-  for (Sequence* seq : scheduled.sequences) {
-    if (scheduled.prefill) seq->kv_weight_version = weight_version_;
-    const int64_t start = scheduled.prefill ? seq->n_cached_tokens : static_cast<int64_t>(seq->tokens.size()) - 1;
-    batch.sequences.push_back({.token_ids = std::span(seq->tokens).subspan(static_cast<size_t>(start)),
-                               .start_position = start,
-                               .page_table = seq->pages.pages});
+  for (const ScheduledChunk& chunk : scheduled.chunks) {
+    Sequence& seq = *chunk.sequence;
+    if (!chunk.decode && chunk.start == seq.n_cached_tokens) seq.kv_weight_version = weight_version_;  // 1st chunk
+    const std::span<const int32_t> tokens(seq.tokens.data() + chunk.start, static_cast<size_t>(chunk.n_tokens));
+    batch.sequences.push_back({.token_ids = tokens, .start_position = chunk.start, .page_table = seq.pages.pages});
+    batch.all_logits |= static_cast<int64_t>(seq.input_logprobs.size()) < seq.n_input_logprobs_wanted();
   }
   std::vector<int64_t> row_slots;
   const std::optional<ForwardObserver> recorder = routing_recorder(batch, row_slots);
   if (recorder) batch.observer = &*recorder;
   const ForwardOutput output = model_->forward(batch);
+  ++n_steps_;
 
-  std::vector<StepToken> produced;
+  std::vector<StepOutput> produced;
   const int64_t vocab = model_->config().vocab_size;
-  for (size_t i = 0; i < scheduled.sequences.size(); ++i) {
-    Sequence& seq = *scheduled.sequences[i];
-    const std::span<const float> logits(output.last_logits.data<float>() + static_cast<int64_t>(i) * vocab,
-                                        static_cast<size_t>(vocab));
-    if (scheduled.prefill) offer_to_prefix_cache(seq);
-    SampledToken sampled = sample_token(logits, seq.request.sampling, seq.n_output_tokens());
-    seq.tokens.push_back(sampled.token);
-    seq.output_logprobs.push_back(sampled.logprob);
-    if (seq.request.sampling.n_top_logprobs > 0) seq.output_top_logprobs.push_back(sampled.top_logprobs);
-    std::vector<WeightVersionSpan>& spans = seq.weight_version_spans;
-    if (spans.empty() || spans.back().version != weight_version_)
-      spans.push_back({.version = weight_version_, .start = seq.n_output_tokens() - 1, .end = seq.n_output_tokens()});
-    else
-      spans.back().end = seq.n_output_tokens();
+  int64_t first_row = 0;
+  for (size_t i = 0; i < scheduled.chunks.size(); ++i) {
+    const ScheduledChunk& chunk = scheduled.chunks[i];
+    Sequence& seq = *chunk.sequence;
+    if (batch.all_logits) record_input_logprobs(seq, chunk, output.all_logits.data<float>() + first_row * vocab);
+    first_row += chunk.n_tokens;
+    if (!chunk.decode) offer_to_prefix_cache(seq);
+    if (!chunk.completes_prefill()) continue;
 
+    StepOutput out{
+        .request_id = seq.id, .token = std::nullopt, .logprobs = {}, .input_logprobs = {}, .finished = false};
+    if (seq.n_output_tokens() == 0) out.input_logprobs = seq.input_logprobs;
+    if (seq.n_output_tokens() < seq.request.max_new_tokens)
+      sample_next(seq, {output.last_logits.data<float>() + static_cast<int64_t>(i) * vocab, static_cast<size_t>(vocab)},
+                  out);
     if (seq.n_output_tokens() >= seq.request.max_new_tokens) {
       seq.finish_reason = FinishReason::Length;
-    } else if (is_stop_token(seq, sampled.token)) {
+    } else if (is_stop_token(seq, *out.token)) {
       seq.finish_reason = FinishReason::Stop;
-      seq.matched_stop_token = sampled.token;
+      seq.matched_stop_token = out.token;
     }
     if (seq.finish_reason) end_sequence(seq);
-    produced.push_back({.request_id = seq.id,
-                        .token = sampled.token,
-                        .logprob = sampled.logprob,
-                        .top_logprobs = std::move(sampled.top_logprobs),
-                        .finished = seq.finish_reason.has_value()});
+    out.finished = seq.finish_reason.has_value();
+    produced.push_back(std::move(out));
   }
   return produced;
+}
+
+// Position p's logits score prompt token p + 1; the scheduler started this sequence's computation no later than
+// the first position still needed.
+void Engine::record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, const float* chunk_logits) const {
+  const int64_t n_wanted = seq.n_input_logprobs_wanted();
+  const int64_t vocab = model_->config().vocab_size;
+  const int64_t end = std::min(chunk.start + chunk.n_tokens, seq.n_prompt_tokens - 1);
+  for (int64_t p = seq.request.logprob_start_len + static_cast<int64_t>(seq.input_logprobs.size());
+       static_cast<int64_t>(seq.input_logprobs.size()) < n_wanted && p < end; ++p) {
+    FP4_CHECK(p >= chunk.start, "engine: request {} needs the logits of position {} but its chunk starts at {}", seq.id,
+              p, chunk.start);
+    const std::span<const float> logits(chunk_logits + (p - chunk.start) * vocab, static_cast<size_t>(vocab));
+    const int32_t scored_token = seq.tokens[static_cast<size_t>(p + 1)];
+    seq.input_logprobs.push_back(position_logprobs(logits, scored_token, seq.request.sampling, options_.logprobs_mode));
+  }
+}
+
+void Engine::sample_next(Sequence& seq, std::span<const float> logits, StepOutput& out) const {
+  const SamplingParams& sampling = seq.request.sampling;
+  const int32_t token = sample_token(logits, sampling, seq.n_output_tokens());
+  out.token = token;
+  out.logprobs = position_logprobs(logits, token, sampling, options_.logprobs_mode);
+  seq.tokens.push_back(token);
+  seq.output_logprobs.push_back(out.logprobs.logprob);
+  if (sampling.n_top_logprobs > 0) seq.output_top_logprobs.push_back(out.logprobs.top);
+  if (!sampling.token_ids_logprob.empty()) seq.output_ids_logprobs.push_back(out.logprobs.ids);
+  std::vector<WeightVersionSpan>& spans = seq.weight_version_spans;
+  if (spans.empty() || spans.back().version != weight_version_)
+    spans.push_back({.version = weight_version_, .start = seq.n_output_tokens() - 1, .end = seq.n_output_tokens()});
+  else
+    spans.back().end = seq.n_output_tokens();
 }
 
 void Engine::abort(int64_t request_id) {
@@ -172,12 +209,12 @@ std::optional<ForwardObserver> Engine::routing_recorder(const ForwardBatch& batc
 // KV computed under weights that no longer serve (an update while paused in place) stays out of the cache.
 void Engine::offer_to_prefix_cache(const Sequence& seq) {
   if (prefix_cache_ && seq.kv_weight_version == weight_version_)
-    prefix_cache_->insert(seq.tokens, seq.pages.pages, seq.pages.n_tokens);
+    prefix_cache_->insert(seq.tokens, seq.pages.pages, seq.n_computed_tokens);
 }
 
 void Engine::end_sequence(Sequence& seq) {
   const int64_t n_fed = static_cast<int64_t>(seq.tokens.size()) - 1;  // the last token was never fed
-  if (seq.request.return_routed_experts && seq.pages.n_tokens >= n_fed)
+  if (seq.request.return_routed_experts && seq.n_computed_tokens >= n_fed)
     seq.routed_experts = routing_->gather(seq.pages.pages, seq.request.routed_experts_start_len, n_fed);
   offer_to_prefix_cache(seq);
   scheduler_.finish(&seq);
@@ -191,6 +228,12 @@ void Engine::retract_all() {
 void Engine::set_weight_version(std::string version) {
   weight_version_ = std::move(version);
   if (prefix_cache_) prefix_cache_->set_weight_version(weight_version_);
+}
+
+bool Engine::is_finished(int64_t request_id) const {
+  const auto it = sequences_.find(request_id);
+  FP4_CHECK(it != sequences_.end(), "request {} is unknown (never added, or its result was already taken)", request_id);
+  return it->second->status == SequenceStatus::Finished;
 }
 
 void Engine::flush_prefix_cache() {
@@ -207,6 +250,8 @@ GenerateResult Engine::take_result(int64_t request_id) {
       .output_ids = std::vector<int32_t>(seq.tokens.begin() + seq.n_prompt_tokens, seq.tokens.end()),
       .output_logprobs = seq.output_logprobs,
       .output_top_logprobs = seq.output_top_logprobs,
+      .output_ids_logprobs = seq.output_ids_logprobs,
+      .input_logprobs = seq.input_logprobs,
       .finish_reason = *seq.finish_reason,
       .matched_stop_token = seq.matched_stop_token,
       .prompt_tokens = seq.n_prompt_tokens,
@@ -223,10 +268,13 @@ std::vector<GenerateResult> Engine::generate(std::vector<GenerateRequest> reques
   for (size_t i = 0; i < requests.size(); ++i) check_request(requests[i], fmt::format("request {}", i));
   std::vector<int64_t> ids;
   for (GenerateRequest& request : requests) ids.push_back(queue_request(std::move(request)));
-  while (has_unfinished())
-    FP4_CHECK(!step().empty(),
+  while (has_unfinished()) {
+    const int64_t steps_before = n_steps_;
+    step();
+    FP4_CHECK(n_steps_ > steps_before,
               "engine: no sequence could be scheduled although requests are waiting (a request "
               "larger than the KV cache slipped through validation)");
+  }
   std::vector<GenerateResult> results;
   for (int64_t id : ids) results.push_back(take_result(id));
   return results;

@@ -1,6 +1,8 @@
 // The generation engine: owns the model and its KV cache and runs requests as one continuously batched loop
-// (scheduler.h decides each step: prefill, else decode). With the prefix cache on, every computed whole page of a
-// prompt (after its prefill) and of a finished sequence is offered to the cache for later requests. Requests leave the
+// (scheduler.h decides each step: decodes plus prefill chunks). A sequence samples only once its prefill is
+// complete; prompt logprobs come from the logits of the positions they need, which are always computed (never taken
+// from the prefix cache). With the prefix cache on, every computed whole page of a prefill chunk and of a finished
+// sequence is offered to the cache for later requests. Requests leave the
 // batch when they reach max_new_tokens (checked first, as SGLang does), an EOS token (unless ignore_eos) or one of
 // their stop tokens; the token that stopped them is part of the output. The prefix cache is keyed by the weight
 // version, and a sequence's KV is offered to it only while the weights it was computed with still serve. Each output
@@ -32,13 +34,16 @@ struct EngineOptions {
   std::string weight_version = "default";
   bool enable_prefix_cache = true;  // reuse the KV pages of earlier prompts' common prefixes
   bool record_routed_experts = false;  // keep every KV slot's routing (MoE models), for return_routed_experts
+  LogprobsMode logprobs_mode = LogprobsMode::Processed;  // what every reported logprob is of (sampler.h)
 };
 
 struct GenerateResult {
   int64_t request_id = 0;
   std::vector<int32_t> output_ids;
-  std::vector<float> output_logprobs;  // log-softmax of the raw logits at each output token
-  std::vector<std::vector<std::pair<int32_t, float>>> output_top_logprobs;  // when sampling.n_top_logprobs > 0
+  std::vector<float> output_logprobs;              // at each output token, in EngineOptions::logprobs_mode
+  std::vector<TokenLogprobs> output_top_logprobs;  // when sampling.n_top_logprobs > 0
+  std::vector<TokenLogprobs> output_ids_logprobs;  // when sampling.token_ids_logprob is not empty
+  std::vector<PositionLogprobs> input_logprobs;    // of prompt tokens logprob_start_len + 1 on (sequence.h)
   FinishReason finish_reason = FinishReason::Length;
   std::optional<int32_t> matched_stop_token;  // the EOS or stop token that finished it
   int64_t prompt_tokens = 0;
@@ -51,12 +56,12 @@ struct GenerateResult {
   std::vector<int32_t> routed_experts;
 };
 
-// What one step produced for one sequence (for streaming).
-struct StepToken {
+// What one step produced for a sequence that completed its prefill or decoded (for streaming).
+struct StepOutput {
   int64_t request_id;
-  int32_t token;
-  float logprob;
-  std::vector<std::pair<int32_t, float>> top_logprobs;  // when sampling.n_top_logprobs > 0
+  std::optional<int32_t> token;  // none when it ended right after its prompt (max_new_tokens 0, prompt logprobs)
+  PositionLogprobs logprobs;     // of `token`
+  std::vector<PositionLogprobs> input_logprobs;  // on its first completed prefill, when it asked for them
   bool finished;
 };
 
@@ -75,7 +80,11 @@ class Engine {
   // Ends a queued or running request with finish reason abort (its pages are freed); no-op once it has finished.
   void abort(int64_t request_id);
   bool has_unfinished() const { return scheduler_.has_work(); }
-  std::vector<StepToken> step();  // one forward pass over the scheduled batch; empty when idle
+  // Whether a request has ended (max_new_tokens 0 without prompt logprobs ends at add_request); throws if unknown.
+  bool is_finished(int64_t request_id) const;
+  // One forward pass over the scheduled batch (none when idle); returns the sequences that sampled or ended in it.
+  std::vector<StepOutput> step();
+  int64_t n_steps() const { return n_steps_; }  // forward passes run so far
   // The result of a finished request (once); throws if it is unknown or still running.
   GenerateResult take_result(int64_t request_id);
 
@@ -101,6 +110,8 @@ class Engine {
   void end_sequence(Sequence& seq);  // keeps what the result needs from its KV, then frees it
   // The observer that records each row's routing at the KV slot of its position (null without a routing table).
   std::optional<ForwardObserver> routing_recorder(const ForwardBatch& batch, std::vector<int64_t>& row_slots);
+  void record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, const float* chunk_logits) const;
+  void sample_next(Sequence& seq, std::span<const float> logits, StepOutput& out) const;
 
   std::unique_ptr<Qwen3Model> model_;
   EngineOptions options_;
@@ -110,6 +121,7 @@ class Engine {
   Scheduler scheduler_;
   std::map<int64_t, std::unique_ptr<Sequence>> sequences_;  // queued, running and finished-but-not-taken
   int64_t next_request_id_ = 0;
+  int64_t n_steps_ = 0;
   std::string weight_version_;
 };
 

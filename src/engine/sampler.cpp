@@ -36,6 +36,16 @@ std::vector<int32_t> order_descending(std::span<const float> values, int64_t cou
   return order;
 }
 
+// The largest logit, after checking that no logit is NaN and that some token is possible.
+float checked_max_logit(std::span<const float> logits) {
+  FP4_CHECK(!logits.empty(), "sampling from an empty logits row");
+  for (size_t i = 0; i < logits.size(); ++i)
+    FP4_CHECK(!std::isnan(logits[i]), "sampling: logit of token {} is NaN (the model produced non-finite values)", i);
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  FP4_CHECK(std::isfinite(max_logit), "sampling: the largest logit is {}; logits must be finite or -inf", max_logit);
+  return max_logit;
+}
+
 }  // namespace
 
 double sampling_uniform(uint64_t seed, int64_t token_index) {
@@ -43,76 +53,77 @@ double sampling_uniform(uint64_t seed, int64_t token_index) {
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 
-SampledToken sample_token(std::span<const float> logits, const SamplingParams& params, int64_t token_index) {
+int32_t sample_token(std::span<const float> logits, const SamplingParams& params, int64_t token_index) {
   const int64_t vocab = static_cast<int64_t>(logits.size());
-  FP4_CHECK(vocab > 0, "sampling from an empty logits row");
-  const float max_logit = *std::max_element(logits.begin(), logits.end());
-  for (int64_t i = 0; i < vocab; ++i)
-    FP4_CHECK(!std::isnan(logits[i]), "sampling: logit of token {} is NaN (the model produced non-finite values)", i);
-  FP4_CHECK(std::isfinite(max_logit), "sampling: the largest logit is {}; logits must be finite or -inf", max_logit);
+  const float max_logit = checked_max_logit(logits);
+  if (params.is_greedy())
+    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 
-  // log-softmax of the raw logits, fp32 (max-subtracted; the sum accumulates in fp32 like torch's).
-  float sum_exp = 0.0f;
-  for (float l : logits) sum_exp += std::exp(l - max_logit);
-  const float log_normalizer = max_logit + std::log(sum_exp);
-  auto logprob_of = [&](int32_t token) { return logits[token] - log_normalizer; };
+  const double inv_temperature = 1.0 / static_cast<double>(params.temperature);
+  auto weight = [&](int32_t token) {
+    return std::exp((static_cast<double>(logits[token]) - max_logit) * inv_temperature);
+  };
+  double total = 0.0;  // over the whole vocabulary, so top_p and min_p see the unfiltered distribution
+  for (int32_t token = 0; token < vocab; ++token) total += weight(token);
 
-  SampledToken result;
-  if (params.is_greedy()) {
-    result.token = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  std::vector<int32_t> candidates;  // in draw order
+  std::vector<double> probs;
+  if (params.top_k == -1 && params.top_p == 1.0f && params.min_p == 0.0f) {
+    candidates.resize(static_cast<size_t>(vocab));
+    std::iota(candidates.begin(), candidates.end(), 0);
+    for (int32_t token : candidates) probs.push_back(weight(token) / total);
   } else {
-    const double inv_temperature = 1.0 / static_cast<double>(params.temperature);
-    auto weight = [&](int32_t token) {
-      return std::exp((static_cast<double>(logits[token]) - max_logit) * inv_temperature);
-    };
-    double total = 0.0;  // over the whole vocabulary, so top_p and min_p see the unfiltered distribution
-    for (int32_t token = 0; token < vocab; ++token) total += weight(token);
-
-    std::vector<int32_t> candidates;  // in draw order
-    std::vector<double> probs;
-    if (params.top_k == -1 && params.top_p == 1.0f && params.min_p == 0.0f) {
-      candidates.resize(static_cast<size_t>(vocab));
-      std::iota(candidates.begin(), candidates.end(), 0);
+    // Sort only as far as the filters reach: a prefix of 256, grown 4x until top_p or min_p cut inside it.
+    const int64_t limit = params.top_k == -1 ? vocab : std::min<int64_t>(params.top_k, vocab);
+    for (int64_t count = std::min<int64_t>(limit, 256);; count = std::min(limit, count * 4)) {
+      candidates = order_descending(logits, count);
+      probs.clear();
       for (int32_t token : candidates) probs.push_back(weight(token) / total);
-    } else {
-      // Sort only as far as the filters reach: a prefix of 256, grown 4x until top_p or min_p cut inside it.
-      const int64_t limit = params.top_k == -1 ? vocab : std::min<int64_t>(params.top_k, vocab);
-      for (int64_t count = std::min<int64_t>(limit, 256);; count = std::min(limit, count * 4)) {
-        candidates = order_descending(logits, count);
-        probs.clear();
-        for (int32_t token : candidates) probs.push_back(weight(token) / total);
-        size_t n_kept = 0;
-        double mass_before = 0.0;
-        for (; n_kept < probs.size(); ++n_kept) {
-          const bool reached_top_p = n_kept > 0 && mass_before >= params.top_p;
-          const bool below_min_p = probs[n_kept] < params.min_p * probs[0];
-          if (reached_top_p || below_min_p) break;
-          mass_before += probs[n_kept];
-        }
-        if (n_kept < candidates.size() || count == limit) {
-          candidates.resize(n_kept);
-          probs.resize(n_kept);
-          break;
-        }
+      size_t n_kept = 0;
+      double mass_before = 0.0;
+      for (; n_kept < probs.size(); ++n_kept) {
+        const bool reached_top_p = n_kept > 0 && mass_before >= params.top_p;
+        const bool below_min_p = probs[n_kept] < params.min_p * probs[0];
+        if (reached_top_p || below_min_p) break;
+        mass_before += probs[n_kept];
       }
-    }
-    double kept_mass = 0.0;
-    for (double p : probs) kept_mass += p;
-    const double target = sampling_uniform(params.seed, token_index) * kept_mass;
-    double cumulative = 0.0;
-    result.token = candidates.back();  // rounding can leave target at the kept mass
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      cumulative += probs[i];
-      if (target < cumulative) {
-        result.token = candidates[i];
+      if (n_kept < candidates.size() || count == limit) {
+        candidates.resize(n_kept);
+        probs.resize(n_kept);
         break;
       }
     }
   }
-  result.logprob = logprob_of(result.token);
-  if (params.n_top_logprobs > 0)
-    for (int32_t token : order_descending(logits, std::min<int64_t>(params.n_top_logprobs, vocab)))
-      result.top_logprobs.emplace_back(token, logprob_of(token));
+  double kept_mass = 0.0;
+  for (double p : probs) kept_mass += p;
+  const double target = sampling_uniform(params.seed, token_index) * kept_mass;
+  double cumulative = 0.0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    cumulative += probs[i];
+    if (target < cumulative) return candidates[i];
+  }
+  return candidates.back();  // rounding can leave target at the kept mass
+}
+
+PositionLogprobs position_logprobs(std::span<const float> logits, int32_t token, const SamplingParams& params,
+                                   LogprobsMode mode) {
+  const int64_t vocab = static_cast<int64_t>(logits.size());
+  const float max_logit = checked_max_logit(logits);
+  // Scaling by 1 leaves the raw values bit for bit; the sum accumulates in fp32 like torch's log_softmax.
+  const float scale =
+      mode == LogprobsMode::Processed && params.temperature > 0.0f ? 1.0f / params.temperature : 1.0f;
+  float sum_exp = 0.0f;
+  for (float l : logits) sum_exp += std::exp(l * scale - max_logit * scale);
+  const float log_normalizer = max_logit * scale + std::log(sum_exp);
+  auto logprob_of = [&](int32_t id) { return logits[id] * scale - log_normalizer; };
+
+  PositionLogprobs result{
+      .logprob = logprob_of(token),
+      .rank = 1 + std::count_if(logits.begin(), logits.end(), [&](float l) { return l > logits[token]; })};
+  if (params.n_top_logprobs > 0)  // dividing by a positive temperature keeps the order
+    for (int32_t id : order_descending(logits, std::min<int64_t>(params.n_top_logprobs, vocab)))
+      result.top.emplace_back(id, logprob_of(id));
+  for (int32_t id : params.token_ids_logprob) result.ids.emplace_back(id, logprob_of(id));
   return result;
 }
 

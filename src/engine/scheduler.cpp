@@ -11,6 +11,9 @@ Scheduler::Scheduler(PageAllocator& pages, PrefixCache* prefix_cache, SchedulerO
   FP4_CHECK(options.max_running_sequences > 0 && options.max_prefill_tokens > 0,
             "scheduler: max_running_sequences {} and max_prefill_tokens {} must be positive",
             options.max_running_sequences, options.max_prefill_tokens);
+  FP4_CHECK(options.chunked_prefill_size == -1 || options.chunked_prefill_size > 0,
+            "scheduler: chunked_prefill_size {} must be positive, or -1 to turn chunked prefill off",
+            options.chunked_prefill_size);
 }
 
 void Scheduler::add(Sequence* seq) {
@@ -19,50 +22,39 @@ void Scheduler::add(Sequence* seq) {
 }
 
 ScheduledBatch Scheduler::schedule() {
-  ScheduledBatch batch = schedule_prefill();
-  return batch.sequences.empty() ? schedule_decode() : batch;
+  ScheduledBatch batch;
+  int64_t budget = chunked() ? std::min(options_.max_prefill_tokens, options_.chunked_prefill_size)
+                             : options_.max_prefill_tokens;
+  // Pages a preemption just freed are for the running sequences: admitting now would only preempt again.
+  if (!schedule_running(batch, budget)) admit_waiting(batch, budget);
+  return batch;
 }
 
 bool Scheduler::make_free(int64_t n_pages) {
   return prefix_cache_ ? prefix_cache_->make_free(n_pages) : pages_.n_free_pages() >= n_pages;
 }
 
-ScheduledBatch Scheduler::schedule_prefill() {
-  ScheduledBatch batch{.sequences = {}, .prefill = true};
-  int64_t n_batch_tokens = 0;
-  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running_sequences) {
-    Sequence* seq = waiting_.front();
-    const int64_t n_tokens = static_cast<int64_t>(seq->tokens.size());
-    std::vector<int32_t> hits =
-        prefix_cache_ ? prefix_cache_->match(seq->tokens, n_tokens - 1) : std::vector<int32_t>{};
-    const int64_t n_cached = static_cast<int64_t>(hits.size()) * pages_.page_size();
-    const int64_t n_new = n_tokens - n_cached;
-    const bool over_budget = !batch.sequences.empty() && n_batch_tokens + n_new > options_.max_prefill_tokens;
-    if (over_budget || !make_free(pages_.pages_for(n_tokens) - static_cast<int64_t>(hits.size()))) {
-      for (int32_t page : hits) pages_.release(page);
-      break;
-    }
-    seq->pages = {.pages = std::move(hits), .n_tokens = n_cached};
-    pages_.append(seq->pages, n_new);
-    seq->n_cached_tokens = n_cached;
-    waiting_.pop_front();
-    seq->status = SequenceStatus::Running;
-    running_.push_back(seq);
-    batch.sequences.push_back(seq);
-    n_batch_tokens += n_new;
-  }
-  return batch;
-}
-
-ScheduledBatch Scheduler::schedule_decode() {
-  ScheduledBatch batch{.sequences = {}, .prefill = false};
+bool Scheduler::schedule_running(ScheduledBatch& batch, int64_t& budget) {
+  bool preempted = false;
   std::deque<Sequence*> candidates;
   candidates.swap(running_);
   while (!candidates.empty()) {
     Sequence* seq = candidates.front();
     candidates.pop_front();
+    const int64_t n_tokens = static_cast<int64_t>(seq->tokens.size());
+    const int64_t start = seq->n_computed_tokens;
+    if (seq->pages.n_tokens == n_tokens) {  // mid-prefill: its pages were taken at admission
+      running_.push_back(seq);
+      if (budget <= 0) continue;
+      const int64_t n_fed = std::min(n_tokens - start, budget);
+      budget -= n_fed;
+      seq->n_computed_tokens += n_fed;
+      batch.chunks.push_back({.sequence = seq, .start = start, .n_tokens = n_fed, .decode = false});
+      continue;
+    }
     bool preempted_self = false;
     while (!pages_.can_append(seq->pages, 1) && !make_free(1)) {
+      preempted = true;
       if (candidates.empty()) {
         preempt(seq);
         preempted_self = true;
@@ -73,10 +65,40 @@ ScheduledBatch Scheduler::schedule_decode() {
     }
     if (preempted_self) continue;
     pages_.append(seq->pages, 1);
-    batch.sequences.push_back(seq);
+    seq->n_computed_tokens += 1;
+    running_.push_back(seq);
+    batch.chunks.push_back({.sequence = seq, .start = start, .n_tokens = 1, .decode = true});
   }
-  running_.assign(batch.sequences.begin(), batch.sequences.end());
-  return batch;
+  return preempted;
+}
+
+void Scheduler::admit_waiting(ScheduledBatch& batch, int64_t& budget) {
+  bool first = true;
+  while (!waiting_.empty() && budget > 0 &&
+         static_cast<int64_t>(running_.size()) < options_.max_running_sequences) {
+    Sequence* seq = waiting_.front();
+    const int64_t n_tokens = static_cast<int64_t>(seq->tokens.size());
+    std::vector<int32_t> hits = prefix_cache_ ? prefix_cache_->match(seq->tokens, seq->first_position_needing_logits())
+                                              : std::vector<int32_t>{};
+    const int64_t n_cached = static_cast<int64_t>(hits.size()) * pages_.page_size();
+    const int64_t n_new = n_tokens - n_cached;
+    const int64_t n_fed = chunked() ? std::min(n_new, budget) : n_new;
+    const bool unsplit_over_budget = !chunked() && !first && n_new > budget;
+    if (unsplit_over_budget || !make_free(pages_.pages_for(n_tokens) - static_cast<int64_t>(hits.size()))) {
+      for (int32_t page : hits) pages_.release(page);
+      break;
+    }
+    seq->pages = {.pages = std::move(hits), .n_tokens = n_cached};
+    pages_.append(seq->pages, n_new);
+    seq->n_cached_tokens = n_cached;
+    seq->n_computed_tokens = n_cached + n_fed;
+    waiting_.pop_front();
+    seq->status = SequenceStatus::Running;
+    running_.push_back(seq);
+    batch.chunks.push_back({.sequence = seq, .start = n_cached, .n_tokens = n_fed, .decode = false});
+    budget -= n_fed;
+    first = false;
+  }
 }
 
 void Scheduler::preempt(Sequence* seq) {
@@ -86,6 +108,7 @@ void Scheduler::preempt(Sequence* seq) {
 
 void Scheduler::requeue_front(Sequence* seq) {
   pages_.free(seq->pages);
+  seq->n_computed_tokens = 0;
   seq->status = SequenceStatus::Waiting;
   waiting_.push_front(seq);
 }

@@ -223,7 +223,6 @@ void EngineService::abort_in_engine() {
 }
 
 void EngineService::admit(Pending pending) {
-  const bool no_tokens = pending.request.max_new_tokens == 0;
   int64_t id;
   try {
     id = engine_->add_request(std::move(pending.request));
@@ -234,7 +233,7 @@ void EngineService::admit(Pending pending) {
   }
   pending.channel->admitted(engine_->weight_version());
   active_.emplace(id, Active{pending.ticket, std::move(pending.rid), std::move(pending.channel)});
-  if (no_tokens) end_active(id, std::nullopt);  // finished at admission: it never appears in a step
+  if (engine_->is_finished(id)) end_active(id, std::nullopt);  // nothing to run: it never appears in a step
 }
 
 // Takes the request's result (aborting it first if it still runs) and closes its channel.
@@ -312,18 +311,21 @@ void EngineService::run() {
 }
 
 void EngineService::step_once() {
-  std::vector<StepToken> produced;
+  std::vector<StepOutput> produced;
   try {
     produced = engine_->step();
   } catch (const std::exception& e) {
     fail_everything(fmt::format("the engine failed: {}", e.what()));
     return;
   }
-  for (StepToken& token : produced) {
-    auto it = active_.find(token.request_id);
+  for (StepOutput& out : produced) {
+    auto it = active_.find(out.request_id);
     if (it == active_.end()) continue;
-    it->second.channel->push({token.token, token.logprob, std::move(token.top_logprobs)});
-    if (token.finished) end_active(token.request_id, std::nullopt);
+    RequestChannel& channel = *it->second.channel;
+    if (!out.input_logprobs.empty()) channel.push_input_logprobs(std::move(out.input_logprobs));
+    if (out.token)
+      channel.push({*out.token, out.logprobs.logprob, std::move(out.logprobs.top), std::move(out.logprobs.ids)});
+    if (out.finished) end_active(out.request_id, std::nullopt);
   }
 }
 

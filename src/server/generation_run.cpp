@@ -7,7 +7,7 @@ GenerationRun::GenerationRun(EngineService& service, const Tokenizer& tokenizer,
     : service_(service),
       output_(tokenizer, std::move(job.stop_strings), job.skip_special_tokens),
       rid_(job.rid),
-      prompt_tokens_(static_cast<int64_t>(job.request.input_ids.size())),
+      prompt_(job.request.input_ids),
       max_new_tokens_(job.request.max_new_tokens),
       start_(std::chrono::steady_clock::now()) {
   channel_ = service_.submit(std::move(job.request), job.rid, name);
@@ -21,6 +21,7 @@ bool GenerationRun::poll(std::chrono::milliseconds timeout) {
   if (ended_) return false;
   RequestChannel::News news = channel_->wait(timeout);
   if (news.weight_version) weight_version_ = std::move(news.weight_version);
+  if (news.input_logprobs) input_logprobs_ = std::move(*news.input_logprobs);
   for (const GeneratedToken& token : news.tokens) {
     if (!output_.push(token) && !cancelled_) {
       // A stop string matched: the output is complete; the engine need not run further.
@@ -35,7 +36,7 @@ bool GenerationRun::poll(std::chrono::milliseconds timeout) {
     error_ = std::move(news.error);
     ended_ = true;
   }
-  return !news.tokens.empty() || news.ended();
+  return news.input_logprobs || !news.tokens.empty() || news.ended();
 }
 
 double GenerationRun::seconds_elapsed() const {

@@ -36,7 +36,10 @@ class GenerationRun {
 
   OutputText& output() { return output_; }
   const OutputText& output() const { return output_; }
-  int64_t prompt_tokens() const { return prompt_tokens_; }
+  int64_t prompt_tokens() const { return static_cast<int64_t>(prompt_.size()); }
+  const std::vector<int32_t>& prompt() const { return prompt_; }
+  // The prompt logprobs the engine computed (GenerateResult::input_logprobs), once its prompt has been prefilled.
+  const std::vector<PositionLogprobs>& input_logprobs() const { return input_logprobs_; }
   // Valid once ended(): the engine's result (finish reason, cached tokens, weight version) or the error.
   const std::optional<GenerateResult>& result() const { return result_; }
   const std::optional<ChannelError>& error() const { return error_; }
@@ -52,7 +55,8 @@ class GenerationRun {
   std::shared_ptr<RequestChannel> channel_;
   OutputText output_;
   std::string rid_;
-  int64_t prompt_tokens_;
+  std::vector<int32_t> prompt_;
+  std::vector<PositionLogprobs> input_logprobs_;
   int64_t max_new_tokens_;
   std::chrono::steady_clock::time_point start_;
   std::optional<GenerateResult> result_;

@@ -13,7 +13,9 @@ struct NativeRequest {
   bool batch = false;
   SamplingSpec spec;
   bool return_logprob = false;
+  int64_t logprob_start_len = -1;  // -1: the last prompt token (SGLang's default), so nothing is computed
   int32_t top_logprobs_num = 0;
+  bool with_token_ids_logprob = false;
   bool stream = false;
   std::vector<std::string> rids;  // one per prompt
 };
@@ -53,10 +55,18 @@ NativeRequest parse_generate(const ApiContext& context, const nlohmann::json& bo
   parsed.return_logprob = optional_bool(body, "return_logprob", "request body").value_or(false);
   if (body.contains("top_logprobs_num") && !body["top_logprobs_num"].is_null())
     parsed.top_logprobs_num = read_top_logprobs(body["top_logprobs_num"], "top_logprobs_num", "request body");
-  const int64_t logprob_start_len = optional_int(body, "logprob_start_len", "request body").value_or(-1);
-  FP4_CHECK(logprob_start_len == -1,
-            "request body: field 'logprob_start_len' = {}: input token logprobs are not supported yet; leave it "
-            "unset (-1) to get output token logprobs", logprob_start_len);
+  parsed.logprob_start_len = optional_int(body, "logprob_start_len", "request body").value_or(-1);
+  FP4_CHECK(parsed.logprob_start_len >= -1, "request body: field 'logprob_start_len' = {} must be -1 or >= 0",
+            parsed.logprob_start_len);
+  if (body.contains("token_ids_logprob") && !body["token_ids_logprob"].is_null()) {
+    parsed.spec.sampling.token_ids_logprob =
+        read_token_ids(body["token_ids_logprob"], "token_ids_logprob", "request body");
+    FP4_CHECK(parsed.spec.sampling.token_ids_logprob.size() <= kMaxTokenIdsLogprob,
+              "request body: field 'token_ids_logprob' has {} ids; at most {} are allowed",
+              parsed.spec.sampling.token_ids_logprob.size(), kMaxTokenIdsLogprob);
+    parsed.with_token_ids_logprob = parsed.return_logprob;
+  }
+  if (!parsed.return_logprob) parsed.spec.sampling.token_ids_logprob.clear();
   parsed.spec.sampling.n_top_logprobs = parsed.return_logprob ? parsed.top_logprobs_num : 0;
   parsed.stream = optional_bool(body, "stream", "request body").value_or(false);
   read_routing_fields(body, "request body", parsed.spec);
@@ -75,6 +85,36 @@ NativeRequest parse_generate(const ApiContext& context, const nlohmann::json& bo
 }
 
 nlohmann::json logprob_entry(float logprob, int32_t id) { return nlohmann::json::array({logprob, id, nullptr}); }
+
+nlohmann::json logprob_entries(const TokenLogprobs& logprobs) {
+  nlohmann::json entries = nlohmann::json::array();
+  for (const auto& [id, logprob] : logprobs) entries.push_back(logprob_entry(logprob, id));
+  return entries;
+}
+
+// SGLang's input_* lists: one entry per prompt token from logprob_start_len on, the first of them null (no logits
+// before it were computed), then the engine's prompt logprobs. Empty until the prompt has been prefilled.
+void add_input_logprobs(const GenerationRun& run, const NativeRequest& request, nlohmann::json& meta) {
+  const std::vector<int32_t>& prompt = run.prompt();
+  const std::vector<PositionLogprobs>& computed = run.input_logprobs();
+  const size_t start =
+      request.logprob_start_len < 0 ? prompt.size() - 1 : static_cast<size_t>(request.logprob_start_len);
+  nlohmann::json logprobs = nlohmann::json::array(), top = nlohmann::json::array(), ids = nlohmann::json::array();
+  const bool ready = computed.size() == prompt.size() - 1 - start;
+  if (ready) {
+    logprobs.push_back(nlohmann::json::array({nullptr, prompt[start], nullptr}));
+    top.push_back(nullptr);
+    ids.push_back(nullptr);
+    for (size_t i = 0; i < computed.size(); ++i) {
+      logprobs.push_back(logprob_entry(computed[i].logprob, prompt[start + 1 + i]));
+      top.push_back(logprob_entries(computed[i].top));
+      ids.push_back(logprob_entries(computed[i].ids));
+    }
+  }
+  meta["input_token_logprobs"] = std::move(logprobs);
+  if (request.top_logprobs_num > 0) meta["input_top_logprobs"] = std::move(top);
+  if (request.with_token_ids_logprob) meta["input_token_ids_logprobs"] = std::move(ids);
+}
 
 // The run's result so far (the final one once it ended).
 nlohmann::json run_json(const GenerationRun& run, const NativeRequest& request) {
@@ -99,15 +139,16 @@ nlohmann::json run_json(const GenerationRun& run, const NativeRequest& request) 
     if (request.spec.return_routed_experts) meta["routed_experts"] = routed_experts_base64(result->routed_experts);
   }
   if (request.return_logprob) {
-    nlohmann::json logprobs = nlohmann::json::array(), top = nlohmann::json::array();
+    add_input_logprobs(run, request, meta);
+    nlohmann::json logprobs = nlohmann::json::array(), top = nlohmann::json::array(), ids = nlohmann::json::array();
     for (const GeneratedToken& token : tokens) {
       logprobs.push_back(logprob_entry(token.logprob, token.id));
-      nlohmann::json entries = nlohmann::json::array();
-      for (const auto& [id, logprob] : token.top_logprobs) entries.push_back(logprob_entry(logprob, id));
-      top.push_back(std::move(entries));
+      top.push_back(logprob_entries(token.top_logprobs));
+      ids.push_back(logprob_entries(token.ids_logprobs));
     }
     meta["output_token_logprobs"] = std::move(logprobs);
     if (request.top_logprobs_num > 0) meta["output_top_logprobs"] = std::move(top);
+    if (request.with_token_ids_logprob) meta["output_token_ids_logprobs"] = std::move(ids);
   }
   return {{"text", run.output().text()}, {"output_ids", std::move(output_ids)}, {"meta_info", std::move(meta)}};
 }
@@ -133,7 +174,11 @@ void handle_generate(const ApiContext& context, const httplib::Request& request,
   std::vector<GenerationJob> jobs;
   for (size_t i = 0; i < parsed.prompts.size(); ++i) {
     std::vector<GenerationJob> prompt_jobs = make_jobs({parsed.prompts[i]}, parsed.spec, parsed.rids[i]);
-    for (GenerationJob& job : prompt_jobs) jobs.push_back(std::move(job));
+    for (GenerationJob& job : prompt_jobs) {
+      if (parsed.return_logprob && parsed.logprob_start_len >= 0)
+        job.request.logprob_start_len = parsed.logprob_start_len;  // the engine names it if out of range
+      jobs.push_back(std::move(job));
+    }
   }
   const bool list_output = parsed.batch || parsed.spec.n > 1;
   Runs runs = start_runs(context, std::move(jobs));

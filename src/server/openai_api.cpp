@@ -5,6 +5,7 @@
 
 #include "io/json_file.h"
 #include "server/http_error.h"
+#include "server/openai_logprobs.h"
 #include "server/request_fields.h"
 
 namespace fp4serve {
@@ -18,8 +19,13 @@ struct OpenAiRequest {
   std::vector<std::vector<int32_t>> prompts;
   SamplingSpec spec;
   bool logprobs = false;
+  int32_t top_logprobs = 0;
+  bool echo = false;                       // completions: the prompt first, in text and logprobs
+  std::optional<int32_t> prompt_logprobs;  // vLLM's extension: prompt tokens' logprobs with this many top ones
+  bool tokens_as_ids = false;              // vLLM's return_tokens_as_token_ids: tokens shown as "token_id:N"
   bool stream = false;
   bool include_usage = false;
+  bool wants_prompt_logprobs() const { return (echo && logprobs) || prompt_logprobs.has_value(); }
 };
 
 constexpr std::string_view kBody = "request body";
@@ -36,6 +42,7 @@ void read_common(const nlohmann::json& body, OpenAiRequest& parsed) {
   read_sampling_fields(body, kBody, parsed.spec);
   read_routing_fields(body, kBody, parsed.spec);
   parsed.stream = optional_bool(body, "stream", kBody).value_or(false);
+  parsed.tokens_as_ids = optional_bool(body, "return_tokens_as_token_ids", kBody).value_or(false);
   if (has(body, "stream_options")) {
     const nlohmann::json& options = body["stream_options"];
     parsed.include_usage = optional_bool(options, "include_usage", "stream_options").value_or(false);
@@ -68,12 +75,15 @@ OpenAiRequest parse_completions(const ApiContext& context, const nlohmann::json&
   parsed.spec.max_new_tokens = 16;  // OpenAI's default for completions
   read_common(body, parsed);
   if (has(body, "max_tokens")) parsed.spec.max_new_tokens = read_max_tokens(body["max_tokens"], "max_tokens", kBody);
-  FP4_CHECK(!optional_bool(body, "echo", kBody).value_or(false),
-            "request body: field 'echo' = true is not supported (it needs prompt logprobs)");
+  parsed.echo = optional_bool(body, "echo", kBody).value_or(false);
   if (has(body, "logprobs")) {
     parsed.logprobs = true;
-    parsed.spec.sampling.n_top_logprobs = read_top_logprobs(body["logprobs"], "logprobs", kBody);
+    parsed.top_logprobs = read_top_logprobs(body["logprobs"], "logprobs", kBody);
   }
+  if (has(body, "prompt_logprobs"))
+    parsed.prompt_logprobs = read_top_logprobs(body["prompt_logprobs"], "prompt_logprobs", kBody);
+  // One top-k list serves both: each part shows the first entries it asked for.
+  parsed.spec.sampling.n_top_logprobs = std::max(parsed.top_logprobs, parsed.prompt_logprobs.value_or(0));
   return parsed;
 }
 
@@ -120,7 +130,8 @@ OpenAiRequest parse_chat(const ApiContext& context, const nlohmann::json& body) 
   parsed.logprobs = optional_bool(body, "logprobs", kBody).value_or(false);
   if (has(body, "top_logprobs")) {
     FP4_CHECK(parsed.logprobs, "request body: field 'top_logprobs' needs 'logprobs': true");
-    parsed.spec.sampling.n_top_logprobs = read_top_logprobs(body["top_logprobs"], "top_logprobs", kBody);
+    parsed.top_logprobs = read_top_logprobs(body["top_logprobs"], "top_logprobs", kBody);
+    parsed.spec.sampling.n_top_logprobs = parsed.top_logprobs;
   }
   return parsed;
 }
@@ -130,39 +141,14 @@ std::string finish_reason_name_of(const GenerationRun& run) {
   return std::string(finish_reason_name(run.result()->finish_reason));
 }
 
-// Logprobs of tokens [from, to) in the endpoint's format; `text_offset` advances over completions' tokens.
-nlohmann::json logprobs_json(const ApiContext& context, Api api, const GenerationRun& run, size_t from, size_t to,
-                             size_t& text_offset) {
-  const std::vector<GeneratedToken>& tokens = run.output().tokens();
-  if (api == Api::Chat) {
-    nlohmann::json content = nlohmann::json::array();
-    for (size_t i = from; i < to; ++i) {
-      nlohmann::json top = nlohmann::json::array();
-      for (const auto& [id, logprob] : tokens[i].top_logprobs)
-        top.push_back({{"token", token_text(context.tokenizer, id)},
-                       {"logprob", logprob},
-                       {"bytes", token_bytes(context.tokenizer, id)}});
-      content.push_back({{"token", token_text(context.tokenizer, tokens[i].id)},
-                         {"logprob", tokens[i].logprob},
-                         {"bytes", token_bytes(context.tokenizer, tokens[i].id)},
-                         {"top_logprobs", std::move(top)}});
-    }
-    return {{"content", std::move(content)}};
-  }
-  nlohmann::json text = nlohmann::json::array(), logprobs = nlohmann::json::array(),
-                 top = nlohmann::json::array(), offsets = nlohmann::json::array();
-  for (size_t i = from; i < to; ++i) {
-    const std::string token = token_text(context.tokenizer, tokens[i].id);
-    text.push_back(token);
-    logprobs.push_back(tokens[i].logprob);
-    offsets.push_back(text_offset);
-    text_offset += token.size();
-    nlohmann::json alternatives = nlohmann::json::object();
-    for (const auto& [id, logprob] : tokens[i].top_logprobs) alternatives[token_text(context.tokenizer, id)] = logprob;
-    top.push_back(std::move(alternatives));
-  }
-  return {{"tokens", std::move(text)}, {"token_logprobs", std::move(logprobs)}, {"top_logprobs", std::move(top)},
-          {"text_offset", std::move(offsets)}};
+// Logprobs of output tokens [from, to), after the prompt's when `with_prompt` (echo), in the endpoint's format;
+// `text_offset` advances over completions' tokens.
+nlohmann::json logprobs_json(const LogprobsFormat& format, Api api, const GenerationRun& run, bool with_prompt,
+                             size_t from, size_t to, size_t& text_offset) {
+  std::vector<LogprobEntry> entries;
+  if (with_prompt) entries = prompt_entries(run.prompt(), run.input_logprobs());
+  for (const LogprobEntry& entry : output_entries(run.output().tokens(), from, to)) entries.push_back(entry);
+  return api == Api::Chat ? chat_logprobs(format, entries) : completion_logprobs(format, entries, text_offset);
 }
 
 nlohmann::json usage_json(const Runs& runs, int64_t n) {
@@ -191,7 +177,16 @@ struct ResponseHeader {
 void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& response) {
   const Api api = parsed.api;
   const std::string id = (api == Api::Chat ? "chatcmpl-" : "cmpl-") + random_hex_id(24);
-  Runs runs = start_runs(context, make_jobs(parsed.prompts, parsed.spec, id));
+  std::vector<GenerationJob> jobs = make_jobs(parsed.prompts, parsed.spec, id);
+  if (parsed.wants_prompt_logprobs())
+    for (GenerationJob& job : jobs) job.request.logprob_start_len = 0;
+  Runs runs = start_runs(context, std::move(jobs));
+  const LogprobsFormat format{
+      .tokenizer = context.tokenizer, .n_top = parsed.top_logprobs, .tokens_as_ids = parsed.tokens_as_ids};
+  const LogprobsFormat prompt_format{.tokenizer = context.tokenizer,
+                                     .n_top = parsed.prompt_logprobs.value_or(0),
+                                     .tokens_as_ids = parsed.tokens_as_ids};
+  auto echoed_prompt = [&context](const GenerationRun& run) { return context.tokenizer.decode(run.prompt()); };
   const int64_t created = unix_time();
   const std::string object_kind = api == Api::Chat ? "chat.completion" : "text_completion";
 
@@ -201,17 +196,20 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
     for (size_t i = 0; i < runs.size(); ++i) {
       const GenerationRun& run = *runs[i];
       size_t offset = 0;
-      nlohmann::json choice{{"index", i},
-                            {"finish_reason", finish_reason_name_of(run)},
-                            {"logprobs", parsed.logprobs ? logprobs_json(context, api, run, 0, run.output().tokens().size(),
-                                                                         offset)
-                                                         : nullptr}};
+      nlohmann::json choice{
+          {"index", i},
+          {"finish_reason", finish_reason_name_of(run)},
+          {"logprobs", parsed.logprobs ? logprobs_json(format, api, run, parsed.echo, 0, run.output().tokens().size(),
+                                                       offset)
+                                       : nullptr}};
       if (api == Api::Chat)
         choice["message"] = {{"role", "assistant"}, {"content", run.output().text()}};
       else
-        choice["text"] = run.output().text();
+        choice["text"] = (parsed.echo ? echoed_prompt(run) : "") + run.output().text();
       if (parsed.spec.return_routed_experts)
         choice["routed_experts"] = routed_experts_base64(run.result()->routed_experts);
+      if (parsed.prompt_logprobs)
+        choice["prompt_logprobs"] = vllm_prompt_logprobs(prompt_format, run.prompt(), run.input_logprobs());
       choices.push_back(std::move(choice));
     }
     nlohmann::json body = ResponseHeader{id, object_kind, created, context.model_name}.with(std::move(choices));
@@ -225,13 +223,14 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
     size_t tokens_sent = 0;
     size_t text_offset = 0;
     bool started = false;
+    bool prompt_sent = false;  // echo / prompt_logprobs: the prompt's chunk comes first
   };
   auto plan = std::make_shared<StreamPlan>();
   plan->runs = std::move(runs);
   auto progress = std::make_shared<std::vector<Progress>>(plan->runs.size());
   const ResponseHeader header{id, api == Api::Chat ? "chat.completion.chunk" : "text_completion", created,
                               context.model_name};
-  plan->chunks_for = [&context, api, header, progress, logprobs = parsed.logprobs,
+  plan->chunks_for = [api, header, progress, parsed, format, prompt_format, echoed_prompt,
                       routed_experts = parsed.spec.return_routed_experts, plan_ptr = plan.get()](size_t i) {
     GenerationRun& run = *plan_ptr->runs[i];
     Progress& sent = (*progress)[i];
@@ -248,11 +247,25 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
       chunks.push_back(header.with({choice({{"role", "assistant"}, {"content", ""}})}));
       sent.started = true;
     }
+    if (!sent.prompt_sent && (parsed.echo || parsed.prompt_logprobs)) {
+      const bool prompt_done = !parsed.wants_prompt_logprobs() ||
+                               run.input_logprobs().size() + 1 == run.prompt().size() || run.ended();
+      if (!prompt_done) return chunks;  // its first token cannot come before it
+      nlohmann::json c = choice(parsed.echo ? echoed_prompt(run) : "");
+      if (parsed.echo && parsed.logprobs)
+        c["logprobs"] = completion_logprobs(format, prompt_entries(run.prompt(), run.input_logprobs()),
+                                            sent.text_offset);
+      if (parsed.prompt_logprobs)
+        c["prompt_logprobs"] = vllm_prompt_logprobs(prompt_format, run.prompt(), run.input_logprobs());
+      chunks.push_back(header.with({std::move(c)}));
+      sent.prompt_sent = true;
+    }
     const std::string text = run.output().take_delta();
     const size_t n_tokens = run.output().tokens().size();
     if (!text.empty() || n_tokens > sent.tokens_sent) {
       nlohmann::json c = choice(api == Api::Chat ? nlohmann::json{{"content", text}} : nlohmann::json(text));
-      if (logprobs) c["logprobs"] = logprobs_json(context, api, run, sent.tokens_sent, n_tokens, sent.text_offset);
+      if (parsed.logprobs)
+        c["logprobs"] = logprobs_json(format, api, run, false, sent.tokens_sent, n_tokens, sent.text_offset);
       sent.tokens_sent = n_tokens;
       chunks.push_back(header.with({std::move(c)}));
     }

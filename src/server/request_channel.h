@@ -1,6 +1,6 @@
 // One request's results on their way from the engine thread (producer) to the HTTP thread serving it (consumer).
-// First the weight version it runs on (at admission), tokens in generation order, then exactly one end: a GenerateResult, or an error (bad request found late,
-// engine failure). Every method is thread-safe; the producer never blocks on a slow consumer (tokens accumulate).
+// First the weight version it runs on (at admission), its prompt logprobs (once, when asked for), tokens in generation
+// order, then exactly one end: a GenerateResult, or an error (bad request found late, engine failure). Every method is thread-safe; the producer never blocks on a slow consumer (tokens accumulate).
 #pragma once
 #include <chrono>
 #include <condition_variable>
@@ -17,8 +17,9 @@ namespace fp4serve {
 
 struct GeneratedToken {
   int32_t id;
-  float logprob;                                       // log-softmax of the raw logits
-  std::vector<std::pair<int32_t, float>> top_logprobs;  // most probable first, when asked for
+  float logprob;               // in the engine's logprobs mode
+  TokenLogprobs top_logprobs;  // most probable first, when asked for
+  TokenLogprobs ids_logprobs;  // of the request's token_ids_logprob, when asked for
 };
 
 struct ChannelError {
@@ -34,6 +35,7 @@ class RequestChannel {
 
   // Producer side. close/close_with_error end the stream; later calls are ignored.
   void admitted(std::string weight_version);
+  void push_input_logprobs(std::vector<PositionLogprobs> input_logprobs);
   void push(GeneratedToken token);
   void close(GenerateResult result);
   void close_with_error(ChannelError error);
@@ -42,6 +44,7 @@ class RequestChannel {
   // end (result or error).
   struct News {
     std::optional<std::string> weight_version;  // once, when admitted
+    std::optional<std::vector<PositionLogprobs>> input_logprobs;  // once, when its prompt is computed
     std::vector<GeneratedToken> tokens;
     std::optional<GenerateResult> result;
     std::optional<ChannelError> error;
@@ -54,6 +57,7 @@ class RequestChannel {
   std::mutex mutex_;
   std::condition_variable changed_;
   std::optional<std::string> weight_version_;
+  std::optional<std::vector<PositionLogprobs>> input_logprobs_;
   std::vector<GeneratedToken> tokens_;
   std::optional<GenerateResult> result_;
   std::optional<ChannelError> error_;

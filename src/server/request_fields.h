@@ -15,6 +15,7 @@ namespace fp4serve {
 
 inline constexpr int64_t kMaxSamplesPerPrompt = 64;  // n
 inline constexpr int64_t kMaxTopLogprobs = 20;       // OpenAI's limit
+inline constexpr size_t kMaxTokenIdsLogprob = 1024;  // token_ids_logprob
 inline constexpr size_t kMaxStopStrings = 16;
 inline constexpr size_t kMaxPromptsPerRequest = 1024;
 

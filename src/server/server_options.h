@@ -24,10 +24,12 @@ struct ServerOptions {
   int64_t max_queued_requests = 256;    // beyond the running ones; more -> 503 with Retry-After
   int64_t max_total_tokens = 0;         // KV cache tokens; 0: from mem_fraction_static
   double mem_fraction_static = 0.2;     // share of host memory for weights + KV cache (CPU device)
-  int64_t chunked_prefill_size = 2048;  // prefill token budget per step (prompts are not split yet)
+  int64_t chunked_prefill_size = 2048;  // longest prefill per engine step, prompts split to fit; -1: never split
+  int64_t max_prefill_tokens = 16384;   // prefill tokens per engine step
   int64_t page_size = 16;
   bool disable_radix_cache = false;
   bool enable_return_routed_experts = false;  // record routing for return_routed_experts (host memory per KV token)
+  std::string logprobs_mode = "processed";  // raw | processed (src/engine/sampler.h)
 
   std::string api_key;                          // all endpoints; "" = open
   std::string admin_api_key;                    // reload, flush, pause, abort-all; "" = api_key guards them

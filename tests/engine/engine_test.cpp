@@ -138,17 +138,17 @@ TEST_F(EngineTest, StepApiStreamsTokensAbortsAndStampsTheWeightVersion) {
   Engine engine = make_engine({.weight_version = "v1"});
   const int64_t a = engine.add_request(request(kPrompt, 4, {.temperature = 0.0f, .n_top_logprobs = 3}));
   const int64_t b = engine.add_request(request(kPrompt, 50));
-  std::vector<StepToken> a_tokens;
+  std::vector<StepOutput> a_tokens;
   while (engine.has_unfinished()) {
-    for (StepToken& token : engine.step()) {
+    for (StepOutput& token : engine.step()) {
       if (token.request_id == a) a_tokens.push_back(token);
       if (token.request_id == a && token.finished) engine.abort(b);
     }
   }
   ASSERT_EQ(a_tokens.size(), 4u);
   EXPECT_TRUE(a_tokens.back().finished);
-  EXPECT_EQ(a_tokens[0].top_logprobs.size(), 3u);
-  EXPECT_EQ(a_tokens[0].top_logprobs[0].first, a_tokens[0].token);  // greedy takes the most probable
+  ASSERT_EQ(a_tokens[0].logprobs.top.size(), 3u);
+  EXPECT_EQ(a_tokens[0].logprobs.top[0].first, a_tokens[0].token);  // greedy takes the most probable
   engine.set_weight_version("v2");
   const GenerateResult result_a = engine.take_result(a);
   EXPECT_EQ(result_a.weight_version, "v2");
@@ -176,6 +176,12 @@ TEST_F(EngineTest, RejectsBadRequestsBeforeRunningAny) {
   expect_rejected(request(kPrompt, -1), "max_new_tokens -1");
   expect_rejected(request(kPrompt, 60), "exceed the KV cache of 64 tokens");
   expect_rejected(request(kPrompt, 2, {.top_p = 2.0f}), "top_p 2 must be in (0, 1]");
+  expect_rejected(request(kPrompt, 2, {.token_ids_logprob = {3, 259}}),
+                  "token_ids_logprob id 259 is outside the vocabulary [0, 259)");
+  GenerateRequest start_too_late = request(kPrompt, 2);
+  start_too_late.logprob_start_len = 12;
+  expect_rejected(start_too_late, "logprob_start_len 12 must be -1 (no prompt logprobs) or below the number of "
+                                  "prompt tokens (12)");
 }
 
 }  // namespace

@@ -113,16 +113,20 @@ TEST(PrefixCache, SchedulerStartsThePrefillAfterTheCachedPrefix) {
   auto first = make(0, iota_tokens(9));
   scheduler.add(first.get());
   ScheduledBatch batch = scheduler.schedule();
-  ASSERT_EQ(batch.sequences.size(), 1u);
+  ASSERT_EQ(batch.chunks.size(), 1u);
   EXPECT_EQ(first->n_cached_tokens, 0);
-  cache.insert(first->tokens, first->pages.pages, first->pages.n_tokens);  // the engine's part after the forward
+  // The engine's part after the forward: cache the computed pages, sample a token.
+  cache.insert(first->tokens, first->pages.pages, first->n_computed_tokens);
+  first->tokens.push_back(100);
 
   auto same = make(1, iota_tokens(9));   // the whole prompt is cached but its last token must be computed
   auto exact = make(2, iota_tokens(8));  // 8 tokens = 2 pages: only the first is reused
   scheduler.add(same.get());
   scheduler.add(exact.get());
   batch = scheduler.schedule();
-  ASSERT_EQ(batch.sequences.size(), 2u);
+  ASSERT_EQ(batch.chunks.size(), 3u);  // first decodes beside the two prefills
+  EXPECT_TRUE(batch.chunks[0].decode);
+  EXPECT_EQ(batch.chunks[1].start, 8);
   EXPECT_EQ(same->n_cached_tokens, 8);
   EXPECT_THAT(std::vector<int32_t>(same->pages.pages.begin(), same->pages.pages.begin() + 2),
               ElementsAre(first->pages.pages[0], first->pages.pages[1]));

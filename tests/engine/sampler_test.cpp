@@ -1,11 +1,13 @@
 // Sampler: greedy and its ties, filters (top-k, top-p, min-p) checked by which tokens can ever be drawn,
-// determinism per (seed, token index), logprobs of the raw logits, bad parameters.
+// determinism per (seed, token index), raw and processed logprobs against a double reference, bad parameters.
 #include "engine/sampler.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <set>
 #include <vector>
 
@@ -20,29 +22,59 @@ using testing::ThrowsMessage;
 // Tokens drawn over many token indices (each index is a fresh uniform draw).
 std::set<int32_t> drawn_tokens(const std::vector<float>& logits, SamplingParams params, int n_draws = 2000) {
   std::set<int32_t> seen;
-  for (int i = 0; i < n_draws; ++i) seen.insert(sample_token(logits, params, i).token);
+  for (int i = 0; i < n_draws; ++i) seen.insert(sample_token(logits, params, i));
   return seen;
 }
 
 TEST(Sampler, GreedyTakesTheLargestLogitAndTheLowestIdOnTies) {
   const std::vector<float> logits{0.5f, 2.0f, -1.0f, 2.0f};
   SamplingParams greedy{.temperature = 0.0f};
-  EXPECT_EQ(sample_token(logits, greedy, 0).token, 1);
+  EXPECT_EQ(sample_token(logits, greedy, 0), 1);
   SamplingParams top1{.temperature = 5.0f, .top_k = 1};
   EXPECT_EQ(drawn_tokens(logits, top1, 100), std::set<int32_t>{1});
 }
 
-TEST(Sampler, LogprobIsTheRawLogSoftmaxWhateverTheTemperature) {
-  const std::vector<float> logits{1.0f, 2.0f, 3.0f};
-  const double log_z = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0));
-  for (float temperature : {0.0f, 0.5f, 2.0f}) {
-    const SampledToken t = sample_token(logits, {.temperature = temperature, .n_top_logprobs = 2}, 3);
-    EXPECT_NEAR(t.logprob, logits[t.token] - log_z, 1e-6);
-    ASSERT_EQ(t.top_logprobs.size(), 2u);
-    EXPECT_EQ(t.top_logprobs[0].first, 2);
-    EXPECT_NEAR(t.top_logprobs[0].second, 3.0 - log_z, 1e-6);
-    EXPECT_EQ(t.top_logprobs[1].first, 1);
+// The reference: log-softmax in double of the logits (raw) or of logits / temperature (processed, T 0 counts as 1).
+double reference_logprob(const std::vector<float>& logits, int32_t token, double temperature) {
+  double sum = 0;
+  for (float l : logits) sum += std::exp(l / temperature);
+  return logits[token] / temperature - std::log(sum);
+}
+
+TEST(Sampler, LogprobsAreTheRawOrTheTemperedLogSoftmaxBeforeFilters) {
+  std::vector<float> logits(300);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = 4.0f * std::sin(static_cast<float>(i) * 0.37f);
+  for (float temperature : {0.0f, 0.5f, 1.0f, 2.0f}) {
+    // Filters change what is drawn, not the reported logprobs.
+    const SamplingParams params{.temperature = temperature, .top_k = 5, .top_p = 0.8f, .min_p = 0.1f,
+                                .n_top_logprobs = 3, .token_ids_logprob = {7, 0, 299}};
+    const int32_t token = sample_token(logits, params, 3);
+    const double t = temperature == 0.0f ? 1.0 : temperature;
+    for (LogprobsMode mode : {LogprobsMode::Raw, LogprobsMode::Processed}) {
+      const double scale = mode == LogprobsMode::Raw ? 1.0 : t;
+      const PositionLogprobs lp = position_logprobs(logits, token, params, mode);
+      EXPECT_NEAR(lp.logprob, reference_logprob(logits, token, scale), 1e-5) << temperature;
+      ASSERT_EQ(lp.top.size(), 3u);
+      std::vector<int32_t> order(logits.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      for (size_t k = 0; k < 3; ++k) {
+        EXPECT_EQ(lp.top[k].first, order[k]);
+        EXPECT_NEAR(lp.top[k].second, reference_logprob(logits, order[k], scale), 1e-5);
+      }
+      ASSERT_EQ(lp.ids.size(), 3u);
+      for (size_t k = 0; k < 3; ++k) {
+        EXPECT_EQ(lp.ids[k].first, params.token_ids_logprob[k]);
+        EXPECT_NEAR(lp.ids[k].second, reference_logprob(logits, params.token_ids_logprob[k], scale), 1e-5);
+      }
+    }
   }
+  // Rank: 1 + the tokens strictly more probable. Logit 0 = sin(0); 161 of the others have sin > 0.
+  EXPECT_EQ(position_logprobs(logits, 0, {}, LogprobsMode::Raw).rank, 162);
+  EXPECT_EQ(position_logprobs(logits, 225, {}, LogprobsMode::Processed).rank, 1);  // sin(83.25), the largest
+  // Raw logprobs do not depend on the temperature at all, bit for bit.
+  EXPECT_EQ(position_logprobs(logits, 4, {.temperature = 0.3f}, LogprobsMode::Raw).logprob,
+            position_logprobs(logits, 4, {.temperature = 3.0f}, LogprobsMode::Raw).logprob);
 }
 
 TEST(Sampler, TopKKeepsOnlyTheKMostProbable) {
@@ -81,7 +113,7 @@ TEST(Sampler, FrequenciesFollowTheTemperedDistribution) {
   const std::vector<float> logits{0.0f, std::log(4.0f)};
   int ones = 0;
   const int n = 20000;
-  for (int i = 0; i < n; ++i) ones += sample_token(logits, {.temperature = 2.0f, .seed = 7}, i).token;
+  for (int i = 0; i < n; ++i) ones += sample_token(logits, {.temperature = 2.0f, .seed = 7}, i);
   EXPECT_NEAR(ones / double(n), 2.0 / 3.0, 0.02);
 }
 
@@ -90,9 +122,9 @@ TEST(Sampler, SameSeedAndIndexSameTokenDifferentSeedsDiffer) {
   for (int i = 0; i < 50; ++i) logits[i] = std::sin(i * 1.7f);
   std::vector<int32_t> a, b, c;
   for (int i = 0; i < 64; ++i) {
-    a.push_back(sample_token(logits, {.seed = 42}, i).token);
-    b.push_back(sample_token(logits, {.seed = 42}, i).token);
-    c.push_back(sample_token(logits, {.seed = 43}, i).token);
+    a.push_back(sample_token(logits, {.seed = 42}, i));
+    b.push_back(sample_token(logits, {.seed = 42}, i));
+    c.push_back(sample_token(logits, {.seed = 43}, i));
   }
   EXPECT_EQ(a, b);
   EXPECT_NE(a, c);

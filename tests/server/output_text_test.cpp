@@ -14,7 +14,7 @@ const Tokenizer& tokenizer() {
   return loaded;
 }
 
-GeneratedToken byte_token(char c) { return {static_cast<unsigned char>(c), -1.0f, {}}; }
+GeneratedToken byte_token(char c) { return {static_cast<unsigned char>(c), -1.0f, {}, {}}; }
 
 // Pushes `text` byte by byte, collecting the deltas; stops pushing once a stop string matched.
 std::string feed(OutputText& output, std::string_view text, std::vector<std::string>* deltas = nullptr) {
