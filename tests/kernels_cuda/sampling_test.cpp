@@ -56,7 +56,7 @@ void expect_matches_cpu(const Batch& batch, int64_t vocab, const std::string& wh
   DeviceBytes logits(batch.logits.size() * 4);
   logits.upload(batch.logits);
   cuda::CudaSampler sampler(rows, vocab);
-  const std::vector<SampledToken> got =
+  const std::vector<cuda::GpuSampledToken> got =
       sampler.sample(logits.data<float>(), batch.params, batch.token_indices, nullptr);
   ASSERT_EQ(static_cast<int64_t>(got.size()), rows);
   std::vector<int32_t> device_tokens(static_cast<size_t>(rows));
@@ -67,16 +67,17 @@ void expect_matches_cpu(const Batch& batch, int64_t vocab, const std::string& wh
   auto near = [](float a, float b) { return a == b || std::fabs(a - b) <= 1e-3f + 1e-5f * std::fabs(b); };
   for (int64_t r = 0; r < rows; ++r) {
     const std::span<const float> row(&batch.logits[r * vocab], static_cast<size_t>(vocab));
-    const SampledToken expected = sample_token(row, batch.params[r], batch.token_indices[r]);
+    const int32_t expected_token = sample_token(row, batch.params[r], batch.token_indices[r]);
+    const PositionLogprobs expected = position_logprobs(row, expected_token, batch.params[r], LogprobsMode::Raw);
     const std::string where = what + ", row " + std::to_string(r);
-    EXPECT_EQ(got[r].token, expected.token) << where;
+    EXPECT_EQ(got[r].token, expected_token) << where;
     EXPECT_EQ(device_tokens[r], got[r].token) << where;
     EXPECT_TRUE(near(got[r].logprob, expected.logprob))
         << where << ": " << got[r].logprob << " vs " << expected.logprob;
-    ASSERT_EQ(got[r].top_logprobs.size(), expected.top_logprobs.size()) << where;
-    for (size_t i = 0; i < expected.top_logprobs.size(); ++i) {
-      EXPECT_EQ(got[r].top_logprobs[i].first, expected.top_logprobs[i].first) << where << ", top " << i;
-      EXPECT_TRUE(near(got[r].top_logprobs[i].second, expected.top_logprobs[i].second)) << where << ", top " << i;
+    ASSERT_EQ(got[r].top_logprobs.size(), expected.top.size()) << where;
+    for (size_t i = 0; i < expected.top.size(); ++i) {
+      EXPECT_EQ(got[r].top_logprobs[i].first, expected.top[i].first) << where << ", top " << i;
+      EXPECT_TRUE(near(got[r].top_logprobs[i].second, expected.top[i].second)) << where << ", top " << i;
     }
   }
   EXPECT_TRUE(logits.guards_intact());
@@ -139,14 +140,14 @@ TEST(SamplingCuda, TiesAndSingleFiniteLogit) {
   DeviceBytes logits(batch.logits.size() * 4);
   logits.upload(batch.logits);
   cuda::CudaSampler sampler(3, vocab);
-  const std::vector<SampledToken> greedy =
+  const std::vector<cuda::GpuSampledToken> greedy =
       sampler.sample(logits.data<float>(), std::vector<SamplingParams>(3, {.temperature = 0.0f}),
                      std::vector<int64_t>{0, 0, 0}, nullptr);
   EXPECT_EQ(greedy[0].token, 0);
   EXPECT_EQ(greedy[1].token, 123);
   EXPECT_EQ(greedy[1].logprob, 0.0f);
   EXPECT_EQ(greedy[2].token, 17);
-  const std::vector<SampledToken> top_k =
+  const std::vector<cuda::GpuSampledToken> top_k =
       sampler.sample(logits.data<float>(), std::vector<SamplingParams>(3, {.temperature = 1.0f, .top_k = 4, .seed = 9}),
                      std::vector<int64_t>{3, 3, 3}, nullptr);
   EXPECT_LT(top_k[0].token, 4);  // the four candidates of an all-tied row are ids 0..3

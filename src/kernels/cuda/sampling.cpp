@@ -96,8 +96,8 @@ size_t CudaSampler::workspace_bytes() const {
   return state_->bytes + static_cast<size_t>(state_->max_rows * state_->top_capacity) * 8;
 }
 
-std::vector<SampledToken> CudaSampler::sample(const float* logits, std::span<const SamplingParams> params,
-                                              std::span<const int64_t> token_indices, void* stream) {
+std::vector<GpuSampledToken> CudaSampler::sample(const float* logits, std::span<const SamplingParams> params,
+                                                 std::span<const int64_t> token_indices, void* stream) {
   State& s = *state_;
   const int64_t rows = static_cast<int64_t>(params.size());
   FP4_CHECK(token_indices.size() == params.size(), "CudaSampler::sample: {} token_indices for {} rows of params",
@@ -161,13 +161,13 @@ std::vector<SampledToken> CudaSampler::sample(const float* logits, std::span<con
   }
   FP4_CUDA_CHECK(cudaStreamSynchronize(cuda_stream));
 
-  std::vector<SampledToken> results(static_cast<size_t>(rows));
+  std::vector<GpuSampledToken> results(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
     FP4_CHECK(status[r] != 1, "sampling row {}: logit of token {} is NaN (the model produced non-finite values)", r,
               tokens[r]);
     FP4_CHECK(status[r] != 2, "sampling row {}: the largest logit is {}; logits must be finite or -inf", r,
               logprobs[r]);
-    SampledToken& result = results[r];
+    GpuSampledToken& result = results[r];
     result.token = tokens[r];
     result.logprob = logprobs[r];
     for (int32_t i = 0; i < plans[r].n_top; ++i)

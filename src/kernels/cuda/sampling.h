@@ -16,6 +16,13 @@ namespace fp4serve::cuda {
 // Rows sorted at once when filters or top logprobs need the descending order: bounds the sort workspace.
 inline constexpr int64_t kSamplingSortRows = 16;
 
+// One row's result: the token and the raw-logit logprobs (LogprobsMode::Raw) of it and of the top tokens.
+struct GpuSampledToken {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  TokenLogprobs top_logprobs{};  // most probable first, lower id on ties
+};
+
 // Device workspace for batches of up to max_rows rows over a vocabulary of `vocab` tokens, allocated at
 // construction (top-logprob buffers grow on demand). Not thread-safe: one per engine thread.
 class CudaSampler {
@@ -28,8 +35,8 @@ class CudaSampler {
   // logits: device fp32 [params.size(), vocab], row-major; params and token_indices (the index of the token being
   // generated, as sample_token takes it): host, one per row. Runs on `stream` and waits for it. Throws naming the row
   // on bad parameters, a NaN logit or a largest logit that is not finite, as sample_token does.
-  std::vector<SampledToken> sample(const float* logits, std::span<const SamplingParams> params,
-                                   std::span<const int64_t> token_indices, void* stream);
+  std::vector<GpuSampledToken> sample(const float* logits, std::span<const SamplingParams> params,
+                                      std::span<const int64_t> token_indices, void* stream);
 
   // The tokens of the last sample() call, on the device ([rows] int32): the next decode step's input ids.
   const int32_t* device_tokens() const;
