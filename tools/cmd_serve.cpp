@@ -90,7 +90,9 @@ void run_serve(ServerOptions options) {
                  .enable_prefix_cache = !options.disable_radix_cache,
                  .record_routed_experts = options.enable_return_routed_experts,
                  .logprobs_mode = options.logprobs_mode == "raw" ? LogprobsMode::Raw : LogprobsMode::Processed},
-      .max_queued_requests = options.max_queued_requests};
+      .max_queued_requests = options.max_queued_requests,
+      .max_prompt_tokens = options.max_prompt_tokens,
+      .load = {}};
   EngineService service(std::move(service_options));
   HttpServer server(options, service, tokenizer, std::move(chat_template));
   const int port = server.bind();
@@ -175,13 +177,26 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--max-request-body-bytes", options->max_request_body_bytes, "Larger bodies get 413")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cmd->add_option("--max-prompt-tokens", options->max_prompt_tokens,
+                  "Longest prompt accepted in tokens; longer ones get 400 (0: the model's context length)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-connections", options->max_connections,
+                  "Connections served at once, each on its own thread (a stream holds one to its end); one more "
+                  "gets 503 with Retry-After")
+      ->check(CLI::Range(2, 4096))
+      ->capture_default_str();
   cmd->add_option("--read-timeout", options->read_timeout_seconds,
-                  "Seconds a client may take to send its request (and to accept a response)")
+                  "Seconds a client may take to send its request; slower ones are disconnected")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--http-threads", options->http_threads,
-                  "HTTP worker threads: the most connections served at once (each stream holds one)")
-      ->check(CLI::Range(2, 4096))
+  cmd->add_option("--write-timeout", options->write_timeout_seconds,
+                  "Seconds a client may leave a response unread; then it is disconnected and its request aborted")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--keep-alive-timeout", options->keep_alive_timeout_seconds,
+                  "Seconds an idle keep-alive connection stays open")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->callback([options] {
     std::signal(SIGPIPE, SIG_IGN);  // a client that disconnects must not kill the server

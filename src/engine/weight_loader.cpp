@@ -75,7 +75,37 @@ struct WeightLoader::Plan {
   };
   std::vector<Copy> copies;
   std::vector<Group> groups;
+
+  uint64_t largest_tensor_bytes() const {
+    uint64_t largest = 0;
+    for (const auto& c : copies) largest = std::max(largest, c.tensor->info->nbytes);
+    for (const auto& g : groups)
+      for (const auto* t : g.members) largest = std::max(largest, t->info->nbytes);
+    return largest;
+  }
+  // One online quantization group at a time: its bf16 members, then its packed weights and block scales.
+  uint64_t largest_group_bytes() const {
+    uint64_t largest = 0;
+    for (const auto& g : groups) {
+      uint64_t rows = 0;
+      for (int64_t n : g.group.n_rows) rows += static_cast<uint64_t>(n);
+      const uint64_t k = static_cast<uint64_t>(g.group.in_features);
+      largest = std::max(largest, rows * k * 2 + rows * k / 2 + rows * k / 16);
+    }
+    return largest;
+  }
 };
+
+// All the memory a load stages through, taken before any live byte changes: a chunk buffer and a group buffer.
+struct WeightLoader::Staging {
+  std::unique_ptr<uint8_t[]> memory;
+  uint64_t chunk_bytes = 0, group_bytes = 0;
+
+  std::span<uint8_t> chunk() { return {memory.get(), chunk_bytes}; }
+  std::span<uint8_t> group() { return {memory.get() + chunk_bytes, group_bytes}; }
+};
+
+std::unique_ptr<uint8_t[]> allocate_staging_memory(size_t bytes) { return std::make_unique_for_overwrite<uint8_t[]>(bytes); }
 
 WeightLoader::WeightLoader(LoadableModel& model, LoadOptions options) : model_(model), options_(std::move(options)) {
   FP4_CHECK(options_.staging_bytes >= 4096, "staging buffer of {} bytes is too small", options_.staging_bytes);
@@ -90,13 +120,11 @@ namespace {
 // Reads a tensor in chunks of `chunk_bytes` (the unit of the recorded digests) through `staging`, which holds
 // at least min(chunk_bytes, the tensor's size); `visit(chunk_index, bytes)` sees each chunk.
 template <typename Visit>
-void for_each_chunk(const CheckpointTensor& t, uint64_t chunk_bytes, std::vector<uint8_t>& staging, Visit&& visit) {
+void for_each_chunk(const CheckpointTensor& t, uint64_t chunk_bytes, std::span<uint8_t> staging, Visit&& visit) {
   uint64_t n = t.info->nbytes;
   uint64_t chunk = 0;
   for (uint64_t done = 0; done < n; done += chunk_bytes, ++chunk) {
-    uint64_t len = std::min(chunk_bytes, n - done);
-    if (staging.size() < len) staging.resize(len);
-    std::span<uint8_t> dst(staging.data(), len);
+    std::span<uint8_t> dst = staging.first(std::min(chunk_bytes, n - done));
     t.shard->read(*t.info, done, dst);
     visit(chunk, std::span<const uint8_t>(dst));
   }
@@ -104,8 +132,7 @@ void for_each_chunk(const CheckpointTensor& t, uint64_t chunk_bytes, std::vector
 
 }  // namespace
 
-std::unique_ptr<WeightLoader::Plan> WeightLoader::validate(const std::filesystem::path& dir, SourceFormat format,
-                                                           LoadResult& result) {
+std::unique_ptr<WeightLoader::Plan> WeightLoader::resolve(const std::filesystem::path& dir, SourceFormat format) const {
   auto plan = std::unique_ptr<Plan>(
       new Plan{dir, format, Checkpoint::open(dir, {.map = false, .open_file = options_.open_file}), {}, {}});
   const Checkpoint& ckpt = plan->checkpoint;
@@ -123,7 +150,7 @@ std::unique_ptr<WeightLoader::Plan> WeightLoader::validate(const std::filesystem
   }
 
   std::set<std::string, std::less<>> consumed;
-  auto resolve = [&](const std::string& name, DType dtype, const Shape& shape) -> const CheckpointTensor* {
+  auto resolve_tensor = [&](const std::string& name, DType dtype, const Shape& shape) -> const CheckpointTensor* {
     FP4_CHECK(consumed.insert(name).second, "internal error: checkpoint tensor '{}' is bound twice", name);
     const CheckpointTensor* t = ckpt.find(name);
     if (t == nullptr) return nullptr;
@@ -137,7 +164,7 @@ std::unique_ptr<WeightLoader::Plan> WeightLoader::validate(const std::filesystem
   for (auto& b : bindings) {
     if (quantized_params.contains(b.param)) continue;  // written by online quantization instead
     bool optional = b.optional || (format == SourceFormat::Bf16Online && b.role == BindingRole::InputScale);
-    const CheckpointTensor* t = resolve(b.checkpoint_name, b.dtype, b.shape);
+    const CheckpointTensor* t = resolve_tensor(b.checkpoint_name, b.dtype, b.shape);
     if (t == nullptr) {
       FP4_CHECK(optional, "{}: tensor '{}' is missing (expected {} {})", dir.string(), b.checkpoint_name,
                 dtype_name(b.dtype), shape_to_string(b.shape));
@@ -151,7 +178,7 @@ std::unique_ptr<WeightLoader::Plan> WeightLoader::validate(const std::filesystem
   for (auto& g : plan->groups) {
     for (size_t i = 0; i < g.group.checkpoint_names.size(); ++i) {
       const std::string& name = g.group.checkpoint_names[i];
-      const CheckpointTensor* t = resolve(name, DType::BF16, {g.group.n_rows[i], g.group.in_features});
+      const CheckpointTensor* t = resolve_tensor(name, DType::BF16, {g.group.n_rows[i], g.group.in_features});
       FP4_CHECK(t != nullptr, "{}: tensor '{}' is missing (expected BF16 [{}, {}])", dir.string(), name,
                 g.group.n_rows[i], g.group.in_features);
       g.members.push_back(t);
@@ -166,29 +193,57 @@ std::unique_ptr<WeightLoader::Plan> WeightLoader::validate(const std::filesystem
     fail("{}: tensors not part of this model ({} in all): {}", dir.string(), ckpt.num_tensors() - consumed.size(),
          fmt::join(unknown, ", "));
   }
+  return plan;
+}
 
-  // Read everything once: proves every byte is readable, checks values, records chunk digests for the commit.
-  std::vector<uint8_t> staging;
+// Sized for the new plan and for the rollback one, so a failed commit can restore without allocating.
+WeightLoader::Staging WeightLoader::allocate_staging(const Plan& plan) const {
+  Staging staging;
+  uint64_t largest_tensor = plan.largest_tensor_bytes(), largest_group = plan.largest_group_bytes();
+  if (current_) {
+    largest_tensor = std::max(largest_tensor, current_->largest_tensor_bytes());
+    largest_group = std::max(largest_group, current_->largest_group_bytes());
+  }
+  // Rounded up so the group buffer after it stays aligned for bf16 values.
+  staging.chunk_bytes = (std::min<uint64_t>(options_.staging_bytes, largest_tensor) + 63) / 64 * 64;
+  staging.group_bytes = largest_group;
+  const uint64_t total = staging.chunk_bytes + staging.group_bytes;
+  try {
+    staging.memory = options_.allocate_staging(total);
+  } catch (const std::bad_alloc&) {
+    fail("{}: cannot allocate {} bytes of staging memory for the load (out of memory); nothing was changed",
+         plan.dir.string(), total);
+  }
+  return staging;
+}
+
+// Reads everything once: proves every byte is readable, checks values, records chunk digests for the commit; then
+// checks that no file changed while it was read (a shard rewritten after an earlier one was read would otherwise
+// give digests of a mix of two checkpoints, which the commit would faithfully load).
+void WeightLoader::read_and_digest(Plan& plan, Staging& staging, LoadResult& result) const {
   auto digest_tensor = [&](const CheckpointTensor& t, BindingRole role, std::vector<uint64_t>& digests) {
-    for_each_chunk(t, options_.staging_bytes, staging, [&](uint64_t, std::span<const uint8_t> bytes) {
+    for_each_chunk(t, options_.staging_bytes, staging.chunk(), [&](uint64_t, std::span<const uint8_t> bytes) {
       check_values(t, role, bytes);
       digests.push_back(xxh64(bytes));
     });
     result.bytes += t.info->nbytes;
     ++result.tensors;
   };
-  for (auto& c : plan->copies) digest_tensor(*c.tensor, c.binding.role, c.chunk_digests);
-  for (auto& g : plan->groups) {
+  for (auto& c : plan.copies) digest_tensor(*c.tensor, c.binding.role, c.chunk_digests);
+  for (auto& g : plan.groups) {
     g.chunk_digests.resize(g.members.size());
     for (size_t i = 0; i < g.members.size(); ++i) digest_tensor(*g.members[i], BindingRole::Weight, g.chunk_digests[i]);
   }
-  return plan;
+  for (const auto& shard : plan.checkpoint.shards()) {
+    if (auto change = shard.change_since_open())
+      fail("{}: {} while the reload read the checkpoint; nothing was changed: reload once the checkpoint is written "
+           "completely (write a new directory, or replace files by rename)", shard.path(), *change);
+  }
 }
 
-void WeightLoader::commit(const Plan& plan, LoadResult& result) {
+void WeightLoader::commit(const Plan& plan, Staging& staging) {
   ParameterSet& params = model_.params();
   const uint64_t chunk_bytes = options_.staging_bytes;
-  std::vector<uint8_t> staging;
   auto check_digest = [](const CheckpointTensor& t, const std::vector<uint64_t>& digests, uint64_t chunk,
                          std::span<const uint8_t> bytes) {
     FP4_CHECK(chunk < digests.size() && xxh64(bytes) == digests[chunk],
@@ -197,67 +252,67 @@ void WeightLoader::commit(const Plan& plan, LoadResult& result) {
 
   for (const auto& c : plan.copies) {
     const Tensor& param = params.get(c.binding.param);
-    for_each_chunk(*c.tensor, chunk_bytes, staging, [&](uint64_t chunk, std::span<const uint8_t> bytes) {
+    for_each_chunk(*c.tensor, chunk_bytes, staging.chunk(), [&](uint64_t chunk, std::span<const uint8_t> bytes) {
       check_digest(*c.tensor, c.chunk_digests, chunk, bytes);
       copy_bytes(param.device(), param.raw() + c.binding.byte_offset + chunk * chunk_bytes, Device::CPU,
                  bytes.data(), bytes.size());
     });
   }
 
-  // Online quantization: a group's bf16 members, then its NVFP4 output, are held at once (bounded by one group).
-  uint64_t peak = 0;
-  std::vector<std::vector<bf16_bits>> member_values;
-  std::vector<uint8_t> packed, scales;
+  // Online quantization: a group's bf16 members, then its NVFP4 output, in the group buffer.
   for (const auto& g : plan.groups) {
-    int64_t k = g.group.in_features;
-    int64_t rows = 0;
-    member_values.resize(g.members.size());
+    const int64_t k = g.group.in_features;
+    uint8_t* next = staging.group().data();
     std::vector<GroupMember> members;
+    int64_t rows = 0;
     for (size_t i = 0; i < g.members.size(); ++i) {
       const CheckpointTensor& t = *g.members[i];
-      member_values[i].resize(t.info->nbytes / 2);
-      auto* out = reinterpret_cast<uint8_t*>(member_values[i].data());
-      for_each_chunk(t, chunk_bytes, staging, [&](uint64_t chunk, std::span<const uint8_t> bytes) {
+      uint8_t* out = next;
+      for_each_chunk(t, chunk_bytes, staging.chunk(), [&](uint64_t chunk, std::span<const uint8_t> bytes) {
         check_digest(t, g.chunk_digests[i], chunk, bytes);
         std::memcpy(out + chunk * chunk_bytes, bytes.data(), bytes.size());
       });
-      members.push_back({member_values[i], g.group.n_rows[i]});
+      members.push_back({{reinterpret_cast<const bf16_bits*>(out), t.info->nbytes / 2}, g.group.n_rows[i]});
+      next += t.info->nbytes;
       rows += g.group.n_rows[i];
     }
-    packed.resize(rows * k / 2);
-    scales.resize(rows * k / 16);
-    peak = std::max<uint64_t>(peak, rows * k * 2 + packed.size() + scales.size());
-    float global_scale = quantize_group(members, k, packed.data(), scales.data(), g.group.weight_param);
+    uint8_t* packed = next;
+    uint8_t* scales = packed + rows * k / 2;
+    float global_scale = quantize_group(members, k, packed, scales, g.group.weight_param);
     const Tensor& w = params.get(g.group.weight_param);
     const Tensor& s = params.get(g.group.block_scale_param);
     const Tensor& gs = params.get(g.group.global_scale_param);
-    copy_bytes(w.device(), w.raw() + g.group.weight_byte_offset, Device::CPU, packed.data(), packed.size());
-    copy_bytes(s.device(), s.raw() + g.group.block_scale_byte_offset, Device::CPU, scales.data(), scales.size());
+    copy_bytes(w.device(), w.raw() + g.group.weight_byte_offset, Device::CPU, packed, rows * k / 2);
+    copy_bytes(s.device(), s.raw() + g.group.block_scale_byte_offset, Device::CPU, scales, rows * k / 16);
     for (size_t slot : g.group.global_scale_slots)
       copy_bytes(gs.device(), gs.raw() + slot * sizeof(float), Device::CPU, &global_scale, sizeof(float));
   }
-  result.peak_staging_bytes = std::max<uint64_t>(result.peak_staging_bytes, staging.size() + peak);
   model_.mark_raw_weights_loaded();
 }
 
 LoadResult WeightLoader::load(const std::filesystem::path& dir, SourceFormat format) {
   LoadResult result{.source = dir.string(), .format = format};
   auto start = std::chrono::steady_clock::now();
-  std::unique_ptr<Plan> plan = validate(dir, format, result);  // throws with the parameters untouched
+  // Validation throws with the parameters untouched.
+  std::unique_ptr<Plan> plan = resolve(dir, format);
+  Staging staging = allocate_staging(*plan);
+  result.peak_staging_bytes = staging.chunk_bytes + staging.group_bytes;
+  read_and_digest(*plan, staging, result);
   result.validate_seconds = seconds_since(start);
   if (options_.between_validate_and_commit) options_.between_validate_and_commit();
 
   auto write_and_derive = [&](const Plan& p, LoadResult& r) {
     auto t0 = std::chrono::steady_clock::now();
-    commit(p, r);
+    commit(p, staging);
     r.commit_seconds = seconds_since(t0);
     auto t1 = std::chrono::steady_clock::now();
     model_.process_weights_after_loading();
     r.post_process_seconds = seconds_since(t1);
   };
+  // Anything thrown here (an Error, std::bad_alloc from post-processing) has left a partly written model.
   try {
     write_and_derive(*plan, result);
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     std::string reason = e.what();
     if (!current_) {
       state_ = State::Inconsistent;
@@ -269,7 +324,7 @@ LoadResult WeightLoader::load(const std::filesystem::path& dir, SourceFormat for
     try {
       LoadResult restore{.source = current_->dir.string(), .format = current_->format};
       write_and_derive(*current_, restore);
-    } catch (const Error& restore_error) {
+    } catch (const std::exception& restore_error) {
       state_ = State::Inconsistent;
       std::string previous = current_->dir.string();
       current_.reset();

@@ -1,12 +1,15 @@
 // Loads checkpoint directories into a model's EXISTING parameters, transactionally, for the first load and for
 // every reload alike (so a reload of B gives the same bytes as a fresh start on B):
 //   1. validate: every binding resolves to exactly one checkpoint tensor of the right dtype and shape, no unknown
-//      tensors, scales finite and > 0, every byte readable; chunk digests are recorded. Nothing live changes.
-//   2. commit: re-read chunk by chunk through a bounded staging buffer, check each chunk's digest, copy into the
+//      tensors; the staging memory of the whole load (rollback included) is allocated; every byte is read once,
+//      scales finite and > 0, chunk digests recorded; no shard may have been modified in place or replaced since
+//      it was opened. Nothing live changes.
+//   2. commit: re-read chunk by chunk through the staging buffer, check each chunk's digest, copy into the
 //      parameters (pointers never change), then post-process once.
-// A failure in 1 leaves the parameters byte-identical. A failure in 2 (a file rewritten or unreadable after
-// validation) restores the previous source, whose files stay open from its own load; only if that fails too is
-// the model Inconsistent (and must not serve) until a load succeeds. Not thread-safe: the engine thread owns it.
+// A failure in 1 (running out of memory included) leaves the parameters byte-identical. A failure in 2 (a file
+// rewritten or unreadable after validation, memory exhausted while post-processing) restores the previous source,
+// whose files stay open from its own load; only if that fails too is the model Inconsistent (and must not serve)
+// until a load succeeds. Not thread-safe: the engine thread owns it.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -24,9 +27,14 @@ enum class SourceFormat {
   Bf16Online,  // a bf16 checkpoint loaded into an NVFP4 model: quantized on the fly (quant/group_quant.h)
 };
 
+// Allocates a load's staging memory (throws std::bad_alloc when there is none); tests inject exhaustion here.
+using StagingAllocator = std::function<std::unique_ptr<uint8_t[]>(size_t bytes)>;
+std::unique_ptr<uint8_t[]> allocate_staging_memory(size_t bytes);
+
 struct LoadOptions {
   size_t staging_bytes = size_t{64} << 20;  // chunk size of the staging buffer
   FileOpener open_file = open_posix_file;   // tests inject I/O faults here
+  StagingAllocator allocate_staging = allocate_staging_memory;
   std::function<void()> between_validate_and_commit{};  // tests change files here
 };
 
@@ -35,7 +43,7 @@ struct LoadResult {
   SourceFormat format;
   uint64_t tensors = 0;          // checkpoint tensors loaded
   uint64_t bytes = 0;            // checkpoint bytes loaded (each read twice: validate and commit)
-  uint64_t peak_staging_bytes = 0;
+  uint64_t peak_staging_bytes = 0;  // allocated for this load: chunk buffer + one quantization group, rollback's too
   double validate_seconds = 0, commit_seconds = 0, post_process_seconds = 0;
 };
 
@@ -54,8 +62,11 @@ class WeightLoader {
 
  private:
   struct Plan;
-  std::unique_ptr<Plan> validate(const std::filesystem::path& dir, SourceFormat format, LoadResult& result);
-  void commit(const Plan& plan, LoadResult& result);
+  struct Staging;
+  std::unique_ptr<Plan> resolve(const std::filesystem::path& dir, SourceFormat format) const;
+  Staging allocate_staging(const Plan& plan) const;
+  void read_and_digest(Plan& plan, Staging& staging, LoadResult& result) const;
+  void commit(const Plan& plan, Staging& staging);
 
   LoadableModel& model_;
   LoadOptions options_;

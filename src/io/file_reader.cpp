@@ -1,5 +1,6 @@
 #include "io/file_reader.h"
 
+#include <fmt/format.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,6 +11,10 @@
 #include "common/error.h"
 
 namespace fp4serve {
+
+namespace {
+int64_t mtime_ns(const struct stat& st) { return int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec; }
+}  // namespace
 
 void FileReader::read_exact(std::span<uint8_t> dst, uint64_t offset) const {
   size_t done = 0;
@@ -34,6 +39,9 @@ PosixFile::PosixFile(const std::filesystem::path& path) : path_(path.string()) {
     fail("{}: not a regular file (a directory?)", path_);
   }
   size_ = static_cast<uint64_t>(st.st_size);
+  device_ = st.st_dev;
+  inode_ = st.st_ino;
+  mtime_ns_ = mtime_ns(st);
 }
 
 PosixFile::~PosixFile() {
@@ -47,6 +55,17 @@ size_t PosixFile::pread_some(std::span<uint8_t> dst, uint64_t offset) const {
     FP4_CHECK(errno == EINTR, "{}: read of {} bytes at offset {} failed: {}", path_, dst.size(), offset,
               std::strerror(errno));
   }
+}
+
+std::optional<std::string> PosixFile::change_since_open() const {
+  struct stat now {};
+  if (::fstat(fd_, &now) != 0) return fmt::format("cannot be checked (fstat: {})", std::strerror(errno));
+  if (static_cast<uint64_t>(now.st_size) != size_ || mtime_ns(now) != mtime_ns_)
+    return fmt::format("was modified in place (size {} -> {} bytes)", size_, now.st_size);
+  struct stat at_path {};
+  if (::stat(path_.c_str(), &at_path) != 0) return std::nullopt;  // deleted: the descriptor still reads it whole
+  if (at_path.st_dev != device_ || at_path.st_ino != inode_) return "was replaced by another file";
+  return std::nullopt;
 }
 
 std::unique_ptr<FileReader> open_posix_file(const std::filesystem::path& path) {

@@ -55,6 +55,8 @@ class SafetensorsFile {
 
   // Copies dst.size() bytes starting offset_in_tensor bytes into the tensor; works mapped or not; thread-safe.
   void read(const TensorInfo& tensor, uint64_t offset_in_tensor, std::span<uint8_t> dst) const;
+  // FileReader::change_since_open of the file.
+  std::optional<std::string> change_since_open() const { return reader_->change_since_open(); }
 
  private:
   struct Mapping;

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "common/error.h"
+#include "engine/weights_digest.h"
 #include "io/quant_config.h"
 #include "model/qwen3_model.h"
 
@@ -46,7 +47,7 @@ EngineService::EngineService(EngineServiceOptions options)
   auto model = std::make_unique<Qwen3Model>(model_config_, load_quant_config(options_.model_path), options_.quant);
   engine_ = std::make_unique<Engine>(std::move(model), options_.engine);
   kv_cache_tokens_ = engine_->kv_cache().token_capacity();
-  updater_ = std::make_unique<WeightUpdater>(engine_->model(), model_config_);
+  updater_ = std::make_unique<WeightUpdater>(engine_->model(), model_config_, options_.load);
   updater_->load(options_.model_path);
   weight_version_ = engine_->weight_version();
   model_path_ = options_.model_path.string();
@@ -89,6 +90,9 @@ ServiceStats EngineService::stats() const {
 std::shared_ptr<RequestChannel> EngineService::submit(GenerateRequest request, std::string rid,
                                                       std::string_view name) {
   engine_->check_request(request, name);
+  FP4_CHECK(options_.max_prompt_tokens == 0 || static_cast<int64_t>(request.input_ids.size()) <= options_.max_prompt_tokens,
+            "{}: the prompt has {} tokens, more than this server's --max-prompt-tokens {}", name,
+            request.input_ids.size(), options_.max_prompt_tokens);
   if (!serving_) {
     throw ServiceBusy("the served weights are inconsistent after a failed reload; reload a valid checkpoint "
                       "with /update_weights_from_disk");
@@ -179,6 +183,20 @@ FlushOutcome EngineService::flush_cache() {
     done.set_value({true, "Cache flushed."});
   });
   return outcome.get();
+}
+
+ServedWeights EngineService::served_weights() {
+  std::promise<ServedWeights> done;
+  std::future<ServedWeights> answer = done.get_future();
+  post([&] {
+    ServedWeights served{.consistent = updater_->state() == WeightLoader::State::Loaded,
+                         .digest = {},
+                         .weight_version = engine_->weight_version(),
+                         .model_path = updater_->current_source()};
+    if (served.consistent) served.digest = digest_hex(model_weights_digest(engine_->model()));
+    done.set_value(std::move(served));
+  });
+  return answer.get();
 }
 
 void EngineService::pause(PauseMode mode) {

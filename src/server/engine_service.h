@@ -35,6 +35,8 @@ struct EngineServiceOptions {
   QuantOptions quant;
   EngineOptions engine;               // eos ids from config.json are added to engine.eos_token_ids
   int64_t max_queued_requests = 256;  // admitted beyond the running batch; one more -> ServiceBusy
+  int64_t max_prompt_tokens = 0;      // longer prompts are refused (an Error: 400); 0: the model's context bounds
+  LoadOptions load;                   // how checkpoints are read (tests inject I/O faults and memory exhaustion)
 };
 
 // Thrown by submit() when the queue is full or the weights cannot serve; the HTTP layer answers 503.
@@ -63,6 +65,14 @@ struct ReloadOutcome {
   bool success = false;
   std::string message;
   int64_t num_paused_requests = 0;  // requests held back (admitted, not started) while the weights changed
+};
+
+// The logical-weights digest of what the engine serves (engine/weights_digest.h), with the labels it serves under.
+struct ServedWeights {
+  bool consistent = false;  // false after a failed reload left the weights inconsistent: the digest means nothing
+  std::string digest;
+  std::string weight_version;
+  std::string model_path;
 };
 
 struct FlushOutcome {
@@ -105,6 +115,7 @@ class EngineService {
   // paused in_place with running requests it is refused unless flush_cache is false.
   ReloadOutcome update_weights(ReloadRequest request);
   FlushOutcome flush_cache();  // refused while requests are in flight
+  ServedWeights served_weights();  // computed between engine steps: never during a reload
   void pause(PauseMode mode);  // returns once applied
   void resume();
   // Relabels the served weights (no reload); with abort_all_requests the requests in the engine end first.

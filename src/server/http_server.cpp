@@ -60,8 +60,11 @@ nlohmann::json to_json(const ServerOptions& o) {
           {"admin_api_key", secret(o.admin_api_key)},
           {"allowed_model_dirs", o.allowed_model_dirs},
           {"max_request_body_bytes", o.max_request_body_bytes},
+          {"max_prompt_tokens", o.max_prompt_tokens},
+          {"max_connections", o.max_connections},
           {"read_timeout_seconds", o.read_timeout_seconds},
-          {"http_threads", o.http_threads}};
+          {"write_timeout_seconds", o.write_timeout_seconds},
+          {"keep_alive_timeout_seconds", o.keep_alive_timeout_seconds}};
 }
 
 HttpServer::HttpServer(ServerOptions options, EngineService& service, const Tokenizer& tokenizer,
@@ -75,13 +78,21 @@ HttpServer::HttpServer(ServerOptions options, EngineService& service, const Toke
                .tokenizer = tokenizer_,
                .chat_template = chat_template_,
                .model_name = options_.served_model_name} {
-  const int threads = options_.http_threads;
-  http_.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  const int max_connections = options_.max_connections;
+  http_.new_task_queue = [max_connections] { return new ConnectionLimit(static_cast<size_t>(max_connections)); };
+  http_.set_pre_routing_handler([this](const httplib::Request&, httplib::Response& response) {
+    if (!ConnectionLimit::over_limit) return httplib::Server::HandlerResponse::Unhandled;
+    response.set_header("Retry-After", "1");
+    response.set_header("Connection", "close");
+    send_error(response, 503, fmt::format("the server has {} connections open, its limit (--max-connections); "
+                                          "retry later", options_.max_connections));
+    return httplib::Server::HandlerResponse::Handled;
+  });
   http_.set_payload_max_length(static_cast<size_t>(options_.max_request_body_bytes));
   http_.set_read_timeout(options_.read_timeout_seconds, 0);
-  http_.set_write_timeout(options_.read_timeout_seconds, 0);
+  http_.set_write_timeout(options_.write_timeout_seconds, 0);
   http_.set_keep_alive_max_count(1000);
-  http_.set_keep_alive_timeout(std::min(options_.read_timeout_seconds, 5));
+  http_.set_keep_alive_timeout(options_.keep_alive_timeout_seconds);
   http_.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& request,
                                                                      httplib::Response& response) {
     if (!response.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
@@ -112,6 +123,32 @@ int HttpServer::bind() {
 
 void HttpServer::Listener::raise_backlog(int backlog) {
   FP4_CHECK(::listen(svr_sock_, backlog) == 0, "cannot set the listen backlog to {}: {}", backlog, std::strerror(errno));
+}
+
+thread_local bool HttpServer::ConnectionLimit::over_limit = false;
+
+HttpServer::ConnectionLimit::ConnectionLimit(size_t max_connections)
+    : max_connections_(max_connections), workers_(max_connections), overflow_(kOverflowThreads) {}
+
+void HttpServer::ConnectionLimit::enqueue(std::function<void()> serve_connection) {
+  if (admitted_.fetch_add(1) >= max_connections_) {
+    admitted_.fetch_sub(1);
+    overflow_.enqueue([serve_connection = std::move(serve_connection)] {
+      over_limit = true;
+      serve_connection();
+      over_limit = false;
+    });
+    return;
+  }
+  workers_.enqueue([this, serve_connection = std::move(serve_connection)] {
+    serve_connection();
+    admitted_.fetch_sub(1);
+  });
+}
+
+void HttpServer::ConnectionLimit::shutdown() {
+  workers_.shutdown();
+  overflow_.shutdown();
 }
 
 void HttpServer::listen() { http_.listen_after_bind(); }
@@ -183,6 +220,14 @@ void HttpServer::add_routes() {
                   {"quantization", quant_algo_name(load_quant_config(options_.model_path).algo)},
                   {"is_generation", true},
                   {"max_context_length", config.max_position_embeddings}});
+  }));
+  http_.Get("/get_weights_digest", guarded(false, [this](auto&, auto& r) {
+    const ServedWeights served = service_.served_weights();
+    if (!served.consistent)
+      throw HttpError(503, "the served weights are inconsistent after a failed reload; reload a valid checkpoint");
+    send_json(r, {{"weights_digest", served.digest},
+                  {"weight_version", served.weight_version},
+                  {"model_path", served.model_path}});
   }));
   http_.Get("/get_server_info", guarded(false, [this](auto&, auto& r) { send_json(r, server_info()); }));
   http_.Get("/health", guarded(false, [this](auto&, auto& r) {

@@ -1,9 +1,10 @@
-// The HTTP front: cpp-httplib routes for every endpoint of http-api.md, API keys, the request body limit, slow
-// client timeouts and JSON errors for every failure (4xx for the client's mistakes, the server keeps serving).
+// The HTTP front: cpp-httplib routes for every endpoint of http-api.md, API keys, the resource limits (request body,
+// open connections, slow client and idle timeouts; prompt length is the engine service's) and JSON errors for every failure (4xx for the client's mistakes, the server keeps serving).
 // Handler threads only parse, post work to the EngineService and wait; stop() is thread-safe.
 #pragma once
 #include <httplib.h>
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,6 +40,23 @@ class HttpServer {
   void update_weight_version(const httplib::Request& request, httplib::Response& response);
   void health_generate(httplib::Response& response);
   nlohmann::json server_info() const;
+
+  // Serves at most max_connections connections at once, each on its own worker thread (a stream holds its thread
+  // to the end). A connection beyond that is answered 503 at once by a small overflow pool rather than queued
+  // behind streams that may last minutes: uvicorn's --limit-concurrency, which SGLang and vLLM serve behind.
+  class ConnectionLimit : public httplib::TaskQueue {
+   public:
+    explicit ConnectionLimit(size_t max_connections);
+    void enqueue(std::function<void()> serve_connection) override;
+    void shutdown() override;
+    static thread_local bool over_limit;  // set while an overflow thread serves a connection: answer 503
+
+   private:
+    static constexpr size_t kOverflowThreads = 4;
+    const size_t max_connections_;
+    std::atomic<size_t> admitted_{0};
+    httplib::ThreadPool workers_, overflow_;
+  };
 
   // cpp-httplib 0.11 listens with a backlog of 5: a burst of clients reconnecting together (every stream ends at
   // an abort-all) overflows it and connections fail. Listening again on the bound socket raises it.

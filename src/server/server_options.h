@@ -35,8 +35,11 @@ struct ServerOptions {
   std::string admin_api_key;                    // reload, flush, pause, abort-all; "" = api_key guards them
   std::vector<std::string> allowed_model_dirs;  // reload model_path must lie inside one; empty = anywhere
   int64_t max_request_body_bytes = 8 << 20;
+  int64_t max_prompt_tokens = 0;                // longer prompts get 400; 0: only the context length bounds them
+  int max_connections = 128;                    // served at once (each holds a thread); one more gets 503
   int read_timeout_seconds = 30;                // a client slower than this to send its request is dropped
-  int http_threads = 128;                       // one per open connection (streams hold theirs)
+  int write_timeout_seconds = 30;               // ... or to accept a response (a stream nobody reads)
+  int keep_alive_timeout_seconds = 5;           // an idle keep-alive connection is closed after this
 };
 
 nlohmann::json to_json(const ServerOptions& options);  // keys shown as "<set>" / ""

@@ -9,14 +9,16 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <optional>
 #include <map>
+#include <optional>
+#include <utility>
 
 #include "common/error.h"
 #include "format/bf16.h"
 #include "format/nvfp4.h"
 #include "io/safetensors.h"
 #include "quant/group_quant.h"
+#include "support/faulty_files.h"
 
 namespace fp4serve {
 namespace {
@@ -55,6 +57,7 @@ class FakeModel : public LoadableModel {
     raw_ = false;
     auto w = params_.get("q.weight").span<uint8_t>();
     std::reverse(w.begin(), w.end());
+    if (std::exchange(fail_next_post_process, false)) throw std::bad_alloc();
     auto ws2 = params_.get("q.weight_scale_2").span<float>();
     Tensor alpha = Tensor::empty({2}, DType::F32, Device::CPU);
     for (int i = 0; i < 2; ++i) alpha.data<float>()[i] = ws2[i] * 2;
@@ -71,6 +74,7 @@ class FakeModel : public LoadableModel {
     return out;
   }
   int post_processed = 0;
+  bool fail_next_post_process = false;  // the next post-processing runs out of memory halfway
 
  private:
   ParameterSet params_;
@@ -114,6 +118,16 @@ void write_checkpoint(const fs::path& dir, const TensorMap& tensors) {
   SafetensorsWriter writer(dir / "model.safetensors", decls);
   for (const auto& [name, t] : tensors) writer.write(name, t.bytes);
   writer.finish();
+}
+
+// Overwrites the shard's bytes through its existing inode (a trainer writing over the checkpoint it wrote before).
+void write_checkpoint_in_place(const fs::path& dir, const TensorMap& tensors) {
+  fs::path scratch = dir.string() + "_scratch";
+  write_checkpoint(scratch, tensors);
+  std::ifstream in(scratch / "model.safetensors", std::ios::binary);
+  std::fstream out(dir / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+  out << in.rdbuf();
+  fs::remove_all(scratch);
 }
 
 class WeightLoaderTest : public ::testing::Test {
@@ -255,41 +269,13 @@ TEST_F(WeightLoaderTest, ShardDeletedAfterValidationStillLoadsWhatWasValidated) 
   EXPECT_EQ(model.snapshot(), reference.snapshot());
 }
 
-// Injected read failures: after `reads_left` more successful reads (-1: never), reads fail; once only, or for
-// good when `keep_failing` (a disk gone bad).
-struct Faults {
-  int reads_left = -1;
-  bool keep_failing = false;
-};
-
-class FailingReader : public FileReader {
- public:
-  FailingReader(std::unique_ptr<FileReader> inner, Faults* faults) : inner_(std::move(inner)), faults_(faults) {}
-  const std::string& path() const override { return inner_->path(); }
-  uint64_t size() const override { return inner_->size(); }
-  size_t pread_some(std::span<uint8_t> dst, uint64_t offset) const override {
-    if (faults_->reads_left == 0) {
-      if (!faults_->keep_failing) faults_->reads_left = -1;
-      fail("{}: injected I/O error", path());
-    }
-    if (faults_->reads_left > 0) --faults_->reads_left;
-    return inner_->pread_some(dst, offset);
-  }
-
- private:
-  std::unique_ptr<FileReader> inner_;
-  Faults* faults_;
-};
-
 TEST_F(WeightLoaderTest, ReadErrorDuringCommitRestoresPreviousOrReportsInconsistent) {
-  Faults faults;
-  std::optional<Faults> arm_at_commit;
+  test::FaultyFiles files;
+  std::optional<test::FaultyFiles::Faults> arm_at_commit;
   LoadOptions options;
-  options.open_file = [&](const fs::path& p) -> std::unique_ptr<FileReader> {
-    return std::make_unique<FailingReader>(open_posix_file(p), &faults);
-  };
+  options.open_file = files.opener();
   options.between_validate_and_commit = [&] {
-    if (arm_at_commit) faults = *arm_at_commit;
+    if (arm_at_commit) files.arm(*arm_at_commit);
   };
   FakeModel model;
   WeightLoader loader(model, options);
@@ -297,13 +283,13 @@ TEST_F(WeightLoaderTest, ReadErrorDuringCommitRestoresPreviousOrReportsInconsist
   auto a_state = model.snapshot();
 
   // One failed read a few reads into the commit: the previous weights are restored from a's open files.
-  arm_at_commit = Faults{.reads_left = 3, .keep_failing = false};
+  arm_at_commit = test::FaultyFiles::Faults{.fail_read = 4};
   EXPECT_THROW(loader.load(root_ / "b", SourceFormat::Native), Error);
   EXPECT_EQ(loader.state(), WeightLoader::State::Loaded);
   EXPECT_EQ(model.snapshot(), a_state);
 
   // The disk stays bad: the restore fails too, and the loader says the model is inconsistent.
-  arm_at_commit = Faults{.reads_left = 3, .keep_failing = true};
+  arm_at_commit = test::FaultyFiles::Faults{.fail_read = 4, .keep_failing = true};
   try {
     loader.load(root_ / "b", SourceFormat::Native);
     FAIL();
@@ -314,7 +300,7 @@ TEST_F(WeightLoaderTest, ReadErrorDuringCommitRestoresPreviousOrReportsInconsist
 
   // A later good load recovers.
   arm_at_commit.reset();
-  faults = Faults{};
+  files.arm({});
   loader.load(root_ / "a", SourceFormat::Native);
   EXPECT_EQ(loader.state(), WeightLoader::State::Loaded);
   EXPECT_EQ(model.snapshot(), a_state);
@@ -322,9 +308,85 @@ TEST_F(WeightLoaderTest, ReadErrorDuringCommitRestoresPreviousOrReportsInconsist
   // A first load that fails while writing has nothing to restore.
   FakeModel fresh;
   WeightLoader first(fresh, options);
-  arm_at_commit = Faults{.reads_left = 2, .keep_failing = false};
+  arm_at_commit = test::FaultyFiles::Faults{.fail_read = 3};
   EXPECT_THROW(first.load(root_ / "a", SourceFormat::Native), Error);
   EXPECT_EQ(first.state(), WeightLoader::State::Inconsistent);
+}
+
+TEST_F(WeightLoaderTest, ShortReadsLoadTheSameBytes) {
+  FakeModel reference;
+  WeightLoader(reference).load(root_ / "b", SourceFormat::Native);
+  test::FaultyFiles files;
+  files.arm({.max_read_bytes = 3});
+  FakeModel model;
+  WeightLoader loader(model, {.open_file = files.opener()});
+  loader.load(root_ / "a", SourceFormat::Native);
+  loader.load(root_ / "b", SourceFormat::Native);
+  EXPECT_EQ(model.snapshot(), reference.snapshot());
+  EXPECT_GT(files.reads(), 40u);  // the 32-byte weights alone take 11 reads each way
+}
+
+TEST_F(WeightLoaderTest, ShardModifiedInPlaceWhileBeingValidatedIsRefused) {
+  test::FaultyFiles files;
+  FakeModel model;
+  WeightLoader loader(model, {.open_file = files.opener()});
+  loader.load(root_ / "a", SourceFormat::Native);
+  fs::path c = root_ / "c";
+  write_checkpoint(c, nvfp4_tensors(3));
+  // Dated back as if written earlier: modification times tick at the kernel's clock resolution.
+  fs::last_write_time(c / "model.safetensors", fs::file_time_type::clock::now() - std::chrono::hours(1));
+  // After the header (reads 1 and 2), before the tensor bytes: the shard is rewritten with other valid weights of
+  // the same layout. Its bytes would validate and commit consistently, but they are not what was opened.
+  files.arm({.before_read = 3, .action = [&] { write_checkpoint_in_place(c, nvfp4_tensors(4)); }});
+  expect_rejected(model, loader, c, {"model.safetensors", "modified in place", "nothing was changed"});
+}
+
+TEST_F(WeightLoaderTest, ShardReplacedByRenameWhileBeingValidatedIsRefused) {
+  test::FaultyFiles files;
+  FakeModel model;
+  WeightLoader loader(model, {.open_file = files.opener()});
+  loader.load(root_ / "a", SourceFormat::Native);
+  files.arm({.before_read = 3, .action = [&] {
+               write_checkpoint(root_ / "new", nvfp4_tensors(4));
+               fs::rename(root_ / "new" / "model.safetensors", root_ / "b" / "model.safetensors");
+             }});
+  expect_rejected(model, loader, root_ / "b", {"replaced by another file"});
+}
+
+TEST_F(WeightLoaderTest, OutOfMemoryForStagingIsRefusedBeforeAnythingChanges) {
+  bool exhausted = false;
+  size_t asked = 0;
+  LoadOptions options;
+  options.allocate_staging = [&](size_t bytes) {
+    asked = bytes;
+    if (exhausted) throw std::bad_alloc();
+    return allocate_staging_memory(bytes);
+  };
+  FakeModel model;
+  WeightLoader loader(model, options);
+  loader.load(root_ / "a", SourceFormat::Native);
+  exhausted = true;
+  expect_rejected(model, loader, root_ / "b", {(root_ / "b").string(), "staging memory", "out of memory"});
+  exhausted = false;
+  LoadResult r = loader.load(root_ / "b", SourceFormat::Native);
+  EXPECT_EQ(r.peak_staging_bytes, asked);
+  EXPECT_LE(asked, 64u);  // the largest tensor (16 bytes) rounded up to 64: no group to quantize
+}
+
+TEST_F(WeightLoaderTest, OutOfMemoryWhilePostProcessingRestoresPreviousWeights) {
+  FakeModel model;
+  WeightLoader loader(model);
+  loader.load(root_ / "a", SourceFormat::Native);
+  auto a_state = model.snapshot();
+  model.fail_next_post_process = true;
+  try {
+    loader.load(root_ / "b", SourceFormat::Native);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("previous weights"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(loader.state(), WeightLoader::State::Loaded);
+  EXPECT_EQ(model.snapshot(), a_state);
 }
 
 TEST_F(WeightLoaderTest, Bf16OnlineQuantizationEqualsQuantizeThenLoad) {

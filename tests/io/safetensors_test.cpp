@@ -289,6 +289,7 @@ class FaultyReader final : public FileReader {
     if (fault_ != Fault::None) limit = std::min<uint64_t>(limit, fail_at_ - offset);
     return file_.pread_some(dst.first(limit), offset);
   }
+  std::optional<std::string> change_since_open() const override { return file_.change_since_open(); }
   mutable int calls = 0;
 
  private:

@@ -5,6 +5,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "io/checkpoint.h"
 #include "io/quant_config.h"
 #include "model/qwen3_model.h"
+#include "support/faulty_files.h"
 
 namespace fp4serve {
 namespace {
@@ -235,6 +237,28 @@ fs::path write_variant(const fs::path& source, const fs::path& dir, const Mutabl
   return dir;
 }
 
+// Writes `source`'s tensors as a checkpoint of shards of at most `shard_bytes` each, with its config files.
+fs::path reshard(const fs::path& source, const fs::path& dir, uint64_t shard_bytes) {
+  const Mutable m = read_all(source);
+  fs::remove_all(dir);
+  CheckpointWriter writer(dir, shard_bytes);
+  for (const auto& [name, decl] : m.decls) writer.add(decl);
+  writer.write([&](const TensorDecl& t, std::span<uint8_t> out) {
+    std::memcpy(out.data(), m.bytes.at(t.name).data(), out.size());
+  });
+  for (const char* f : {"config.json", "hf_quant_config.json"})
+    if (fs::exists(source / f)) fs::copy_file(source / f, dir / f);
+  return dir;
+}
+
+std::vector<fs::path> shards_of(const fs::path& dir) {
+  std::vector<fs::path> shards;
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.path().extension() == ".safetensors") shards.push_back(entry.path());
+  std::sort(shards.begin(), shards.end());
+  return shards;
+}
+
 class ReloadFailure : public Reload {
  protected:
   void SetUp() override {
@@ -258,6 +282,12 @@ class ReloadFailure : public Reload {
     Mutable m = read_all(ckpts->b);
     edit(m);
     return write_variant(ckpts->b, ckpts->root / ("variant_" + name), m);
+  }
+
+  // Serves A again, reading files through `files`.
+  void serve_through(test::FaultyFiles& files) {
+    served_ = serve(ckpts->a, {.layout = WeightLayout::Trtllm, .act_quant = ActQuant::Static},
+                    {.open_file = files.opener()});
   }
 
   Served served_;
@@ -360,6 +390,66 @@ TEST_F(ReloadFailure, ShardDeletedAfterValidationLoadsTheValidatedNewWeightsComp
   armed = true;
   served_.updater->load(c);  // the open descriptor still holds the validated bytes: all new, never a mix
   EXPECT_TRUE(same_state(snapshot(*served_.model), snapshot(*fresh_b.model)));
+}
+
+TEST_F(ReloadFailure, AReadErrorAtAnyReadKeepsOrRestoresTheOldWeights) {
+  test::FaultyFiles files;
+  serve_through(files);
+  files.arm({});
+  served_.updater->load(ckpts->b);  // counts the reads of a reload: the headers, validation, commit
+  const uint64_t reads = files.reads();
+  served_.updater->load(ckpts->a);
+  for (uint64_t read = 1; read <= reads; ++read) {
+    files.arm({.fail_read = read});
+    EXPECT_THROW(served_.updater->load(ckpts->b), Error) << "read " << read;
+    ASSERT_EQ(served_.updater->state(), WeightLoader::State::Loaded) << "read " << read;
+    ASSERT_TRUE(same_state(snapshot(*served_.model), before_)) << "read " << read;
+  }
+  EXPECT_EQ(logits(*served_.model, kPrompt), logits_before_);
+}
+
+TEST_F(ReloadFailure, ADiskGoneBadFromAnyReadOnIsRefusedOrReportedInconsistentNeverMixed) {
+  test::FaultyFiles files;
+  serve_through(files);
+  files.arm({});
+  served_.updater->load(ckpts->b);
+  const uint64_t reads = files.reads();
+  served_.updater->load(ckpts->a);
+  int inconsistent = 0;
+  for (uint64_t read = 1; read <= reads; read += 5) {
+    files.arm({.fail_read = read, .keep_failing = true});
+    EXPECT_THROW(served_.updater->load(ckpts->b), Error) << "read " << read;
+    if (served_.updater->state() == WeightLoader::State::Inconsistent) {
+      ++inconsistent;  // the restore could not read A either: the server refuses to serve until a load succeeds
+      files.arm({});
+      served_.updater->load(ckpts->a);
+    }
+    ASSERT_TRUE(same_state(snapshot(*served_.model), before_)) << "read " << read;
+  }
+  EXPECT_GT(inconsistent, 0);  // failures from inside the commit on
+  EXPECT_EQ(logits(*served_.model, kPrompt), logits_before_);
+}
+
+TEST_F(ReloadFailure, ShardRewrittenInPlaceBeforeItIsReadIsRefusedNotMixed) {
+  // A and B in several shards of the same layout. Once every header is read (two reads a shard), B's last shard,
+  // not yet read, is overwritten in place with A's. Its bytes are valid and would read back the same at commit:
+  // without the check that no file changed since it was opened, the model would serve B's first shards with A's
+  // last one, a checkpoint nobody wrote.
+  const fs::path a = reshard(ckpts->a, ckpts->root / "a_sharded", 200 << 10);
+  const fs::path b = reshard(ckpts->b, ckpts->root / "b_sharded", 200 << 10);
+  const std::vector<fs::path> shards = shards_of(b);
+  ASSERT_GE(shards.size(), 3u);
+  ASSERT_EQ(shards_of(a).back().filename(), shards.back().filename());
+  for (const fs::path& shard : shards)  // written earlier: modification times tick at the kernel's clock resolution
+    fs::last_write_time(shard, fs::file_time_type::clock::now() - std::chrono::hours(1));
+  test::FaultyFiles files;
+  serve_through(files);
+  files.arm({.before_read = 2 * shards.size() + 1, .action = [&] {
+               std::ifstream in(shards_of(a).back(), std::ios::binary);
+               std::fstream out(shards.back(), std::ios::in | std::ios::out | std::ios::binary);
+               out << in.rdbuf();
+             }});
+  expect_refused(b, {shards.back().filename().string(), "modified in place", "nothing was changed"});
 }
 
 }  // namespace

@@ -163,8 +163,10 @@ bool ServerProcess::running() {
 
 std::string ServerProcess::log() const { return read_file(log_path_); }
 
-httplib::Client ServerProcess::client(int read_timeout_seconds) const {
-  httplib::Client client("127.0.0.1", port_);
+httplib::Client ServerProcess::client(int read_timeout_seconds) const { return local_client(port_, read_timeout_seconds); }
+
+httplib::Client local_client(int port, int read_timeout_seconds) {
+  httplib::Client client("127.0.0.1", port);
   client.set_read_timeout(read_timeout_seconds, 0);
   client.set_connection_timeout(5, 0);
   return client;

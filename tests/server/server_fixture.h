@@ -51,6 +51,9 @@ class ServerProcess {
   std::filesystem::path log_path_;
 };
 
+// A client of a server on 127.0.0.1:port.
+httplib::Client local_client(int port, int read_timeout_seconds = 60);
+
 // POST a JSON body; the response parsed (status in `status`, null body when not JSON).
 nlohmann::json post_json(httplib::Client& client, const std::string& path, const nlohmann::json& body,
                          int* status = nullptr, const httplib::Headers& headers = {});
