@@ -237,7 +237,8 @@ def reload_loop(port, deadline, period, checkpoints, counters):
             else:
                 counters.unexpected("reload of %s -> %s %s" % (target["dir"], status, str(answer)[:300]))
         else:
-            if status == 400 and not answer.get("success") and "keeps serving the previous weights" in answer["message"]:
+            # A directory that cannot be resolved is refused before the engine sees it; a broken one by the loader.
+            if status == 400 and not answer.get("success") and target["dir"] in answer["message"]:
                 counters.add("reloads_refused")
             else:
                 counters.unexpected("failing reload of %s -> %s %s" % (target["dir"], status, str(answer)[:300]))
