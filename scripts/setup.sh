@@ -8,6 +8,7 @@ packages=(
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev
   python3 curl
+  clang libclang-rt-dev libomp-dev  # the sanitizer and fuzzing tree (.ci/run, scripts/fuzz.sh)
 )
 
 missing=()

@@ -13,11 +13,11 @@ namespace {
 namespace fs = std::filesystem;
 
 // Shard names come from a file we did not write: only plain names inside the directory are allowed.
-void check_shard_file_name(const fs::path& index_path, const std::string& tensor, const std::string& shard) {
+void check_shard_file_name(std::string_view source, const std::string& tensor, const std::string& shard) {
   const fs::path as_path(shard);
   FP4_CHECK(!shard.empty() && shard != "." && shard != ".." && as_path.filename() == as_path,
-            "{}: tensor '{}' maps to '{}', which is not a plain file name in the checkpoint directory",
-            index_path.string(), tensor, shard);
+            "{}: tensor '{}' maps to '{}', which is not a plain file name in the checkpoint directory", source,
+            tensor, shard);
 }
 
 std::vector<std::string> other_safetensors_files(const fs::path& dir) {
@@ -29,6 +29,21 @@ std::vector<std::string> other_safetensors_files(const fs::path& dir) {
 }
 
 }  // namespace
+
+std::map<std::string, std::string> parse_weight_map(const nlohmann::json& index, std::string_view source) {
+  FP4_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
+            "{}: expected an object with a 'weight_map' object (tensor name -> shard file)", source);
+  std::map<std::string, std::string> shard_of;
+  for (const auto& [tensor, shard_json] : index["weight_map"].items()) {
+    FP4_CHECK(shard_json.is_string(), "{}: weight_map['{}'] must be a shard file name, got {}", source, tensor,
+              json_type_name(shard_json));
+    const std::string& shard = shard_json.get_ref<const std::string&>();
+    check_shard_file_name(source, tensor, shard);
+    shard_of.emplace(tensor, shard);
+  }
+  FP4_CHECK(!shard_of.empty(), "{}: weight_map is empty", source);
+  return shard_of;
+}
 
 Checkpoint Checkpoint::open(const fs::path& dir, const CheckpointOptions& options) {
   std::error_code ec;
@@ -56,22 +71,14 @@ Checkpoint Checkpoint::open(const fs::path& dir, const CheckpointOptions& option
     checkpoint.shards_.push_back(open_shard(single_path));
   } else {
     const std::string index_name = index_path.string();
-    const nlohmann::json index = read_json_file(index_path);
-    FP4_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
-              "{}: expected an object with a 'weight_map' object (tensor name -> shard file)", index_name);
+    index_shard_of = parse_weight_map(read_json_file(index_path), index_name);
     std::map<std::string, size_t> shard_number;  // shard file name -> position in shards_
-    for (const auto& [tensor, shard_json] : index["weight_map"].items()) {
-      FP4_CHECK(shard_json.is_string(), "{}: weight_map['{}'] must be a shard file name, got {}", index_name, tensor,
-                json_type_name(shard_json));
-      const std::string shard = shard_json.get<std::string>();
-      check_shard_file_name(index_path, tensor, shard);
-      index_shard_of.emplace(tensor, shard);
+    for (const auto& [tensor, shard] : index_shard_of) {
       if (shard_number.contains(shard)) continue;
       FP4_CHECK(fs::is_regular_file(dir / shard), "{}: shard '{}' (holding tensor '{}') does not exist in {}",
                 index_name, shard, tensor, dir.string());
       shard_number.emplace(shard, 0);
     }
-    FP4_CHECK(!index_shard_of.empty(), "{}: weight_map is empty", index_name);
     // Open in file-name order so shards() reads model-00001, model-00002, ... sequentially.
     for (auto& [shard, number] : shard_number) {
       number = checkpoint.shards_.size();

@@ -12,12 +12,18 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "io/safetensors.h"
 
 namespace fp4serve {
 
 inline constexpr std::string_view kSingleSafetensorsFile = "model.safetensors";
 inline constexpr std::string_view kSafetensorsIndexFile = "model.safetensors.index.json";
+
+// model.safetensors.index.json's "weight_map": tensor name -> shard file name, every name a plain file name (no
+// directory part, so an index cannot point outside its directory). `source` names the index in errors.
+std::map<std::string, std::string> parse_weight_map(const nlohmann::json& index, std::string_view source);
 
 struct CheckpointTensor {
   const SafetensorsFile* shard;    // the file holding it: shard->path(), shard->read() for staged copies

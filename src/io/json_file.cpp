@@ -79,8 +79,11 @@ nlohmann::json parse_json_text(std::string_view text, std::string_view source) {
   // One key set per open object: a key seen twice in the same object is a duplicate.
   std::vector<std::set<std::string>> open_objects;
   std::string duplicate_key;
-  auto on_event = [&](int /*depth*/, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+  auto on_event = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
     using Event = nlohmann::json::parse_event_t;
+    if ((event == Event::object_start || event == Event::array_start) && depth >= kMaxJsonDepth)
+      fail("{}: JSON nested deeper than {} levels (refused: nlohmann recurses once per level)", source,
+           kMaxJsonDepth);
     if (event == Event::object_start) {
       open_objects.emplace_back();
     } else if (event == Event::object_end) {
@@ -94,7 +97,7 @@ nlohmann::json parse_json_text(std::string_view text, std::string_view source) {
   nlohmann::json value;
   try {
     value = nlohmann::json::parse(text.begin(), text.end(), on_event);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number such as 1e999
     fail("{}: malformed JSON: {}", source, e.what());
   }
   FP4_CHECK(duplicate_key.empty(), "{}: duplicate key '{}' in a JSON object (each key must appear once)", source,

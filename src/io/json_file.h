@@ -12,7 +12,12 @@
 
 namespace fp4serve {
 
-// Parses a whole JSON file; rejects duplicate keys (which nlohmann would silently collapse to the last one).
+// Deeper nesting is refused while parsing: nlohmann's parser, copy and dump recurse once per level, so a deep
+// enough document (200 KB of '[' is enough) would overflow the stack. Real configs and requests nest < 10 levels.
+inline constexpr int kMaxJsonDepth = 128;
+
+// Parses a whole JSON file; rejects duplicate keys (which nlohmann would silently collapse to the last one) and
+// nesting deeper than kMaxJsonDepth.
 nlohmann::json read_json_file(const std::filesystem::path& path);
 nlohmann::json parse_json_text(std::string_view text, std::string_view source);
 

@@ -39,6 +39,7 @@ struct ModelConfig {
 
   // HF's rule: not in mlp_only_layers, num_experts > 0, and (layer + 1) % decoder_sparse_step == 0.
   bool is_moe_layer(int layer) const;
+  bool operator==(const ModelConfig&) const = default;
 };
 
 // `source` names the file in error messages (e.g. "ckpt/config.json").

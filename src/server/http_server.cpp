@@ -242,8 +242,20 @@ void HttpServer::add_routes() {
   }));
 }
 
+ReloadRequest parse_update_weights_request(const nlohmann::json& body) {
+  const std::string where = "request body";
+  ReloadRequest reload{.model_path = required_string(body, "model_path", where),
+                       .flush_cache = optional_bool(body, "flush_cache", where).value_or(true),
+                       .abort_all_requests = optional_bool(body, "abort_all_requests", where).value_or(false),
+                       .weight_version = optional_string(body, "weight_version", where)};
+  FP4_CHECK(!reload.model_path.empty(), "request body: field 'model_path' is empty; give a checkpoint directory");
+  if (const auto format = optional_string(body, "load_format", where))
+    FP4_CHECK(*format == "auto" || *format == "safetensors",
+              "request body: load_format '{}' is not supported; use \"auto\" or \"safetensors\" (or null)", *format);
+  return reload;
+}
+
 std::filesystem::path HttpServer::allowed_model_path(const std::string& model_path) const {
-  FP4_CHECK(!model_path.empty(), "request body: field 'model_path' is empty; give a checkpoint directory");
   std::error_code error;
   const std::filesystem::path resolved = std::filesystem::canonical(model_path, error);
   FP4_CHECK(!error, "model_path {}: {}", model_path, error.message());
@@ -263,16 +275,8 @@ void HttpServer::update_weights(const httplib::Request& request, httplib::Respon
   };
   ReloadRequest reload;
   try {
-    const nlohmann::json body = parse_body(request);
-    const std::string where = "request body";
-    reload = {.model_path = allowed_model_path(required_string(body, "model_path", where)),
-              .flush_cache = optional_bool(body, "flush_cache", where).value_or(true),
-              .abort_all_requests = optional_bool(body, "abort_all_requests", where).value_or(false),
-              .weight_version = optional_string(body, "weight_version", where)};
-    if (const auto format = optional_string(body, "load_format", where))
-      FP4_CHECK(*format == "auto" || *format == "safetensors",
-                "request body: load_format '{}' is not supported; use \"auto\" or \"safetensors\" (or null)",
-                *format);
+    reload = parse_update_weights_request(parse_body(request));
+    reload.model_path = allowed_model_path(reload.model_path.string());
   } catch (const HttpError& e) {
     answer(e.status(), false, e.what(), 0);
     return;

@@ -17,6 +17,10 @@
 
 namespace fp4serve {
 
+// A /update_weights_from_disk body, validated; model_path is as given (the handler resolves it and checks it
+// against --allowed-model-dir). Throws Error naming the field at fault.
+ReloadRequest parse_update_weights_request(const nlohmann::json& body);
+
 class HttpServer {
  public:
   // The service and tokenizer must outlive the server.

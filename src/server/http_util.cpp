@@ -29,9 +29,11 @@ std::string dump_json(const nlohmann::json& value) {
   return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-nlohmann::json parse_body(const httplib::Request& request) {
-  FP4_CHECK(!request.body.empty(), "request body: empty; send a JSON object");
-  nlohmann::json body = parse_json_text(request.body, "request body");
+nlohmann::json parse_body(const httplib::Request& request) { return parse_body_text(request.body); }
+
+nlohmann::json parse_body_text(std::string_view text) {
+  FP4_CHECK(!text.empty(), "request body: empty; send a JSON object");
+  nlohmann::json body = parse_json_text(text, "request body");
   FP4_CHECK(body.is_object(), "request body: expected a JSON object, got {}", json_type_name(body));
   return body;
 }

@@ -11,6 +11,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "server/engine_service.h"
@@ -31,6 +32,7 @@ struct ApiContext {
 
 std::string dump_json(const nlohmann::json& value);  // compact; ill-formed UTF-8 replaced by U+FFFD
 nlohmann::json parse_body(const httplib::Request& request);  // an object, else Error naming the problem
+nlohmann::json parse_body_text(std::string_view text);       // the same for a body's text
 void send_json(httplib::Response& response, const nlohmann::json& body, int status = 200);
 void send_error(httplib::Response& response, int status, const std::string& message);
 

@@ -6,22 +6,8 @@
 
 namespace fp4serve {
 
-namespace {
-
-struct NativeRequest {
-  std::vector<std::vector<int32_t>> prompts;
-  bool batch = false;
-  SamplingSpec spec;
-  bool return_logprob = false;
-  int64_t logprob_start_len = -1;  // -1: the last prompt token (SGLang's default), so nothing is computed
-  int32_t top_logprobs_num = 0;
-  bool with_token_ids_logprob = false;
-  bool stream = false;
-  std::vector<std::string> rids;  // one per prompt
-};
-
-NativeRequest parse_generate(const ApiContext& context, const nlohmann::json& body) {
-  NativeRequest parsed;
+GenerateApiRequest parse_generate_request(const Tokenizer& tokenizer, const nlohmann::json& body) {
+  GenerateApiRequest parsed;
   const bool has_text = body.contains("text") && !body["text"].is_null();
   const bool has_ids = body.contains("input_ids") && !body["input_ids"].is_null();
   FP4_CHECK(has_text != has_ids, "request body: give exactly one of 'text' and 'input_ids'");
@@ -33,7 +19,7 @@ NativeRequest parse_generate(const ApiContext& context, const nlohmann::json& bo
     for (size_t i = 0; i < texts.size(); ++i) {
       FP4_CHECK(!texts[i].empty(), "request body: field 'text'{} is empty; send a non-empty prompt",
                 single ? "" : fmt::format(" entry {}", i));
-      parsed.prompts.push_back(context.tokenizer.encode(texts[i]));
+      parsed.prompts.push_back(tokenizer.encode(texts[i]));
     }
   } else {
     const nlohmann::json& ids = body["input_ids"];
@@ -84,6 +70,8 @@ NativeRequest parse_generate(const ApiContext& context, const nlohmann::json& bo
   return parsed;
 }
 
+namespace {
+
 nlohmann::json logprob_entry(float logprob, int32_t id) { return nlohmann::json::array({logprob, id, nullptr}); }
 
 nlohmann::json logprob_entries(const TokenLogprobs& logprobs) {
@@ -94,7 +82,7 @@ nlohmann::json logprob_entries(const TokenLogprobs& logprobs) {
 
 // SGLang's input_* lists: one entry per prompt token from logprob_start_len on, the first of them null (no logits
 // before it were computed), then the engine's prompt logprobs. Empty until the prompt has been prefilled.
-void add_input_logprobs(const GenerationRun& run, const NativeRequest& request, nlohmann::json& meta) {
+void add_input_logprobs(const GenerationRun& run, const GenerateApiRequest& request, nlohmann::json& meta) {
   const std::vector<int32_t>& prompt = run.prompt();
   const std::vector<PositionLogprobs>& computed = run.input_logprobs();
   const size_t start =
@@ -117,7 +105,7 @@ void add_input_logprobs(const GenerationRun& run, const NativeRequest& request, 
 }
 
 // The run's result so far (the final one once it ended).
-nlohmann::json run_json(const GenerationRun& run, const NativeRequest& request) {
+nlohmann::json run_json(const GenerationRun& run, const GenerateApiRequest& request) {
   const std::vector<GeneratedToken>& tokens = run.output().tokens();
   nlohmann::json output_ids = nlohmann::json::array();
   for (const GeneratedToken& token : tokens) output_ids.push_back(token.id);
@@ -169,8 +157,7 @@ nlohmann::json finish_reason_json(const GenerationRun& run) {
 }
 
 void handle_generate(const ApiContext& context, const httplib::Request& request, httplib::Response& response) {
-  const nlohmann::json body = parse_body(request);
-  NativeRequest parsed = parse_generate(context, body);
+  GenerateApiRequest parsed = parse_generate_request(context.tokenizer, parse_body(request));
   std::vector<GenerationJob> jobs;
   for (size_t i = 0; i < parsed.prompts.size(); ++i) {
     std::vector<GenerationJob> prompt_jobs = make_jobs({parsed.prompts[i]}, parsed.spec, parsed.rids[i]);

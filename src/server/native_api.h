@@ -5,8 +5,25 @@
 #include <httplib.h>
 
 #include "server/http_util.h"
+#include "server/request_fields.h"
 
 namespace fp4serve {
+
+// A /generate body, validated: prompts tokenized, sampling fields checked, one rid per prompt.
+struct GenerateApiRequest {
+  std::vector<std::vector<int32_t>> prompts;
+  bool batch = false;
+  SamplingSpec spec;
+  bool return_logprob = false;
+  int64_t logprob_start_len = -1;  // -1: the last prompt token (SGLang's default), so nothing is computed
+  int32_t top_logprobs_num = 0;
+  bool with_token_ids_logprob = false;
+  bool stream = false;
+  std::vector<std::string> rids;  // one per prompt
+};
+
+// Throws Error naming the field at fault. Pure: reads nothing but `body` (and the tokenizer).
+GenerateApiRequest parse_generate_request(const Tokenizer& tokenizer, const nlohmann::json& body);
 
 void handle_generate(const ApiContext& context, const httplib::Request& request, httplib::Response& response);
 

@@ -12,22 +12,6 @@ namespace fp4serve {
 
 namespace {
 
-enum class Api { Completions, Chat };
-
-struct OpenAiRequest {
-  Api api = Api::Completions;
-  std::vector<std::vector<int32_t>> prompts;
-  SamplingSpec spec;
-  bool logprobs = false;
-  int32_t top_logprobs = 0;
-  bool echo = false;                       // completions: the prompt first, in text and logprobs
-  std::optional<int32_t> prompt_logprobs;  // vLLM's extension: prompt tokens' logprobs with this many top ones
-  bool tokens_as_ids = false;              // vLLM's return_tokens_as_token_ids: tokens shown as "token_id:N"
-  bool stream = false;
-  bool include_usage = false;
-  bool wants_prompt_logprobs() const { return (echo && logprobs) || prompt_logprobs.has_value(); }
-};
-
 constexpr std::string_view kBody = "request body";
 
 int64_t unix_time() {
@@ -49,7 +33,7 @@ void read_common(const nlohmann::json& body, OpenAiRequest& parsed) {
   }
 }
 
-std::vector<std::vector<int32_t>> read_prompts(const ApiContext& context, const nlohmann::json& prompt) {
+std::vector<std::vector<int32_t>> read_prompts(const Tokenizer& tokenizer, const nlohmann::json& prompt) {
   std::vector<std::vector<int32_t>> prompts;
   if (prompt.is_array() && !prompt.empty() && prompt[0].is_number_integer())
     return {read_token_ids(prompt, "prompt", kBody)};
@@ -62,16 +46,16 @@ std::vector<std::vector<int32_t>> read_prompts(const ApiContext& context, const 
   FP4_CHECK(!texts.empty(), "request body: field 'prompt' is an empty list; send at least one prompt");
   for (size_t i = 0; i < texts.size(); ++i) {
     FP4_CHECK(!texts[i].empty(), "request body: field 'prompt' entry {} is empty; send a non-empty prompt", i);
-    prompts.push_back(context.tokenizer.encode(texts[i]));
+    prompts.push_back(tokenizer.encode(texts[i]));
   }
   return prompts;
 }
 
-OpenAiRequest parse_completions(const ApiContext& context, const nlohmann::json& body) {
+OpenAiRequest parse_completions(const Tokenizer& tokenizer, const nlohmann::json& body) {
   OpenAiRequest parsed;
-  parsed.api = Api::Completions;
+  parsed.api = OpenAiEndpoint::Completions;
   FP4_CHECK(has(body, "prompt"), "request body: required field 'prompt' is missing");
-  parsed.prompts = read_prompts(context, body["prompt"]);
+  parsed.prompts = read_prompts(tokenizer, body["prompt"]);
   parsed.spec.max_new_tokens = 16;  // OpenAI's default for completions
   read_common(body, parsed);
   if (has(body, "max_tokens")) parsed.spec.max_new_tokens = read_max_tokens(body["max_tokens"], "max_tokens", kBody);
@@ -100,10 +84,13 @@ std::string message_content(const nlohmann::json& content, size_t index) {
   return text;
 }
 
-OpenAiRequest parse_chat(const ApiContext& context, const nlohmann::json& body) {
+}  // namespace
+
+OpenAiRequest parse_chat_request(const Tokenizer& tokenizer, const std::optional<ChatTemplate>& chat_template,
+                                 int64_t context_room, const nlohmann::json& body) {
   OpenAiRequest parsed;
-  parsed.api = Api::Chat;
-  FP4_CHECK(context.chat_template.has_value(),
+  parsed.api = OpenAiEndpoint::Chat;
+  FP4_CHECK(chat_template.has_value(),
             "this model directory has no chat template (tokenizer_config.json 'chat_template'); use /v1/completions");
   FP4_CHECK(has(body, "messages") && body["messages"].is_array() && !body["messages"].empty(),
             "request body: field 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects");
@@ -118,13 +105,11 @@ OpenAiRequest parse_chat(const ApiContext& context, const nlohmann::json& body) 
   if (has(body, "chat_template_kwargs"))
     enable_thinking = optional_bool(body["chat_template_kwargs"], "enable_thinking", "chat_template_kwargs")
                           .value_or(true);
-  const std::string prompt = context.chat_template->render(messages, /*add_generation_prompt=*/true, enable_thinking);
-  parsed.prompts = {context.tokenizer.encode(prompt)};
+  const std::string prompt = chat_template->render(messages, /*add_generation_prompt=*/true, enable_thinking);
+  parsed.prompts = {tokenizer.encode(prompt)};
   read_common(body, parsed);
-  // Without a limit the answer may fill the rest of the context (and of the KV cache).
-  const int64_t room = std::min<int64_t>(context.service.model_config().max_position_embeddings,
-                                         context.service.kv_cache_tokens());
-  parsed.spec.max_new_tokens = std::max<int64_t>(room - static_cast<int64_t>(parsed.prompts[0].size()), 0);
+  // Without a limit the answer may fill the rest of the context.
+  parsed.spec.max_new_tokens = std::max<int64_t>(context_room - static_cast<int64_t>(parsed.prompts[0].size()), 0);
   for (const char* field : {"max_tokens", "max_completion_tokens"})
     if (has(body, field)) parsed.spec.max_new_tokens = read_max_tokens(body[field], field, kBody);
   parsed.logprobs = optional_bool(body, "logprobs", kBody).value_or(false);
@@ -136,6 +121,8 @@ OpenAiRequest parse_chat(const ApiContext& context, const nlohmann::json& body) 
   return parsed;
 }
 
+namespace {
+
 std::string finish_reason_name_of(const GenerationRun& run) {
   if (run.output().matched_stop()) return "stop";
   return std::string(finish_reason_name(run.result()->finish_reason));
@@ -143,12 +130,13 @@ std::string finish_reason_name_of(const GenerationRun& run) {
 
 // Logprobs of output tokens [from, to), after the prompt's when `with_prompt` (echo), in the endpoint's format;
 // `text_offset` advances over completions' tokens.
-nlohmann::json logprobs_json(const LogprobsFormat& format, Api api, const GenerationRun& run, bool with_prompt,
-                             size_t from, size_t to, size_t& text_offset) {
+nlohmann::json logprobs_json(const LogprobsFormat& format, OpenAiEndpoint api, const GenerationRun& run,
+                             bool with_prompt, size_t from, size_t to, size_t& text_offset) {
   std::vector<LogprobEntry> entries;
   if (with_prompt) entries = prompt_entries(run.prompt(), run.input_logprobs());
   for (const LogprobEntry& entry : output_entries(run.output().tokens(), from, to)) entries.push_back(entry);
-  return api == Api::Chat ? chat_logprobs(format, entries) : completion_logprobs(format, entries, text_offset);
+  return api == OpenAiEndpoint::Chat ? chat_logprobs(format, entries)
+                                     : completion_logprobs(format, entries, text_offset);
 }
 
 nlohmann::json usage_json(const Runs& runs, int64_t n) {
@@ -175,8 +163,8 @@ struct ResponseHeader {
 };
 
 void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& response) {
-  const Api api = parsed.api;
-  const std::string id = (api == Api::Chat ? "chatcmpl-" : "cmpl-") + random_hex_id(24);
+  const OpenAiEndpoint api = parsed.api;
+  const std::string id = (api == OpenAiEndpoint::Chat ? "chatcmpl-" : "cmpl-") + random_hex_id(24);
   std::vector<GenerationJob> jobs = make_jobs(parsed.prompts, parsed.spec, id);
   if (parsed.wants_prompt_logprobs())
     for (GenerationJob& job : jobs) job.request.logprob_start_len = 0;
@@ -188,7 +176,7 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
                                      .tokens_as_ids = parsed.tokens_as_ids};
   auto echoed_prompt = [&context](const GenerationRun& run) { return context.tokenizer.decode(run.prompt()); };
   const int64_t created = unix_time();
-  const std::string object_kind = api == Api::Chat ? "chat.completion" : "text_completion";
+  const std::string object_kind = api == OpenAiEndpoint::Chat ? "chat.completion" : "text_completion";
 
   if (!parsed.stream) {
     wait_all(runs);
@@ -202,7 +190,7 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
           {"logprobs", parsed.logprobs ? logprobs_json(format, api, run, parsed.echo, 0, run.output().tokens().size(),
                                                        offset)
                                        : nullptr}};
-      if (api == Api::Chat)
+      if (api == OpenAiEndpoint::Chat)
         choice["message"] = {{"role", "assistant"}, {"content", run.output().text()}};
       else
         choice["text"] = (parsed.echo ? echoed_prompt(run) : "") + run.output().text();
@@ -228,8 +216,8 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
   auto plan = std::make_shared<StreamPlan>();
   plan->runs = std::move(runs);
   auto progress = std::make_shared<std::vector<Progress>>(plan->runs.size());
-  const ResponseHeader header{id, api == Api::Chat ? "chat.completion.chunk" : "text_completion", created,
-                              context.model_name};
+  const ResponseHeader header{id, api == OpenAiEndpoint::Chat ? "chat.completion.chunk" : "text_completion",
+                              created, context.model_name};
   plan->chunks_for = [api, header, progress, parsed, format, prompt_format, echoed_prompt,
                       routed_experts = parsed.spec.return_routed_experts, plan_ptr = plan.get()](size_t i) {
     GenerationRun& run = *plan_ptr->runs[i];
@@ -237,13 +225,13 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
     std::vector<nlohmann::json> chunks;
     auto choice = [&](nlohmann::json delta_or_text) {
       nlohmann::json c{{"index", i}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
-      if (api == Api::Chat)
+      if (api == OpenAiEndpoint::Chat)
         c["delta"] = std::move(delta_or_text);
       else
         c["text"] = std::move(delta_or_text);
       return c;
     };
-    if (api == Api::Chat && !sent.started) {
+    if (api == OpenAiEndpoint::Chat && !sent.started) {
       chunks.push_back(header.with({choice({{"role", "assistant"}, {"content", ""}})}));
       sent.started = true;
     }
@@ -263,14 +251,14 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
     const std::string text = run.output().take_delta();
     const size_t n_tokens = run.output().tokens().size();
     if (!text.empty() || n_tokens > sent.tokens_sent) {
-      nlohmann::json c = choice(api == Api::Chat ? nlohmann::json{{"content", text}} : nlohmann::json(text));
+      nlohmann::json c = choice(api == OpenAiEndpoint::Chat ? nlohmann::json{{"content", text}} : nlohmann::json(text));
       if (parsed.logprobs)
         c["logprobs"] = logprobs_json(format, api, run, false, sent.tokens_sent, n_tokens, sent.text_offset);
       sent.tokens_sent = n_tokens;
       chunks.push_back(header.with({std::move(c)}));
     }
     if (run.ended() && run.result()) {
-      nlohmann::json c = choice(api == Api::Chat ? nlohmann::json::object() : nlohmann::json(""));
+      nlohmann::json c = choice(api == OpenAiEndpoint::Chat ? nlohmann::json::object() : nlohmann::json(""));
       c["finish_reason"] = finish_reason_name_of(run);
       if (routed_experts) c["routed_experts"] = routed_experts_base64(run.result()->routed_experts);
       nlohmann::json chunk = header.with({std::move(c)});
@@ -302,12 +290,15 @@ void handle_models(const ApiContext& context, const httplib::Request&, httplib::
 }
 
 void handle_completions(const ApiContext& context, const httplib::Request& request, httplib::Response& response) {
-  serve(context, parse_completions(context, parse_body(request)), response);
+  serve(context, parse_completions(context.tokenizer, parse_body(request)), response);
 }
 
 void handle_chat_completions(const ApiContext& context, const httplib::Request& request,
                              httplib::Response& response) {
-  serve(context, parse_chat(context, parse_body(request)), response);
+  // The answer may fill the rest of the context, and of the KV cache.
+  const int64_t room = std::min<int64_t>(context.service.model_config().max_position_embeddings,
+                                         context.service.kv_cache_tokens());
+  serve(context, parse_chat_request(context.tokenizer, context.chat_template, room, parse_body(request)), response);
 }
 
 }  // namespace fp4serve

@@ -20,7 +20,7 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
   buffer << file.rdbuf();
   try {
     return nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number such as 1e999
     fail("{} is not valid JSON: {}", path.string(), e.what());
   }
 }
@@ -138,6 +138,8 @@ Tokenizer Tokenizer::load(const nlohmann::json& tokenizer_json, const nlohmann::
   for (const auto& [text, id] : tokenizer.model_.vocab()) vocab_size = std::max(vocab_size, id + 1);
   std::vector<AddedToken> added = collect_added_tokens(tokenizer_json, tokenizer_config, source);
   for (const AddedToken& token : added) vocab_size = std::max(vocab_size, token.id + 1);
+  FP4_CHECK(vocab_size <= kMaxVocabSize, "{}: token id {} is too large: ids must be below {} (the table has one "
+            "entry per id)", source, vocab_size - 1, kMaxVocabSize);
   tokenizer.entries_.resize(static_cast<size_t>(vocab_size));
   for (const auto& [text, id] : tokenizer.model_.vocab()) {
     TokenEntry& entry = tokenizer.entries_[id];
@@ -197,7 +199,12 @@ void Tokenizer::load_post_processor(const nlohmann::json& spec, std::string_view
                                    .value(name, nlohmann::json())
                                    .value("ids", nlohmann::json());
     FP4_CHECK(ids.is_array(), "{}: special_tokens[\"{}\"].ids is missing", where, name);
-    for (const auto& id : ids) (seen_text ? suffix_ids_ : prefix_ids_).push_back(id.get<int32_t>());
+    for (const auto& id : ids) {
+      FP4_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < vocab_size(),
+                "{}: special_tokens[\"{}\"].ids holds {}, which is not a token id of this vocabulary", where, name,
+                id.dump());
+      (seen_text ? suffix_ids_ : prefix_ids_).push_back(id.get<int32_t>());
+    }
   }
   FP4_CHECK(seen_text, "{}: the single template has no sequence A", where);
 }

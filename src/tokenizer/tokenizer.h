@@ -20,6 +20,10 @@
 
 namespace fp4serve {
 
+// Ids must be below this: the decode table has an entry per id, so one huge id in a tokenizer.json would otherwise
+// allocate gigabytes. The largest vocabularies in use have about 262k ids.
+inline constexpr int32_t kMaxVocabSize = 1 << 21;
+
 struct EncodeOptions {
   bool allow_special = true;       // special-token text in the input maps to the special id (HF's default)
   bool add_special_tokens = true;  // apply the post_processor template, e.g. Llama-3's BOS (Qwen3 adds none)

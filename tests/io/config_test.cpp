@@ -214,6 +214,28 @@ TEST(ModelConfig, LoadsFromDirectoryAndRejectsDuplicateKeys) {
   expect_error([&] { load_model_config(dir.path()); }, {"config.json", "duplicate key 'hidden_size'"});
 }
 
+// Found while writing the request-body fuzz targets: 100000 levels of [ overflowed the parser's recursion.
+TEST(JsonText, RefusesDeepNestingWithAnErrorInsteadOfOverflowingTheStack) {
+  const int limit = kMaxJsonDepth;
+  for (const char* open_close : {"[]", "{}"}) {
+    std::string nested_ok;
+    for (int i = 0; i < limit; ++i) nested_ok += open_close[0] == '[' ? "[" : "{\"k\":";
+    nested_ok += "1";
+    for (int i = 0; i < limit; ++i) nested_ok += open_close[1];
+    EXPECT_NO_THROW(parse_json_text(nested_ok, "ok.json")) << open_close;
+  }
+  const int deep = 100000;
+  const std::string too_deep = "{\"input_ids\": " + std::string(deep, '[') + std::string(deep, ']') + "}";
+  expect_error([&] { parse_json_text(too_deep, "request body"); }, {"request body", "nested deeper than 128"});
+  expect_error([&] { parse_json_text(std::string(limit + 1, '['), "x.json"); }, {"x.json", "nested"});
+}
+
+// Found by fuzz_checkpoint_index: a number beyond double's range threw nlohmann's out_of_range, not Error.
+TEST(JsonText, ANumberOutOfRangeIsMalformedJson) {
+  expect_error([&] { parse_json_text(R"({"weight_map": 1e999})", "index.json"); }, {"index.json", "malformed", "1e999"});
+  expect_error([&] { parse_json_text("-1e400", "x.json"); }, {"x.json", "malformed"});
+}
+
 // ------------------------------------------------------------------------------------------------------ quantization
 
 // The shape of nvidia/Qwen3-30B-A3B-NVFP4's hf_quant_config.json.

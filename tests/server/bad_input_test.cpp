@@ -41,6 +41,7 @@ TEST(BadInput, EveryMistakeGetsA4xxNamingTheFieldAndTheServerCarriesOn) {
       {"/generate", "{\"text\": \"a\", \"sampling_params\": {\"max_new_tokens\": 100000000}}", 400, "context"},
       {"/generate", "{\"text\": \"a\", \"sampling_params\": {\"max_new_tokens\": 1e30}}", 400, "max_new_tokens"},
       {"/generate", "{\"text\": \"a\", \"sampling_params\": {\"top_p\": 2}}", 400, "top_p"},
+      {"/generate", "{\"text\": \"a\", \"sampling_params\": {\"top_p\": 1e999}}", 400, "malformed"},
       {"/generate", "{\"text\": \"a\", \"sampling_params\": {\"temperature\": -1}}", 400, "temperature"},
       {"/generate", "{\"text\": \"a\", \"sampling_params\": {\"top_k\": 0}}", 400, "top_k"},
       {"/generate", "{\"text\": \"a\", \"sampling_params\": {\"n\": 1000}}", 400, "'n'"},
@@ -94,6 +95,26 @@ TEST(BadInput, EveryMistakeGetsA4xxNamingTheFieldAndTheServerCarriesOn) {
 
   const Greedy after = greedy_generate(client, {1, 2, 3}, 3);
   EXPECT_EQ(after.ids.size(), 3u);
+  EXPECT_TRUE(server.running());
+}
+
+// A 200 KB body of nested brackets (well inside the 8 MB default body limit) used to overflow the JSON parser's
+// recursion and kill the server; now every endpoint refuses it with a 400.
+TEST(BadInput, DeeplyNestedJsonIsRefusedAndTheServerCarriesOn) {
+  ServerProcess server(models().a);
+  httplib::Client client = server.client();
+  const int depth = 100000;
+  const std::string nested = std::string(depth, '[') + std::string(depth, ']');
+  for (const auto& [path, body] : std::vector<std::pair<std::string, std::string>>{
+           {"/generate", "{\"input_ids\": " + nested + "}"},
+           {"/v1/chat/completions", "{\"messages\": " + nested + "}"},
+           {"/update_weights_from_disk", "{\"model_path\": " + nested + "}"}}) {
+    const auto response = client.Post(path.c_str(), body, "application/json");
+    ASSERT_TRUE(response) << path << ": no answer (did the server die?)";
+    EXPECT_EQ(response->status, 400) << path;
+    EXPECT_NE(response->body.find("nested deeper than"), std::string::npos) << path << " -> " << response->body;
+  }
+  EXPECT_EQ(greedy_generate(client, {1, 2, 3}, 2).ids.size(), 2u);
   EXPECT_TRUE(server.running());
 }
 

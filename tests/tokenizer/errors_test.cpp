@@ -82,5 +82,31 @@ TEST(TokenizerErrors, MalformedFields) {
   expect_error(spec, {"\"model\" is missing"});
 }
 
+// Found by fuzz_tokenizer_json: one added token with id 2e9 made the decode table allocate ~150 GB.
+TEST(TokenizerErrors, AHugeTokenIdIsRefusedBeforeAllocating) {
+  nlohmann::json spec = test::synth_tokenizer_json();
+  spec["added_tokens"][0]["id"] = 2000000000;
+  expect_error(spec, {"tokenizer.json", "token id 2000000000 is too large", "below 2097152"});
+  spec = test::synth_tokenizer_json();
+  spec["model"]["vocab"]["x"] = kMaxVocabSize;
+  expect_error(spec, {"is too large"});
+}
+
+// A post-processor template id outside the vocabulary would be prepended to every encoded prompt.
+TEST(TokenizerErrors, PostProcessorIdsMustBeTokensOfTheVocabulary) {
+  nlohmann::json spec = test::synth_tokenizer_json();
+  const auto with_template_id = [&](nlohmann::json id) {
+    spec["post_processor"] = {
+        {"type", "TemplateProcessing"},
+        {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {id}}}}}}};
+    return spec;
+  };
+  for (const nlohmann::json& bad : {nlohmann::json(-1), nlohmann::json(1 << 20), nlohmann::json("7")})
+    expect_error(with_template_id(bad), {"post_processor", "special_tokens[\"<s>\"].ids", "not a token id"});
+  const Tokenizer ok = Tokenizer::from_json(with_template_id(1));
+  EXPECT_EQ(ok.encode("a").front(), 1);
+}
+
 }  // namespace
 }  // namespace fp4serve
