@@ -1,8 +1,9 @@
-// CPU generation throughput through the engine: for each model directory (bf16 or ModelOpt NVFP4) and activation
+// Generation throughput through the engine: for each model directory (bf16 or ModelOpt NVFP4), device and activation
 // mode, one batch of identical-length random prompts is prefilled in one step, then decoded step by step; prints
 // prefill and decode tokens/s and the OpenMP thread count as a table. The prefix cache is off so every prompt
-// token is computed.
-//   bench_cpu_generate [--batch N] [--prompt-tokens N] [--new-tokens N] [--act-quant none,per-token,...] DIR...
+// token is computed. --device cuda runs the GPU forward (NVFP4 layers only as W4A16: act none).
+//   bench_cpu_generate [--device cpu,cuda] [--batch N] [--prompt-tokens N] [--new-tokens N]
+//                      [--act-quant none,per-token,...] DIR...
 #include <omp.h>
 
 #include <chrono>
@@ -18,6 +19,7 @@
 #include "engine/weight_loader.h"
 #include "io/model_config.h"
 #include "io/quant_config.h"
+#include "kernels/device.h"
 
 namespace fp4serve {
 namespace {
@@ -25,8 +27,16 @@ namespace {
 struct BenchOptions {
   int64_t batch = 4, prompt_tokens = 128, new_tokens = 32;
   std::vector<std::string> act_quant{"none"};
+  std::vector<std::string> devices{"cpu"};
   std::vector<std::string> model_dirs;
 };
+
+std::vector<std::string> split(const std::string& list) {
+  std::vector<std::string> items;
+  std::stringstream stream(list);
+  for (std::string item; std::getline(stream, item, ',');) items.push_back(item);
+  return items;
+}
 
 BenchOptions parse(int argc, char** argv) {
   BenchOptions options;
@@ -43,16 +53,16 @@ BenchOptions parse(int argc, char** argv) {
     } else if (arg == "--new-tokens") {
       options.new_tokens = std::stoll(value());
     } else if (arg == "--act-quant") {
-      options.act_quant.clear();
-      std::stringstream list(value());
-      for (std::string mode; std::getline(list, mode, ',');) options.act_quant.push_back(mode);
+      options.act_quant = split(value());
+    } else if (arg == "--device") {
+      options.devices = split(value());
     } else {
       options.model_dirs.push_back(arg);
     }
   }
   FP4_CHECK(!options.model_dirs.empty(),
-            "usage: bench_cpu_generate [--batch N] [--prompt-tokens N] [--new-tokens N] [--act-quant none,static,"
-            "per-token] MODEL_DIR...");
+            "usage: bench_cpu_generate [--device cpu,cuda] [--batch N] [--prompt-tokens N] [--new-tokens N] "
+            "[--act-quant none,static,per-token] MODEL_DIR...");
   return options;
 }
 
@@ -60,18 +70,21 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-void bench_one(const BenchOptions& options, const std::string& dir, const std::string& act_quant) {
+void bench_one(const BenchOptions& options, const std::string& dir, const std::string& device,
+               const std::string& act_quant) {
   const ModelConfig config = load_model_config(dir);
   const QuantConfig quant = load_quant_config(dir);
   if (quant.algo == QuantAlgo::None && act_quant != options.act_quant.front()) return;  // bf16: modes do not apply
-  auto model = std::make_unique<Qwen3Model>(config, quant, QuantOptions{.act_quant = parse_act_quant(act_quant)});
+  auto model = std::make_unique<Qwen3Model>(
+      config, quant, QuantOptions{.act_quant = parse_act_quant(act_quant), .device = parse_device(device)});
   WeightLoader(*model).load(dir, SourceFormat::Native);
   const std::string format = model->is_nvfp4() ? "NVFP4" : "bf16", act = model->is_nvfp4() ? act_quant : "-";
 
   const int64_t per_sequence = options.prompt_tokens + options.new_tokens;
   Engine engine(std::move(model), {.kv_cache_tokens = options.batch * per_sequence,
                                    .scheduler = {.max_running_sequences = options.batch,
-                                                 .max_prefill_tokens = options.batch * options.prompt_tokens},
+                                                 .max_prefill_tokens = options.batch * options.prompt_tokens,
+                                                 .chunked_prefill_size = -1},  // the whole batch in one step
                                    .enable_prefix_cache = false});
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> token(0, config.vocab_size - 1);
@@ -89,8 +102,8 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
   while (engine.has_unfinished()) decoded += static_cast<int64_t>(engine.step().size());
   const double decode_seconds = seconds_since(start);
 
-  std::printf("| %-28s | %-5s | %-9s | %5lld | %6lld | %13.1f | %12.1f | %7d |\n",
-              std::filesystem::path(dir).filename().c_str(), format.c_str(), act.c_str(),
+  std::printf("| %-28s | %-6s | %-5s | %-9s | %5lld | %6lld | %13.1f | %12.1f | %7d |\n",
+              std::filesystem::path(dir).filename().c_str(), device.c_str(), format.c_str(), act.c_str(),
               static_cast<long long>(options.batch), static_cast<long long>(options.prompt_tokens),
               static_cast<double>(options.batch * options.prompt_tokens) / prefill_seconds,
               static_cast<double>(decoded) / decode_seconds, omp_get_max_threads());
@@ -103,13 +116,14 @@ int main(int argc, char** argv) {
   try {
     const fp4serve::BenchOptions options = fp4serve::parse(argc, argv);
     std::printf(
-        "| model                        | fmt   | act       | batch | prompt | prefill tok/s | decode tok/s | threads "
-        "|\n");
+        "| model                        | device | fmt   | act       | batch | prompt | prefill tok/s | decode tok/s | "
+        "threads |\n");
     std::printf(
-        "|------------------------------|-------|-----------|-------|--------|---------------|--------------|---------|"
-        "\n");
+        "|------------------------------|--------|-------|-----------|-------|--------|---------------|--------------|"
+        "---------|\n");
     for (const std::string& dir : options.model_dirs)
-      for (const std::string& act : options.act_quant) fp4serve::bench_one(options, dir, act);
+      for (const std::string& device : options.devices)
+        for (const std::string& act : options.act_quant) fp4serve::bench_one(options, dir, device, act);
   } catch (const fp4serve::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -1,5 +1,5 @@
-// fp4serve generate: one request through the engine on the CPU, from a prompt (encoded with the model directory's
-// tokenizer.json) or token ids. Prints the generated text, or with --json one object {"output_ids", "text",
+// fp4serve generate: one request through the engine (on the CPU, or on the GPU with --device cuda), from a prompt
+// (encoded with the model directory's tokenizer.json) or token ids. Prints the generated text, or with --json one object {"output_ids", "text",
 // "output_token_logprobs" ([logprob, token_id, null] per token, SGLang's shape), "finish_reason",
 // "weight_version"}. Logs go to stderr, so stdout holds only the result.
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -19,6 +19,7 @@
 #include "engine/weight_loader.h"
 #include "io/model_config.h"
 #include "io/quant_config.h"
+#include "kernels/device.h"
 #include "tokenizer/tokenizer.h"
 #include "tools/commands.h"
 
@@ -27,7 +28,8 @@ namespace fp4serve::tools {
 namespace {
 
 struct GenerateFlags {
-  std::string model_path, prompt, act_quant = "static", moe_backend = "cutlass", weight_version = "default";
+  std::string model_path, prompt, device = "cpu", act_quant = "static", moe_backend = "cutlass",
+      weight_version = "default";
   std::vector<int32_t> input_ids;
   int64_t max_new_tokens = 32;
   SamplingParams sampling;
@@ -45,7 +47,7 @@ void run_generate(const GenerateFlags& flags) {
 
   const QuantOptions quant{.layout = parse_weight_layout(flags.moe_backend),
                            .act_quant = parse_act_quant(flags.act_quant),
-                           .device = Device::CPU};
+                           .device = parse_device(flags.device)};
   const ModelConfig config = load_model_config(dir);
   auto model = std::make_unique<Qwen3Model>(config, load_quant_config(dir), quant);
   const auto load_start = std::chrono::steady_clock::now();
@@ -95,7 +97,7 @@ void run_generate(const GenerateFlags& flags) {
 
 void register_generate(CLI::App& app) {
   auto flags = std::make_shared<GenerateFlags>();
-  CLI::App* cmd = app.add_subcommand("generate", "Generate from one prompt on the CPU (greedy with --temperature 0)");
+  CLI::App* cmd = app.add_subcommand("generate", "Generate from one prompt (greedy with --temperature 0)");
   cmd->add_option("--model-path", flags->model_path, "HF checkpoint directory (bf16 or ModelOpt NVFP4)")->required();
   auto* prompt = cmd->add_option("--prompt", flags->prompt, "Prompt text (encoded with the model's tokenizer.json)");
   auto* ids = cmd->add_option("--input-ids", flags->input_ids, "Prompt token ids, e.g. 1,2,3")->delimiter(',');
@@ -109,6 +111,9 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--seed", flags->sampling.seed, "Sampling seed")->capture_default_str();
   cmd->add_flag("--logprobs", flags->logprobs, "Also print each token's id and logprob");
   cmd->add_flag("--json", flags->json, "Print one JSON object");
+  cmd->add_option("--device", flags->device, "Compute device (cuda: NVFP4 layers need --act-quant none)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cmd->add_option("--act-quant", flags->act_quant, "NVFP4 activations: none (W4A16), static, per-token")
       ->check(CLI::IsMember({"none", "static", "per-token"}))
       ->capture_default_str();

@@ -58,12 +58,7 @@ void run_serve(ServerOptions options) {
   FP4_CHECK(options.tp == 1, "--tp {}: tensor parallelism is not implemented yet; use --tp 1", options.tp);
   QuantOptions quant{.layout = parse_weight_layout(options.moe_backend),
                      .act_quant = parse_act_quant(options.act_quant),
-                     .device = Device::CPU};
-  if (options.device == "cuda") {
-    FP4_CHECK(cuda_device_count() > 0, "--device cuda: {}", cuda_built() ? "no usable CUDA device was found"
-                                                                         : "this build has no CUDA backend");
-    fail("--device cuda: the CUDA forward path is not wired into the engine yet; use --device cpu");
-  }
+                     .device = parse_device(options.device)};
   if (options.served_model_name.empty())
     options.served_model_name = std::filesystem::path(options.model_path).lexically_normal().filename().string();
   if (options.served_model_name.empty())

@@ -13,18 +13,9 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/router_topk.h"
 #include "kernels/cpu/silu_mul.h"
-#include "model/qwen3_model.h"
+#include "model/qwen3_batch_layout.h"
 
 namespace fp4serve {
-
-struct Qwen3Model::BatchLayout {
-  std::vector<int32_t> token_ids;  // [n_rows]
-  std::vector<int32_t> positions;  // [n_rows]
-  std::vector<PagedSequence> sequences;
-  std::vector<int64_t> last_rows;  // each sequence's last row
-  const KvCacheTensors* kv_cache;
-  int64_t n_rows() const { return static_cast<int64_t>(token_ids.size()); }
-};
 
 namespace {
 
@@ -56,10 +47,12 @@ Qwen3Model::BatchLayout Qwen3Model::layout_batch(const ForwardBatch& batch) cons
   const KvCacheTensors& kv = *batch.kv_cache;
   FP4_CHECK(kv.k.dtype == DType::BF16 && kv.k.same_shape_and_dtype(kv.v) && kv.k.shape.size() == 5 &&
                 kv.k.shape[0] == config_.num_hidden_layers &&
-                Shape(kv.k.shape.begin() + 3, kv.k.shape.end()) == expected_tail && kv.k.device() == Device::CPU &&
-                kv.v.device() == Device::CPU,
-            "forward: KV cache K {} / V {} must both be BF16 [{}, n_pages, page_size, {}, {}] on the cpu",
-            kv.k.describe(), kv.v.describe(), config_.num_hidden_layers, config_.num_key_value_heads, config_.head_dim);
+                Shape(kv.k.shape.begin() + 3, kv.k.shape.end()) == expected_tail && kv.k.device() == options_.device &&
+                kv.v.device() == options_.device,
+            "forward: KV cache K {} / V {} must both be BF16 [{}, n_pages, page_size, {}, {}] on the {} (the model's "
+            "device)",
+            kv.k.describe(), kv.v.describe(), config_.num_hidden_layers, config_.num_key_value_heads, config_.head_dim,
+            device_name(options_.device));
   const int64_t n_pages = kv.k.shape[1], page_size = kv.k.shape[2];
 
   BatchLayout layout;
@@ -160,9 +153,8 @@ Tensor Qwen3Model::compute_logits(const Tensor& hidden, const std::vector<int64_
 ForwardOutput Qwen3Model::forward(const ForwardBatch& batch) {
   FP4_CHECK(weight_state_ == WeightState::Ready,
             "forward: the weights are not ready (load a checkpoint, then process_weights_after_loading)");
-  FP4_CHECK(options_.device == Device::CPU,
-            "forward: only the CPU forward exists so far; build the model with device cpu");
   const BatchLayout rows = layout_batch(batch);
+  if (options_.device == Device::CUDA) return forward_cuda(batch, rows);
   const ForwardObserver* observer = batch.observer;
   const int64_t M = rows.n_rows(), H = config_.hidden_size;
 

@@ -92,6 +92,7 @@ Qwen3Model::Qwen3Model(const ModelConfig& config, const QuantConfig& quant, cons
     }
     layers_.push_back(std::move(layer));
   }
+  if (options_.device == Device::CUDA) check_cuda_support();
 }
 
 Qwen3Model::~Qwen3Model() = default;
@@ -152,6 +153,7 @@ void Qwen3Model::process_weights_after_loading() {
   for (const LinearMethod* method : linear_methods()) method->process_weights_after_loading(params_);
   for (const Layer& layer : layers_)
     if (layer.experts) layer.experts->process_weights_after_loading(params_);
+  if (options_.device == Device::CUDA) prepare_cuda_forward();
   weight_state_ = WeightState::Ready;
 }
 

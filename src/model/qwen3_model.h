@@ -1,5 +1,5 @@
 // Qwen3-MoE and Qwen3 dense (qwen3-moe.md), assembled only from quantization methods (src/quant/method.h) and CPU
-// kernels. The model owns one ParameterSet with HF-like names (fused `qkv_proj`, `gate_up_proj`,
+// kernels, or with QuantOptions::device cuda on the CUDA kernels (qwen3_forward_cuda.cpp). The model owns one ParameterSet with HF-like names (fused `qkv_proj`, `gate_up_proj`,
 // `experts.w13_weight`). Weights go through a strict cycle: a load writes raw checkpoint bytes and calls
 // mark_raw_weights_loaded(), then process_weights_after_loading() runs exactly once; forward needs both.
 // Not thread-safe: one engine thread owns the model.
@@ -39,8 +39,8 @@ class Qwen3Model final : public LoadableModel {
   // The checkpoint view of every weight (name -> host tensor, named and laid out as in the checkpoint).
   std::vector<std::pair<std::string, Tensor>> export_logical() const override;
 
-  // Runs the batch; writes the new tokens' keys and values into batch.kv_cache. Throws before weights are ready.
-  // CPU only so far: a model built with device cuda holds (and reloads) its weights there but throws here.
+  // Runs the batch; writes the new tokens' keys and values into batch.kv_cache (on the model's device). Throws before
+  // weights are ready. The logits come back as host f32 tensors on either device.
   ForwardOutput forward(const ForwardBatch& batch);
 
  private:
@@ -64,6 +64,15 @@ class Qwen3Model final : public LoadableModel {
   Tensor mlp_block(int layer_index, const Tensor& hidden, const ForwardObserver* observer);
   Tensor compute_logits(const Tensor& hidden, const std::vector<int64_t>& rows, const ForwardObserver* observer);
 
+  // The GPU forward (qwen3_forward_cuda.cpp): its stream, kernel contexts, workspaces and views of the weights.
+  struct CudaForward;
+  struct CudaForwardDeleter {
+    void operator()(CudaForward* forward) const;
+  };
+  void check_cuda_support() const;  // throws naming the option or module the GPU forward cannot run
+  void prepare_cuda_forward();      // after every post-processing: weight views and host copies of the alphas
+  ForwardOutput forward_cuda(const ForwardBatch& batch, const BatchLayout& rows);
+
   ModelConfig config_;
   QuantConfig quant_;
   QuantOptions options_;
@@ -75,6 +84,7 @@ class Qwen3Model final : public LoadableModel {
   std::vector<Layer> layers_;
   WeightState weight_state_ = WeightState::Empty;
   Workspace workspace_;
+  std::unique_ptr<CudaForward, CudaForwardDeleter> cuda_;  // device cuda only
 };
 
 }  // namespace fp4serve

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# On the GPU device machine, from the repository root: the GPU engine (--device cuda) of issue 8's first slice, from
+# binaries built on the workstation (--prebuilt DIR). On the workstation, `gpu_engine.sh --pack BUILD DIR` fills DIR
+# (git-ignored, e.g. .carry/gpu; pass it in `carry`) with bundle.tar.xz (stripped fp4serve, test_model and
+# bench_cpu_generate from the CUDA build BUILD, and lib/ with the shared libraries they link beyond glibc, the driver
+# and the CUDA toolkit: a bare device machine lacks libfmt9 and the like) and source_dir.txt (the source path compiled
+# into test_model, where the tests look for the bundled models).
+# Steps on the device, each under `timeout`, the whole within about 400 s so that results come back in one call:
+#   1. the GPU forward tests (CudaForward*: against the CPU forward, reload, observers, refusals) and the CLI
+#      end-to-end test (CudaForwardCli*), with FP4SERVE_BIN pointing at the carried fp4serve;
+#   1b. HTTP end to end: `serve --device cuda`, /generate, /update_weights_from_disk B -> A -> B: the same tokens as
+#      `generate --device cpu`, and B again after the round trip;
+#   2. compute-sanitizer memcheck on one mixed-step comparison;
+#   3. throughput: bench_cpu_generate on the bundled model, cpu and cuda, decode at batch 1, 16, 64 and prefill;
+#      then on a synthetic qwen3-30b-a3b preset with 2 layers, quantized to NVFP4 here by the carried fp4serve.
+# Writes to $OUT: summary.txt, tests.log, memcheck.log, bench.md and logs.tar (everything else).
+set -uo pipefail
+if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
+  build=$2 dir=$3
+  rm -rf "$dir" && mkdir -p "$dir/lib"
+  for binary in fp4serve tests/test_model bench/bench_cpu_generate; do
+    strip -o "$dir/$(basename "$binary")" "$build/$binary" || exit 1
+  done
+  ldd "$dir"/fp4serve "$dir"/test_model "$dir"/bench_cpu_generate | awk '/=> \// {print $3}' | sort -u |
+    grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvrtc)\.so' |
+    while read -r lib; do cp -L "$lib" "$dir/lib/"; done
+  # Libraries every distribution has (and newer there): used on the device only where it lacks them, since
+  # LD_LIBRARY_PATH would otherwise push these older copies onto the device's own tools (compute-sanitizer, curl).
+  mkdir -p "$dir/lib/fallback"
+  for lib in libstdc++ libgcc_s libgomp libssl libcrypto libz; do mv "$dir/lib/$lib".so.* "$dir/lib/fallback/"; done
+  grep -m1 -o 'FP4SERVE_SOURCE_DIR=\\"[^\\]*' "$build/build.ninja" | sed 's/.*"//' > "$dir/source_dir.txt"
+  # Compressed, the binaries and libraries travel in about a fifth of their 65 MB (libicudata alone is 31 MB).
+  (cd "$dir" && tar -cf - fp4serve test_model bench_cpu_generate lib | xz -6 -T2 > bundle.tar.xz) || exit 1
+  (cd "$dir" && rm -rf fp4serve test_model bench_cpu_generate lib)
+  ls -l "$dir" && cat "$dir/source_dir.txt"
+  exit 0
+fi
+[ "${1:-}" = "--prebuilt" ] && [ -n "${2:-}" ] || { echo "usage: $0 --prebuilt DIR" >&2; exit 2; }
+start=$(date +%s)
+prebuilt=$(cd "$2" && pwd)
+source_dir=$(cat "$prebuilt/source_dir.txt" 2> /dev/null)
+if [ -f "$prebuilt/bundle.tar.xz" ]; then
+  mkdir -p /tmp/fp4serve-prebuilt && tar -xJf "$prebuilt/bundle.tar.xz" -C /tmp/fp4serve-prebuilt || exit 1
+  prebuilt=/tmp/fp4serve-prebuilt
+fi
+OUT=${OUT:-/tmp/fp4serve-device-out}
+mkdir -p "$OUT/logs"
+deadline=$((start + ${GPU_ENGINE_SECONDS:-400}))
+summary=()
+stamp() { echo "[gpu_engine.sh +$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/logs/steps.log"; }
+record() { summary+=("$(printf '%-44s exit %s' "$1" "$2")"); }
+# Seconds left for a step: its own cap, or less when the overall deadline is nearer (at least 5).
+budget() { local left=$((deadline - $(date +%s))); [ "$left" -lt "$1" ] && echo $((left > 5 ? left : 5)) || echo "$1"; }
+
+for lib in "$prebuilt"/lib/fallback/*; do
+  ldconfig -p | grep -q "$(basename "$lib")" || cp "$lib" "$prebuilt/lib/"
+done
+export LD_LIBRARY_PATH="$prebuilt/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export OMP_WAIT_POLICY=passive FP4SERVE_BIN="$prebuilt/fp4serve"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  echo "commit $(git rev-parse --short HEAD 2> /dev/null)"
+  nproc
+  ldd "$prebuilt/test_model" | grep -i "not found"
+} > "$OUT/logs/env.log" 2>&1
+cat "$OUT/logs/env.log"
+
+# The test binary looks for the bundled models under the workstation's source path; point that path here.
+if [ -n "$source_dir" ] && [ ! -e "$source_dir" ]; then
+  mkdir -p "$(dirname "$source_dir")" && ln -s "$PWD" "$source_dir"
+fi
+stamp "sources at ${source_dir:-?} -> $PWD"
+
+stamp "1. GPU forward tests and the CLI end-to-end test"
+timeout "$(budget 170)" "$prebuilt/test_model" --gtest_filter='CudaForward*' > "$OUT/tests.log" 2>&1
+record "tests CudaForward*, CudaForwardCli*" "$?"
+grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|measured|Failure|PASSED|FAILED TEST" "$OUT/tests.log" | head -60
+
+stamp "1b. HTTP end to end: serve --device cuda, /generate, reload B -> A -> B, against generate --device cpu"
+http_e2e() {
+  local b=models/qwen3-moe-arith-b-nvfp4 a=models/qwen3-moe-arith-a-nvfp4 ids=3,14,15,92,65,35,89,79 port="" server
+  local request='{"input_ids": [3,14,15,92,65,35,89,79], "sampling_params": {"temperature": 0, "max_new_tokens": 16}}'
+  "$FP4SERVE_BIN" generate --model-path "$b" --device cpu --act-quant none --input-ids $ids --max-new-tokens 16 \
+    --json > "$OUT/logs/http_cpu.json" || return 1
+  "$FP4SERVE_BIN" serve --model-path "$b" --device cuda --act-quant none --port 0 > "$OUT/logs/serve.log" 2>&1 &
+  server=$!
+  for _ in $(seq 60); do
+    port=$(grep -o -m1 'listening on http://[0-9.]*:[0-9]*' "$OUT/logs/serve.log" | sed 's/.*://')
+    [ -n "$port" ] && break
+    sleep 0.5
+  done
+  [ -n "$port" ] || { kill "$server"; return 1; }
+  local url=http://127.0.0.1:$port status=0
+  generate() { curl -s -X POST "$url/generate" -H 'Content-Type: application/json' -d "$request"; }
+  reload() { curl -s -X POST "$url/update_weights_from_disk" -H 'Content-Type: application/json' -d "{\"model_path\": \"$1\"}"; }
+  generate > "$OUT/logs/http_b1.json"
+  reload "$PWD/$a" > "$OUT/logs/http_reload_a.json"
+  generate > "$OUT/logs/http_a.json"
+  reload "$PWD/$b" > "$OUT/logs/http_reload_b.json"
+  generate > "$OUT/logs/http_b2.json"
+  kill "$server"
+  wait "$server" 2> /dev/null
+  python3 - "$OUT/logs" << 'PY' || status=1
+import json, sys
+d = sys.argv[1]
+ids = {n: json.load(open(f"{d}/http_{n}.json"))["output_ids"] for n in ("cpu", "b1", "a", "b2")}
+print("cpu", ids["cpu"], "\ngpu B", ids["b1"], "\ngpu A", ids["a"], "\ngpu B again", ids["b2"])
+# The CLI stops at config.json's EOS ids as well as the tokenizer's, the server at the tokenizer's: compare the
+# common length.
+n = min(len(ids["b1"]), len(ids["cpu"]))
+ok = n > 0 and ids["b1"][:n] == ids["cpu"][:n] and ids["b2"] == ids["b1"]
+print("HTTP e2e:", "equal to the cpu, reload back to B reproduces B" if ok else "MISMATCH")
+sys.exit(0 if ok else 1)
+PY
+  cat "$OUT/logs/http_reload_a.json" "$OUT/logs/http_reload_b.json"; echo
+  return "$status"
+}
+export -f http_e2e
+export OUT
+timeout "$(budget 60)" bash -c http_e2e 2>&1 | tee "$OUT/logs/http_e2e.log"
+record "HTTP e2e (serve --device cuda, reload)" "${PIPESTATUS[0]}"
+
+stamp "2. compute-sanitizer memcheck"
+if command -v compute-sanitizer > /dev/null; then
+  timeout "$(budget 90)" compute-sanitizer --tool memcheck --error-exitcode 3 "$prebuilt/test_model" \
+    --gtest_filter='CudaForward.BundledModelMatchesCpuOverMixedStepsTrtllm' > "$OUT/memcheck.log" 2>&1
+  record "memcheck (mixed steps, trtllm)" "$?"
+  tail -3 "$OUT/memcheck.log"
+else
+  record "memcheck (compute-sanitizer not found)" "-"
+fi
+
+stamp "3a. throughput on the bundled model, cpu and cuda"
+bench="$prebuilt/bench_cpu_generate"
+{
+  echo "## bundled model (qwen3-moe-arith-b-nvfp4), prompt 128, 32 new tokens, W4A16"
+  for batch in 1 16 64; do
+    timeout "$(budget 40)" "$bench" --device cpu,cuda --batch "$batch" --prompt-tokens 128 --new-tokens 32 \
+      models/qwen3-moe-arith-b-nvfp4 2>> "$OUT/logs/bench.err"
+  done
+} | awk '!seen[$0]++' | tee "$OUT/bench.md"
+record "bench bundled" "$?"
+
+stamp "3b. synthetic qwen3-30b-a3b, 2 layers: synth, quantize, bench on cuda"
+synth=/tmp/fp4serve-q30-bf16 quantized=/tmp/fp4serve-q30-nvfp4
+rm -rf "$synth" "$quantized"
+timeout "$(budget 60)" "$FP4SERVE_BIN" synth --preset qwen3-30b-a3b --layers 2 --seed 1 --out "$synth" \
+  > "$OUT/logs/synth.log" 2>&1 &&
+  timeout "$(budget 90)" "$FP4SERVE_BIN" quantize --in "$synth" --out "$quantized" >> "$OUT/logs/synth.log" 2>&1
+record "synth + quantize 30b-a3b (2 layers)" "$?"
+stamp "synth + quantize done"
+if [ -f "$quantized/config.json" ]; then
+  {
+    echo
+    echo "## qwen3-30b-a3b sizes, 2 layers, NVFP4 W4A16, prompt 512, 32 new tokens, cuda"
+    for batch in 1 16 64; do
+      timeout "$(budget 60)" "$bench" --device cuda --batch "$batch" --prompt-tokens 512 --new-tokens 32 \
+        "$quantized" 2>> "$OUT/logs/bench.err"
+    done
+  } | awk '!seen[$0]++' | tee -a "$OUT/bench.md"
+  record "bench 30b-a3b (2 layers)" "$?"
+fi
+tail -5 "$OUT/logs/bench.err"
+
+stamp "done"
+{
+  echo "== gpu_engine.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1), commit $(git rev-parse --short HEAD 2> /dev/null), $(( $(date +%s) - start )) s =="
+  printf '%s\n' "${summary[@]}"
+  grep -E "^\[  FAILED  \]|measured" "$OUT/tests.log" 2> /dev/null | sort -u | head -40
+  grep -E "ERROR SUMMARY" "$OUT/memcheck.log" 2> /dev/null
+} | tee "$OUT/summary.txt"
+tar -cf "$OUT/logs.tar" -C "$OUT" logs && rm -rf "$OUT/logs"
+! grep -qvE "exit (0|-)$" <(printf '%s\n' "${summary[@]}")
