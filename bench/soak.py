@@ -260,6 +260,7 @@ def main():
     parser.add_argument("--reload-every", type=float, default=5, help="seconds between reloads")
     parser.add_argument("--report-every", type=float, default=30, help="seconds between table rows")
     parser.add_argument("--max-prompt-tokens", type=int, default=256)
+    parser.add_argument("--server-args", default="", help="more `fp4serve serve` flags, space-separated")
     parser.add_argument("--rss-growth-limit", type=float, default=0.10,
                         help="flag RSS growth above this share from the first report to the last")
     args = parser.parse_args()
@@ -279,7 +280,8 @@ def main():
     )
 
     server = Server(args.binary, args.model_a, os.path.join(work, "server.log"),
-                    ["--max-prompt-tokens", str(args.max_prompt_tokens), "--max-total-tokens", "65536"])
+                    ["--max-prompt-tokens", str(args.max_prompt_tokens), "--max-total-tokens", "65536"] +
+                    args.server_args.split())
     counters = Counters()
     start = time.time()
     deadline = start + args.minutes * 60

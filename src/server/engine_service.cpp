@@ -90,9 +90,10 @@ ServiceStats EngineService::stats() const {
 std::shared_ptr<RequestChannel> EngineService::submit(GenerateRequest request, std::string rid,
                                                       std::string_view name) {
   engine_->check_request(request, name);
-  FP4_CHECK(options_.max_prompt_tokens == 0 || static_cast<int64_t>(request.input_ids.size()) <= options_.max_prompt_tokens,
-            "{}: the prompt has {} tokens, more than this server's --max-prompt-tokens {}", name,
-            request.input_ids.size(), options_.max_prompt_tokens);
+  const int64_t prompt_tokens = static_cast<int64_t>(request.input_ids.size());
+  FP4_CHECK(options_.max_prompt_tokens == 0 || prompt_tokens <= options_.max_prompt_tokens,
+            "{}: the prompt has {} tokens, more than this server's --max-prompt-tokens {}", name, prompt_tokens,
+            options_.max_prompt_tokens);
   if (!serving_) {
     throw ServiceBusy("the served weights are inconsistent after a failed reload; reload a valid checkpoint "
                       "with /update_weights_from_disk");
