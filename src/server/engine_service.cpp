@@ -207,16 +207,22 @@ void EngineService::pause(PauseMode mode) {
     paused_ = mode;
     if (mode == PauseMode::Abort) abort_where([](const std::string&, int64_t) { return true; });
     if (mode == PauseMode::Retract) engine_->retract_all();
+    publish_stats();  // /metrics shows the pause once this returns
     done.set_value();
   });
   applied.get();
 }
 
 void EngineService::resume() {
-  post([this] {
+  std::promise<void> done;
+  std::future<void> applied = done.get_future();
+  post([&] {
     paused_.reset();
     if (!reload_) start_held();
+    publish_stats();
+    done.set_value();
   });
+  applied.get();
 }
 
 void EngineService::update_weight_version(std::string version, bool abort_all_requests) {
