@@ -105,7 +105,9 @@ struct WeightLoader::Staging {
   std::span<uint8_t> group() { return {memory.get() + chunk_bytes, group_bytes}; }
 };
 
-std::unique_ptr<uint8_t[]> allocate_staging_memory(size_t bytes) { return std::make_unique_for_overwrite<uint8_t[]>(bytes); }
+std::unique_ptr<uint8_t[]> allocate_staging_memory(size_t bytes) {
+  return std::make_unique_for_overwrite<uint8_t[]>(bytes);
+}
 
 WeightLoader::WeightLoader(LoadableModel& model, LoadOptions options) : model_(model), options_(std::move(options)) {
   FP4_CHECK(options_.staging_bytes >= 4096, "staging buffer of {} bytes is too small", options_.staging_bytes);

@@ -90,9 +90,10 @@ ServiceStats EngineService::stats() const {
 std::shared_ptr<RequestChannel> EngineService::submit(GenerateRequest request, std::string rid,
                                                       std::string_view name) {
   engine_->check_request(request, name);
-  FP4_CHECK(options_.max_prompt_tokens == 0 || static_cast<int64_t>(request.input_ids.size()) <= options_.max_prompt_tokens,
-            "{}: the prompt has {} tokens, more than this server's --max-prompt-tokens {}", name,
-            request.input_ids.size(), options_.max_prompt_tokens);
+  const int64_t prompt_tokens = static_cast<int64_t>(request.input_ids.size());
+  FP4_CHECK(options_.max_prompt_tokens == 0 || prompt_tokens <= options_.max_prompt_tokens,
+            "{}: the prompt has {} tokens, more than this server's --max-prompt-tokens {}", name, prompt_tokens,
+            options_.max_prompt_tokens);
   if (!serving_) {
     throw ServiceBusy("the served weights are inconsistent after a failed reload; reload a valid checkpoint "
                       "with /update_weights_from_disk");
@@ -206,16 +207,22 @@ void EngineService::pause(PauseMode mode) {
     paused_ = mode;
     if (mode == PauseMode::Abort) abort_where([](const std::string&, int64_t) { return true; });
     if (mode == PauseMode::Retract) engine_->retract_all();
+    publish_stats();  // /metrics shows the pause once this returns
     done.set_value();
   });
   applied.get();
 }
 
 void EngineService::resume() {
-  post([this] {
+  std::promise<void> done;
+  std::future<void> applied = done.get_future();
+  post([&] {
     paused_.reset();
     if (!reload_) start_held();
+    publish_stats();
+    done.set_value();
   });
+  applied.get();
 }
 
 void EngineService::update_weight_version(std::string version, bool abort_all_requests) {

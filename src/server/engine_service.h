@@ -116,7 +116,7 @@ class EngineService {
   ReloadOutcome update_weights(ReloadRequest request);
   FlushOutcome flush_cache();  // refused while requests are in flight
   ServedWeights served_weights();  // computed between engine steps: never during a reload
-  void pause(PauseMode mode);  // returns once applied
+  void pause(PauseMode mode);  // both return once applied (and shown in stats())
   void resume();
   // Relabels the served weights (no reload); with abort_all_requests the requests in the engine end first.
   void update_weight_version(std::string version, bool abort_all_requests);

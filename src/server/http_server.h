@@ -1,5 +1,6 @@
 // The HTTP front: cpp-httplib routes for every endpoint of http-api.md, API keys, the resource limits (request body,
-// open connections, slow client and idle timeouts; prompt length is the engine service's) and JSON errors for every failure (4xx for the client's mistakes, the server keeps serving).
+// open connections, slow client and idle timeouts; prompt length is the engine service's) and JSON errors for
+// every failure (4xx for the client's mistakes, the server keeps serving).
 // Handler threads only parse, post work to the EngineService and wait; stop() is thread-safe.
 #pragma once
 #include <httplib.h>

@@ -27,6 +27,8 @@ InProcessServer::~InProcessServer() {
   listener_.join();
 }
 
-httplib::Client InProcessServer::client(int read_timeout_seconds) const { return local_client(port_, read_timeout_seconds); }
+httplib::Client InProcessServer::client(int read_timeout_seconds) const {
+  return local_client(port_, read_timeout_seconds);
+}
 
 }  // namespace fp4serve::test

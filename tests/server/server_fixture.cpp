@@ -163,7 +163,9 @@ bool ServerProcess::running() {
 
 std::string ServerProcess::log() const { return read_file(log_path_); }
 
-httplib::Client ServerProcess::client(int read_timeout_seconds) const { return local_client(port_, read_timeout_seconds); }
+httplib::Client ServerProcess::client(int read_timeout_seconds) const {
+  return local_client(port_, read_timeout_seconds);
+}
 
 httplib::Client local_client(int port, int read_timeout_seconds) {
   httplib::Client client("127.0.0.1", port);
