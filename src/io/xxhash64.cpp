@@ -30,6 +30,7 @@ Xxh64::Xxh64(uint64_t seed)
     : seed_(seed), acc_{seed + kPrime1 + kPrime2, seed + kPrime2, seed, seed - kPrime1} {}
 
 void Xxh64::update(std::span<const uint8_t> bytes) {
+  if (bytes.empty()) return;  // its data() may be null, which memcpy must not get even for 0 bytes
   const uint8_t* p = bytes.data();
   size_t n = bytes.size();
   total_ += n;

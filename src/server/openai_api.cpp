@@ -157,6 +157,8 @@ struct ResponseHeader {
   std::string object;
   int64_t created;
   std::string model;
+  // `choices` must be an array: spell one choice as json::array({c}), since a braced {c} is a copy of c under
+  // clang but a one-element array under gcc.
   nlohmann::json with(nlohmann::json choices) const {
     return {{"id", id}, {"object", object}, {"created", created}, {"model", model}, {"choices", std::move(choices)}};
   }
@@ -232,7 +234,7 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
       return c;
     };
     if (api == OpenAiEndpoint::Chat && !sent.started) {
-      chunks.push_back(header.with({choice({{"role", "assistant"}, {"content", ""}})}));
+      chunks.push_back(header.with(nlohmann::json::array({choice({{"role", "assistant"}, {"content", ""}})})));
       sent.started = true;
     }
     if (!sent.prompt_sent && (parsed.echo || parsed.prompt_logprobs)) {
@@ -245,7 +247,7 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
                                             sent.text_offset);
       if (parsed.prompt_logprobs)
         c["prompt_logprobs"] = vllm_prompt_logprobs(prompt_format, run.prompt(), run.input_logprobs());
-      chunks.push_back(header.with({std::move(c)}));
+      chunks.push_back(header.with(nlohmann::json::array({std::move(c)})));
       sent.prompt_sent = true;
     }
     const std::string text = run.output().take_delta();
@@ -255,13 +257,13 @@ void serve(const ApiContext& context, OpenAiRequest parsed, httplib::Response& r
       if (parsed.logprobs)
         c["logprobs"] = logprobs_json(format, api, run, false, sent.tokens_sent, n_tokens, sent.text_offset);
       sent.tokens_sent = n_tokens;
-      chunks.push_back(header.with({std::move(c)}));
+      chunks.push_back(header.with(nlohmann::json::array({std::move(c)})));
     }
     if (run.ended() && run.result()) {
       nlohmann::json c = choice(api == OpenAiEndpoint::Chat ? nlohmann::json::object() : nlohmann::json(""));
       c["finish_reason"] = finish_reason_name_of(run);
       if (routed_experts) c["routed_experts"] = routed_experts_base64(run.result()->routed_experts);
-      nlohmann::json chunk = header.with({std::move(c)});
+      nlohmann::json chunk = header.with(nlohmann::json::array({std::move(c)}));
       chunk["metadata"] = {{"weight_version", *run.weight_version()}};
       chunks.push_back(std::move(chunk));
     }

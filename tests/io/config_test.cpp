@@ -232,7 +232,8 @@ TEST(JsonText, RefusesDeepNestingWithAnErrorInsteadOfOverflowingTheStack) {
 
 // Found by fuzz_checkpoint_index: a number beyond double's range threw nlohmann's out_of_range, not Error.
 TEST(JsonText, ANumberOutOfRangeIsMalformedJson) {
-  expect_error([&] { parse_json_text(R"({"weight_map": 1e999})", "index.json"); }, {"index.json", "malformed", "1e999"});
+  expect_error([&] { parse_json_text(R"({"weight_map": 1e999})", "index.json"); },
+               {"index.json", "malformed", "1e999"});
   expect_error([&] { parse_json_text("-1e400", "x.json"); }, {"x.json", "malformed"});
 }
 
