@@ -10,9 +10,9 @@
 #      end-to-end test (CudaForwardCli*), with FP4SERVE_BIN pointing at the carried fp4serve;
 #   1b. HTTP end to end: `serve --device cuda`, /generate, /update_weights_from_disk B -> A -> B: the same tokens as
 #      `generate --device cpu`, and B again after the round trip;
-#   2. compute-sanitizer memcheck on one mixed-step comparison;
-#   3. throughput: bench_cpu_generate on the bundled model, cpu and cuda, decode at batch 1, 16, 64 and prefill;
-#      then on a synthetic qwen3-30b-a3b preset with 2 layers, quantized to NVFP4 here by the carried fp4serve.
+#   2. throughput: bench_cpu_generate on the bundled model, cpu and cuda, decode at batch 1, 16, 64 and prefill;
+#   3. compute-sanitizer memcheck on one mixed-step comparison;
+#   4. throughput on a synthetic qwen3-30b-a3b preset with 2 layers, quantized to NVFP4 here by the carried fp4serve.
 # Writes to $OUT: summary.txt, tests.log, memcheck.log, bench.md and logs.tar (everything else).
 set -uo pipefail
 if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
@@ -120,17 +120,7 @@ export OUT
 timeout "$(budget 60)" bash -c http_e2e 2>&1 | tee "$OUT/logs/http_e2e.log"
 record "HTTP e2e (serve --device cuda, reload)" "${PIPESTATUS[0]}"
 
-stamp "2. compute-sanitizer memcheck"
-if command -v compute-sanitizer > /dev/null; then
-  timeout "$(budget 90)" compute-sanitizer --tool memcheck --error-exitcode 3 "$prebuilt/test_model" \
-    --gtest_filter='CudaForward.BundledModelMatchesCpuOverMixedStepsTrtllm' > "$OUT/memcheck.log" 2>&1
-  record "memcheck (mixed steps, trtllm)" "$?"
-  tail -3 "$OUT/memcheck.log"
-else
-  record "memcheck (compute-sanitizer not found)" "-"
-fi
-
-stamp "3a. throughput on the bundled model, cpu and cuda"
+stamp "2. throughput on the bundled model, cpu and cuda"
 bench="$prebuilt/bench_cpu_generate"
 {
   echo "## bundled model (qwen3-moe-arith-b-nvfp4), prompt 128, 32 new tokens, W4A16"
@@ -141,7 +131,17 @@ bench="$prebuilt/bench_cpu_generate"
 } | awk '!seen[$0]++' | tee "$OUT/bench.md"
 record "bench bundled" "$?"
 
-stamp "3b. synthetic qwen3-30b-a3b, 2 layers: synth, quantize, bench on cuda"
+stamp "3. compute-sanitizer memcheck"
+if command -v compute-sanitizer > /dev/null; then
+  timeout "$(budget 50)" compute-sanitizer --tool memcheck --error-exitcode 3 "$prebuilt/test_model" \
+    --gtest_filter='CudaForward.BundledModelMatchesCpuOverMixedStepsTrtllm' > "$OUT/memcheck.log" 2>&1
+  record "memcheck (mixed steps, trtllm)" "$?"
+  tail -3 "$OUT/memcheck.log"
+else
+  record "memcheck (compute-sanitizer not found)" "-"
+fi
+
+stamp "4. synthetic qwen3-30b-a3b, 2 layers: synth, quantize, bench on cuda"
 synth=/tmp/fp4serve-q30-bf16 quantized=/tmp/fp4serve-q30-nvfp4
 rm -rf "$synth" "$quantized"
 timeout "$(budget 60)" "$FP4SERVE_BIN" synth --preset qwen3-30b-a3b --layers 2 --seed 1 --out "$synth" \

@@ -91,7 +91,9 @@ int64_t grown(int64_t needed, int64_t current) { return std::max({needed, 2 * cu
 
 struct Qwen3Model::CudaForward {
   CudaForward() {
-    FP4_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    // A blocking stream: it orders after the legacy stream's work, where loads and reloads copy weights (a pageable
+    // copy may return before its DMA lands) and new tensors are zero-filled.
+    FP4_CUDA_CHECK(cudaStreamCreate(&stream));
     check_cublas(cublasCreate(&cublas), "cublasCreate");
     check_cublas(cublasSetStream(cublas, stream), "cublasSetStream");
   }
@@ -327,8 +329,6 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     gpu.decode_workspace.reset();
     gpu.decode_workspace = std::make_unique<cuda::DecodeWorkspace>(grown(max_rows, 0), n_heads, head_dim, context);
   }
-  // New buffers are zero-filled on the legacy stream, which does not order with this non-blocking one.
-  if (grow_rows || grow_logits || grow_metadata || grow_decode) FP4_CUDA_CHECK(cudaDeviceSynchronize());
 
   // The previous step ended with a synchronization, so the pinned block is free to overwrite.
   std::memcpy(gpu.host_metadata.as<int32_t>(), meta.values.data(), meta.values.size() * sizeof(int32_t));

@@ -26,7 +26,7 @@ class UnquantizedLinear final : public LinearMethod {
 
 // ModelOpt NVFP4 (reference-system.md, linear table). Raw parameters, filled by the loader:
 //   weight u8 [N, K/2], weight_scale e4m3 [N, K/16], weight_scale_2 f32 [S], input_scale f32 [S] (S = shards).
-// Derived on every load, from the raw bytes only:
+// Derived on every load, from the raw bytes only (on the GPU for a model on cuda, else on the host):
 //   weight                    rows shuffled in place (TRT-LLM layout; untouched for CUTLASS)
 //   weight_scale_interleaved  e4m3, (shuffled, then) swizzled weight_scale: aliases it when the shape allows,
 //                             else its own zero-padded [Np, Kp] buffer (nvfp4_layout.h)
@@ -47,6 +47,7 @@ class ModelOptNvfp4Linear final : public LinearMethod {
 
  private:
   std::string param(std::string_view suffix) const { return spec_.name + "." + std::string(suffix); }
+  void process_weights_on_gpu(ParameterSet& params) const;
   QuantOptions options_;
   Nvfp4MatrixShape shape_;  // the fused weight [N, K]
 };

@@ -6,11 +6,12 @@
 
 namespace fp4serve {
 
-Tensor on_device(const Tensor& host, Device device) {
-  if (device == Device::CPU) return host;
-  Tensor out = Tensor::empty(host.shape, host.dtype, device);
-  copy_into(out, host);
-  return out;
+const Tensor& derived_param(ParameterSet& params, const std::string& name, const Shape& shape, DType dtype,
+                            Device device) {
+  const std::shared_ptr<Parameter> existing = params.find(name);
+  if (existing == nullptr || existing->tensor.shape != shape || existing->tensor.dtype != dtype)
+    params.copy_or_rebind(name, Tensor::empty(shape, dtype, device));
+  return params.get(name);
 }
 
 Tensor host_f32(const Shape& shape, std::span<const float> values) {

@@ -30,7 +30,7 @@ class UnquantizedMoE final : public MoEMethod {
 //   w13_weight u8 [E, 2I, H/2], w13_weight_scale e4m3 [E, 2I, H/16], w13_weight_scale_2 f32 [E, 2] (gate, up),
 //   w13_input_scale f32 [E, 2], w2_weight u8 [E, H, I/2], w2_weight_scale e4m3 [E, H, I/16],
 //   w2_weight_scale_2 f32 [E], w2_input_scale f32 [E] (input scales created as 1.0, required only in static mode).
-// Derived on every load, from the raw bytes only:
+// Derived on every load, from the raw bytes only (on the GPU for a model on cuda, else on the host):
 //   w13_weight, w2_weight            TRT-LLM: rows gated-reordered (w13, gate first) then shuffled, in place
 //   w13_blockscale_swizzled,         e4m3, the scales in the same row order, swizzled; alias *_weight_scale when
 //   w2_blockscale_swizzled           the shape allows, else own zero-padded [E, Np, Kp] buffers (both layouts)
@@ -55,6 +55,7 @@ class ModelOptNvfp4MoE final : public MoEMethod {
 
  private:
   std::string param(std::string_view suffix) const { return spec_.name + "." + std::string(suffix); }
+  void process_weights_on_gpu(ParameterSet& params) const;
   QuantOptions options_;
   Nvfp4MatrixShape w13_shape_;  // [E, 2I, H], gated
   Nvfp4MatrixShape w2_shape_;   // [E, H, I]

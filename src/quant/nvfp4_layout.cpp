@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "format/layout.h"
+#include "quant/method_util.h"
 
 namespace fp4serve {
 
@@ -90,5 +91,60 @@ void underive_block_scales(const uint8_t* derived, const Nvfp4MatrixShape& shape
   unshuffle_rows_in_place(raw, scales);
   if (shape.gated) unreorder_rows_gated_in_place(raw, scales);
 }
+
+void derive_block_scale_param_on_gpu(ParameterSet& params, const std::string& source, const std::string& derived,
+                                     const Nvfp4MatrixShape& shape, WeightLayout layout) {
+  const Tensor& raw = params.get(source);
+  const Shape derived_shape = derived_scale_shape(shape);
+  if (derived_shape == raw.shape) {
+    derive_block_scales_on_gpu(raw.raw(), shape, layout, raw.raw());
+    params.alias_or_bind_derived(source, derived, raw);
+    return;
+  }
+  const Tensor& own = derived_param(params, derived, derived_shape, DType::F8_E4M3, Device::CUDA);
+  derive_block_scales_on_gpu(raw.raw(), shape, layout, own.raw());
+}
+
+#ifdef FP4SERVE_HAVE_CUDA
+namespace {
+// One matrix of scratch (or more: the kernels take several per pass when it is larger), freed after the call.
+cuda::DeviceScratch scratch_for(const ByteMatrixShape& shape, Tensor& holder) {
+  const size_t bytes = cuda::nvfp4_postprocess_scratch_bytes(shape);
+  holder = Tensor::empty({static_cast<int64_t>(bytes)}, DType::U8, Device::CUDA);
+  return {.data = holder.raw(), .bytes = bytes};
+}
+}  // namespace
+
+void arrange_weight_rows_on_gpu(uint8_t* packed, const Nvfp4MatrixShape& shape, WeightLayout layout) {
+  if (layout == WeightLayout::Cutlass) return;
+  const ByteMatrixShape rows = rows_of(shape, shape.k / 2);
+  Tensor scratch;
+  cuda::arrange_rows_cuda(packed, rows, nvfp4_row_order(layout, shape.gated), scratch_for(rows, scratch), nullptr);
+}
+
+void derive_block_scales_on_gpu(const uint8_t* raw, const Nvfp4MatrixShape& shape, WeightLayout layout,
+                                uint8_t* derived) {
+  const ByteMatrixShape scales = rows_of(shape, shape.scale_cols());
+  Tensor scratch;
+  cuda::derive_block_scales_cuda(raw, scales, nvfp4_row_order(layout, shape.gated), derived,
+                                 scratch_for(scales, scratch), nullptr);
+}
+
+void derive_linear_alphas_on_gpu(const float* weight_scale_2, const float* input_scale, int64_t n_shards,
+                                 bool static_activations, float* alpha, float* input_scale_inv) {
+  cuda::derive_linear_alphas_cuda(weight_scale_2, input_scale, n_shards, static_activations, alpha, input_scale_inv,
+                                  nullptr);
+}
+
+void derive_moe_alphas_on_gpu(const cuda::MoeAlphaArgs& args) { cuda::derive_moe_alphas_cuda(args); }
+#else
+namespace {
+[[noreturn]] void no_cuda() { fail("NVFP4 post-processing on the GPU: this fp4serve was built without CUDA"); }
+}  // namespace
+void arrange_weight_rows_on_gpu(uint8_t*, const Nvfp4MatrixShape&, WeightLayout) { no_cuda(); }
+void derive_block_scales_on_gpu(const uint8_t*, const Nvfp4MatrixShape&, WeightLayout, uint8_t*) { no_cuda(); }
+void derive_linear_alphas_on_gpu(const float*, const float*, int64_t, bool, float*, float*) { no_cuda(); }
+void derive_moe_alphas_on_gpu(const cuda::MoeAlphaArgs&) { no_cuda(); }
+#endif
 
 }  // namespace fp4serve

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kernels/cpu/nvfp4_gemm.h"
+#include "kernels/cuda/nvfp4_postprocess.h"
 #include "quant/method.h"
 
 namespace fp4serve {
@@ -41,5 +42,20 @@ void restore_weight_rows(uint8_t* packed, const Nvfp4MatrixShape& shape, WeightL
 // shuffle, swizzle), and back.
 void derive_block_scales(const uint8_t* raw, const Nvfp4MatrixShape& shape, WeightLayout layout, uint8_t* derived);
 void underive_block_scales(const uint8_t* derived, const Nvfp4MatrixShape& shape, WeightLayout layout, uint8_t* raw);
+
+// The same derivations for parameters in device memory, on the GPU (kernels/cuda/nvfp4_postprocess.h, bit-identical
+// to the host functions above), in place: pointers never change. derived == raw is allowed iff derived_scale_shape
+// equals the raw shape. The alpha functions run the kernels of the same header. All are ordered on the legacy
+// stream; a CPU-only build throws.
+void arrange_weight_rows_on_gpu(uint8_t* packed, const Nvfp4MatrixShape& shape, WeightLayout layout);
+void derive_block_scales_on_gpu(const uint8_t* raw, const Nvfp4MatrixShape& shape, WeightLayout layout,
+                                uint8_t* derived);
+void derive_linear_alphas_on_gpu(const float* weight_scale_2, const float* input_scale, int64_t n_shards,
+                                 bool static_activations, float* alpha, float* input_scale_inv);
+void derive_moe_alphas_on_gpu(const cuda::MoeAlphaArgs& args);
+// A weight's block scales in the parameters, on the GPU: derived in place in `source` with `derived` registered as
+// its alias when derived_scale_shape allows, else into `derived`'s own device buffer (created by the first load).
+void derive_block_scale_param_on_gpu(ParameterSet& params, const std::string& source, const std::string& derived,
+                                     const Nvfp4MatrixShape& shape, WeightLayout layout);
 
 }  // namespace fp4serve

@@ -78,7 +78,10 @@ void ModelOptNvfp4Linear::bind_online_quant(std::vector<OnlineQuantGroup>& out) 
 }
 
 void ModelOptNvfp4Linear::process_weights_after_loading(ParameterSet& params) const {
-  const Device device = options_.device;
+  if (options_.device == Device::CUDA) {
+    process_weights_on_gpu(params);
+    return;
+  }
   if (options_.layout == WeightLayout::Trtllm) {
     const Tensor& weight = params.get(param("weight"));
     Tensor rows = to_host(weight);
@@ -88,7 +91,7 @@ void ModelOptNvfp4Linear::process_weights_after_loading(ParameterSet& params) co
   const Tensor raw_scales = to_host(params.get(param("weight_scale")));
   Tensor derived = Tensor::empty(derived_scale_shape(shape_), DType::F8_E4M3, Device::CPU);
   derive_block_scales(raw_scales.raw(), shape_, options_.layout, derived.raw());
-  params.alias_or_bind_derived(param("weight_scale"), param("weight_scale_interleaved"), on_device(derived, device));
+  params.alias_or_bind_derived(param("weight_scale"), param("weight_scale_interleaved"), derived);
 
   const std::vector<float> weight_scale_2 = read_f32(params.get(param("weight_scale_2")));
   const std::vector<float> input_scale = read_f32(params.get(param("input_scale")));
@@ -100,8 +103,22 @@ void ModelOptNvfp4Linear::process_weights_after_loading(ParameterSet& params) co
     input_scale_inv[s] = 1.0f / act_scale;
   }
   const Shape slots{static_cast<int64_t>(alpha.size())};
-  params.copy_or_rebind(param("alpha"), on_device(host_f32(slots, alpha), device));
-  params.copy_or_rebind(param("input_scale_inv"), on_device(host_f32(slots, input_scale_inv), device));
+  params.copy_or_rebind(param("alpha"), host_f32(slots, alpha));
+  params.copy_or_rebind(param("input_scale_inv"), host_f32(slots, input_scale_inv));
+}
+
+// The same derivations on the GPU, in the parameters' device memory (nothing is staged through the host).
+void ModelOptNvfp4Linear::process_weights_on_gpu(ParameterSet& params) const {
+  arrange_weight_rows_on_gpu(params.get(param("weight")).raw(), shape_, options_.layout);
+  derive_block_scale_param_on_gpu(params, param("weight_scale"), param("weight_scale_interleaved"), shape_,
+                                  options_.layout);
+  const Shape slots{static_cast<int64_t>(spec_.shards.size())};
+  const Tensor& alpha = derived_param(params, param("alpha"), slots, DType::F32, Device::CUDA);
+  const Tensor& input_scale_inv = derived_param(params, param("input_scale_inv"), slots, DType::F32, Device::CUDA);
+  derive_linear_alphas_on_gpu(params.get(param("weight_scale_2")).data<float>(),
+                              params.get(param("input_scale")).data<float>(), slots[0],
+                              options_.act_quant == ActQuant::Static, alpha.data<float>(),
+                              input_scale_inv.data<float>());
 }
 
 void ModelOptNvfp4Linear::apply(const ParameterSet& params, const Tensor& x, Tensor& y, Workspace& ws) const {

@@ -103,7 +103,10 @@ void ModelOptNvfp4MoE::bind_online_quant(std::vector<OnlineQuantGroup>& out) con
 }
 
 void ModelOptNvfp4MoE::process_weights_after_loading(ParameterSet& params) const {
-  const Device device = options_.device;
+  if (options_.device == Device::CUDA) {
+    process_weights_on_gpu(params);
+    return;
+  }
   const int64_t E = spec_.n_experts;
   for (const auto* shape : {&w13_shape_, &w2_shape_}) {
     const std::string w = shape == &w13_shape_ ? "w13" : "w2";
@@ -117,7 +120,7 @@ void ModelOptNvfp4MoE::process_weights_after_loading(ParameterSet& params) const
     Tensor derived = Tensor::empty(derived_scale_shape(*shape), DType::F8_E4M3, Device::CPU);
     derive_block_scales(raw_scales.raw(), *shape, options_.layout, derived.raw());
     params.alias_or_bind_derived(param(w + "_weight_scale"), param(w + "_blockscale_swizzled"),
-                                 on_device(derived, device));
+                                 derived);
   }
 
   const bool uses_input_scale = options_.act_quant == ActQuant::Static;
@@ -138,7 +141,7 @@ void ModelOptNvfp4MoE::process_weights_after_loading(ParameterSet& params) const
   for (size_t e = 0; e < g2_alphas.size(); ++e) g2_alphas[e] = w2_input_scale * w2_weight_scale_2[e];
 
   auto bind = [&](const std::string& name, const Shape& shape, std::span<const float> values) {
-    params.copy_or_rebind(param(name), on_device(host_f32(shape, values), device));
+    params.copy_or_rebind(param(name), host_f32(shape, values));
   };
   bind("w13_input_scale_reduced", {1}, {&w13_input_scale, 1});
   bind("w2_input_scale_reduced", {1}, {&w2_input_scale, 1});
@@ -148,6 +151,35 @@ void ModelOptNvfp4MoE::process_weights_after_loading(ParameterSet& params) const
   bind("g1_alphas", {E, 2}, g1_alphas);
   bind("g2_alphas", {E}, g2_alphas);
   if (options_.layout == WeightLayout::Trtllm) bind("g1_scale_c", {E, 2}, g1_scale_c);
+}
+
+// The same derivations on the GPU, in the parameters' device memory (nothing is staged through the host).
+void ModelOptNvfp4MoE::process_weights_on_gpu(ParameterSet& params) const {
+  const int64_t E = spec_.n_experts;
+  for (const auto* shape : {&w13_shape_, &w2_shape_}) {
+    const std::string w = shape == &w13_shape_ ? "w13" : "w2";
+    arrange_weight_rows_on_gpu(params.get(param(w + "_weight")).raw(), *shape, options_.layout);
+    derive_block_scale_param_on_gpu(params, param(w + "_weight_scale"), param(w + "_blockscale_swizzled"), *shape,
+                                    options_.layout);
+  }
+  auto f32 = [&](const std::string& name, const Shape& shape) {
+    return derived_param(params, param(name), shape, DType::F32, Device::CUDA).data<float>();
+  };
+  derive_moe_alphas_on_gpu(
+      {.n_experts = E,
+       .static_activations = options_.act_quant == ActQuant::Static,
+       .w13_weight_scale_2 = params.get(param("w13_weight_scale_2")).data<float>(),
+       .w13_input_scale = params.get(param("w13_input_scale")).data<float>(),
+       .w2_weight_scale_2 = params.get(param("w2_weight_scale_2")).data<float>(),
+       .w2_input_scale = params.get(param("w2_input_scale")).data<float>(),
+       .w13_input_scale_reduced = f32("w13_input_scale_reduced", {1}),
+       .w2_input_scale_reduced = f32("w2_input_scale_reduced", {1}),
+       .w13_input_scale_quant = f32("w13_input_scale_quant", {1}),
+       .w2_input_scale_quant = f32("w2_input_scale_quant", {1}),
+       .g1_alphas = f32("g1_alphas", {E, 2}),
+       .g2_alphas = f32("g2_alphas", {E}),
+       .g1_scale_c = options_.layout == WeightLayout::Trtllm ? f32("g1_scale_c", {E, 2}) : nullptr,
+       .stream = nullptr});
 }
 
 void ModelOptNvfp4MoE::apply(const ParameterSet& params, const Tensor& x, const Tensor& topk_ids,

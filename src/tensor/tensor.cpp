@@ -32,6 +32,7 @@ std::string Tensor::describe() const {
 
 void copy_into(const Tensor& dst, const Tensor& src) {
   FP4_CHECK(dst.nbytes() == src.nbytes(), "copy of {} into {}: sizes differ", src.describe(), dst.describe());
+  if (dst.storage == src.storage && dst.offset == src.offset) return;  // the same bytes (an in-place derivation)
   copy_bytes(dst.device(), dst.raw(), src.device(), src.raw(), src.nbytes());
 }
 

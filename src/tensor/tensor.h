@@ -41,7 +41,8 @@ struct Tensor {
   std::string describe() const;  // "F32 [2, 3] on cpu"
 };
 
-// Copies src's bytes into dst's existing storage (same nbytes required), across devices as needed.
+// Copies src's bytes into dst's existing storage (same nbytes required), across devices as needed; a tensor onto
+// itself (same storage and offset) copies nothing.
 void copy_into(const Tensor& dst, const Tensor& src);
 // A host copy of any tensor (for tests, checksums and inspection).
 Tensor to_host(const Tensor& t);

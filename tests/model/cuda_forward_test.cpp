@@ -310,5 +310,16 @@ TEST(CudaForwardCli, GenerateOnTheGpuEqualsTheCpu) {
   EXPECT_NE(refused.output.find("--act-quant none"), std::string::npos) << refused.output;
 }
 
+// Where there is no GPU (or no CUDA backend), --device cuda fails at once, saying why, in both commands.
+TEST(CudaForwardCli, WithoutAGpuDeviceCudaIsRefusedNamingTheFlag) {
+  if (cuda_device_count() > 0) GTEST_SKIP() << "this machine has a GPU";
+  for (const std::string command : {"generate --input-ids 1,2", "serve --port 0"}) {
+    const CommandResult r = run_fp4serve(
+        fmt::format("{} --model-path '{}' --device cuda --act-quant none", command, kBundled.string()), true);
+    EXPECT_NE(r.exit_code, 0) << command;
+    EXPECT_NE(r.output.find("--device cuda: "), std::string::npos) << command << ": " << r.output;
+  }
+}
+
 }  // namespace
 }  // namespace fp4serve::testing_support
