@@ -188,16 +188,23 @@ void EngineService::pause(PauseMode mode) {
     paused_ = mode;
     if (mode == PauseMode::Abort) abort_where([](const std::string&, int64_t) { return true; });
     if (mode == PauseMode::Retract) engine_->retract_all();
+    publish_stats();  // a client that reads /metrics right after the answer sees the pause
     done.set_value();
   });
   applied.get();
 }
 
+// Waits like pause(): /continue_generation answers once generation may go on (and /metrics says so).
 void EngineService::resume() {
-  post([this] {
+  std::promise<void> done;
+  std::future<void> applied = done.get_future();
+  post([&] {
     paused_.reset();
     if (!reload_) start_held();
+    publish_stats();
+    done.set_value();
   });
+  applied.get();
 }
 
 void EngineService::update_weight_version(std::string version, bool abort_all_requests) {

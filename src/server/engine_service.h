@@ -106,7 +106,7 @@ class EngineService {
   ReloadOutcome update_weights(ReloadRequest request);
   FlushOutcome flush_cache();  // refused while requests are in flight
   void pause(PauseMode mode);  // returns once applied
-  void resume();
+  void resume();              // returns once applied
   // Relabels the served weights (no reload); with abort_all_requests the requests in the engine end first.
   void update_weight_version(std::string version, bool abort_all_requests);
 
