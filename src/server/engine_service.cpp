@@ -213,6 +213,7 @@ void EngineService::pause(PauseMode mode) {
   applied.get();
 }
 
+// Waits like pause(): /continue_generation answers once generation may go on (and /metrics says so).
 void EngineService::resume() {
   std::promise<void> done;
   std::future<void> applied = done.get_future();
