@@ -2,6 +2,7 @@
 // the readers that take a FileReader parse them exactly as they parse a file on disk.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -17,6 +18,7 @@ class MemoryFile final : public FileReader {
   const std::string& path() const override { return path_; }
   uint64_t size() const override { return bytes_.size(); }
   size_t pread_some(std::span<uint8_t> dst, uint64_t offset) const override;
+  std::optional<std::string> change_since_open() const override { return std::nullopt; }  // the bytes are fixed
 
  private:
   std::string path_;

@@ -1,6 +1,7 @@
 // safetensors reader validation (one hand-written bad file per rule of spec §5), writer contract, round trips
 // mapped and unmapped, and reads through a fault-injecting FileReader.
 #include "io/safetensors.h"
+#include "io/memory_file.h"
 
 #include <gtest/gtest.h>
 
@@ -56,6 +57,30 @@ TEST(SafetensorsReader, ReadsHandWrittenFile) {
   EXPECT_EQ(file.metadata().at("format"), "pt");
   EXPECT_EQ(file.find("missing"), nullptr);
   expect_error([&] { file.tensor("missing"); }, {"t.safetensors", "missing"});
+}
+
+// The fuzz targets parse bytes through MemoryFile: it must read like a file on disk and never report a change.
+TEST(SafetensorsReader, MemoryFileReadsLikeTheFileOnDisk) {
+  const std::string bytes = safetensors_bytes("{" + kEntryA + "}", "\x01\x02\x03\x04\x05\x06\x07\x08");
+  const std::span<const uint8_t> view(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  auto memory = std::make_unique<MemoryFile>("memory.safetensors", view);
+  std::vector<uint8_t> tail(16);
+  EXPECT_EQ(memory->pread_some(tail, bytes.size() - 3), 3u);  // short at the end, like pread
+  EXPECT_EQ(memory->pread_some(tail, bytes.size()), 0u);
+  EXPECT_EQ(memory->change_since_open(), std::nullopt);
+  const SafetensorsFile file = SafetensorsFile::open_unmapped(std::move(memory));
+  ASSERT_EQ(file.tensors().size(), 1u);
+  std::vector<uint8_t> a(8);
+  file.read(file.tensor("a"), 0, a);
+  EXPECT_EQ(a, (std::vector<uint8_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+  const std::string truncated = bytes.substr(0, bytes.size() - 1);
+  expect_error(
+      [&] {
+        SafetensorsFile::open_unmapped(std::make_unique<MemoryFile>(
+            "cut.safetensors",
+            std::span(reinterpret_cast<const uint8_t*>(truncated.data()), truncated.size())));
+      },
+      {"cut.safetensors"});
 }
 
 TEST(SafetensorsReader, AcceptsEdgeCases) {
