@@ -10,16 +10,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/json_text.h"
+
 namespace fp4serve {
-
-// Deeper nesting is refused while parsing: nlohmann's parser, copy and dump recurse once per level, so a deep
-// enough document (200 KB of '[' is enough) would overflow the stack. Real configs and requests nest < 10 levels.
-inline constexpr int kMaxJsonDepth = 128;
-
-// Parses a whole JSON file; rejects duplicate keys (which nlohmann would silently collapse to the last one) and
-// nesting deeper than kMaxJsonDepth.
-nlohmann::json read_json_file(const std::filesystem::path& path);
-nlohmann::json parse_json_text(std::string_view text, std::string_view source);
 
 // Writes `value` pretty-printed (indent 2, trailing newline) to path + ".tmp", then renames it over `path`.
 void write_json_file(const std::filesystem::path& path, const nlohmann::ordered_json& value);

@@ -2,28 +2,15 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include "common/error.h"
+#include "io/json_text.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/json_fields.h"
 #include "tokenizer/utf8.h"
 
 namespace fp4serve {
 namespace {
-
-nlohmann::json read_json_file(const std::filesystem::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  FP4_CHECK(file.good(), "cannot open {}", path.string());
-  std::stringstream buffer;
-  buffer << file.rdbuf();
-  try {
-    return nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number such as 1e999
-    fail("{} is not valid JSON: {}", path.string(), e.what());
-  }
-}
 
 AddedToken parse_added_token(const nlohmann::json& spec, int64_t id, std::string_view where) {
   FP4_CHECK(spec.is_object(), "{}: expected an object, got {}", where, spec.dump());

@@ -1,6 +1,10 @@
 // Unsupported or malformed tokenizer.json components are refused at load with a message naming the component
 // and where it sits in the file.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "common/error.h"
 #include "tests/tokenizer/fixtures.h"
@@ -106,6 +110,33 @@ TEST(TokenizerErrors, PostProcessorIdsMustBeTokensOfTheVocabulary) {
     expect_error(with_template_id(bad), {"post_processor", "special_tokens[\"<s>\"].ids", "not a token id"});
   const Tokenizer ok = Tokenizer::from_json(with_template_id(1));
   EXPECT_EQ(ok.encode("a").front(), 1);
+}
+
+// tokenizer.json is read with the checks of every other JSON file: a duplicate key (which nlohmann would collapse
+// to the last one) and nesting deep enough to overflow the parser's recursion are refused, naming the file.
+TEST(TokenizerErrors, FilesAreReadWithTheCommonJsonChecks) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("fp4serve-tokenizer-json-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string file = (dir / "tokenizer.json").string();
+  auto load_text = [&](const std::string& text) {
+    std::ofstream(file, std::ios::binary) << text;
+    try {
+      Tokenizer::from_files(dir);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(loaded without error)");
+  };
+  const std::string valid = test::synth_tokenizer_json().dump();
+  EXPECT_EQ(load_text(valid), "(loaded without error)");
+  const std::string duplicated = "{\"version\": \"1.0\", \"version\": \"1.0\"," + valid.substr(1);
+  const std::string duplicate_error = load_text(duplicated);
+  EXPECT_NE(duplicate_error.find(file), std::string::npos) << duplicate_error;
+  EXPECT_NE(duplicate_error.find("duplicate key 'version'"), std::string::npos) << duplicate_error;
+  const std::string deep_error = load_text(std::string(200000, '['));
+  EXPECT_NE(deep_error.find(file), std::string::npos) << deep_error;
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
