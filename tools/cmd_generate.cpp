@@ -1,7 +1,7 @@
 // fp4serve generate: one request through the engine (on the CPU, or on the GPU with --device cuda), from a prompt
-// (encoded with the model directory's tokenizer.json) or token ids. Prints the generated text, or with --json one object {"output_ids", "text",
-// "output_token_logprobs" ([logprob, token_id, null] per token, SGLang's shape), "finish_reason",
-// "weight_version"}. Logs go to stderr, so stdout holds only the result.
+// (encoded with the model directory's tokenizer.json) or token ids. Prints the generated text, or with --json one
+// object {"output_ids", "text", "output_token_logprobs" ([logprob, token_id, null] per token, SGLang's shape),
+// "finish_reason", "weight_version"}. Logs go to stderr, so stdout holds only the result.
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 

@@ -170,8 +170,9 @@ void Qwen3Model::prepare_cuda_forward() {
       linear.bf16_weight = bf16_param(spec.name + ".weight");
       return linear;
     }
-    linear.nvfp4_weight = {.packed = device_ptr<const uint8_t>(params_.get(spec.name + ".weight")),
-                           .block_scales = device_ptr<const uint8_t>(params_.get(spec.name + ".weight_scale_interleaved")),
+    auto bytes = [&](const char* suffix) { return device_ptr<const uint8_t>(params_.get(spec.name + suffix)); };
+    linear.nvfp4_weight = {.packed = bytes(".weight"),
+                           .block_scales = bytes(".weight_scale_interleaved"),
                            .n_rows = linear.n,
                            .k = linear.k,
                            .row_order = nvfp4_row_order(options_.layout, false)};
@@ -290,8 +291,9 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   const int64_t decode_context = std::max<int64_t>(meta.max_context, cuda::kDecodeSplitTokens);
   const bool grow_rows = M > gpu.row_capacity, grow_logits = n_logit_rows > gpu.logit_row_capacity;
   const bool grow_metadata = meta.values.size() > gpu.metadata_capacity;
-  const bool grow_decode = all_decode && (!gpu.decode_workspace || M > gpu.decode_workspace->max_rows() ||
-                                          decode_context > gpu.decode_workspace->max_splits() * cuda::kDecodeSplitTokens);
+  const cuda::DecodeWorkspace* decode = gpu.decode_workspace.get();
+  const bool grow_decode = all_decode && (!decode || M > decode->max_rows() ||
+                                          decode_context > decode->max_splits() * cuda::kDecodeSplitTokens);
   if (grow_rows || grow_logits || grow_metadata || grow_decode) FP4_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (grow_rows) {
     const int64_t cap = grown(M, gpu.row_capacity);

@@ -1,6 +1,6 @@
 // Qwen3-MoE and Qwen3 dense (qwen3-moe.md), assembled only from quantization methods (src/quant/method.h) and CPU
-// kernels, or with QuantOptions::device cuda on the CUDA kernels (qwen3_forward_cuda.cpp). The model owns one ParameterSet with HF-like names (fused `qkv_proj`, `gate_up_proj`,
-// `experts.w13_weight`). Weights go through a strict cycle: a load writes raw checkpoint bytes and calls
+// kernels, or with QuantOptions::device cuda on the CUDA kernels (qwen3_forward_cuda.cpp). The model owns one
+// ParameterSet with HF-like names (fused `qkv_proj`, `gate_up_proj`, `experts.w13_weight`). Weights go through a strict cycle: a load writes raw checkpoint bytes and calls
 // mark_raw_weights_loaded(), then process_weights_after_loading() runs exactly once; forward needs both.
 // Not thread-safe: one engine thread owns the model.
 #pragma once
