@@ -6,6 +6,7 @@
 # and the CUDA toolkit: a bare device machine lacks libfmt9 and the like) and source_dir.txt (the source path compiled
 # into test_model, where the tests look for the bundled models).
 # Steps on the device, each under `timeout`, the whole within about 400 s so that results come back in one call:
+#   0. the NVFP4 GEMM kernel tests (device alphas under graph capture among them);
 #   1. the GPU forward tests (CudaForward*: against the CPU forward, reload, observers, refusals) and the CLI
 #      end-to-end test (CudaForwardCli*), with FP4SERVE_BIN pointing at the carried fp4serve;
 #   1b. HTTP end to end: `serve --device cuda`, /generate, /update_weights_from_disk B -> A -> B: the same tokens as
@@ -18,10 +19,10 @@ set -uo pipefail
 if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
   build=$2 dir=$3
   rm -rf "$dir" && mkdir -p "$dir/lib"
-  for binary in fp4serve tests/test_model bench/bench_cpu_generate; do
+  for binary in fp4serve tests/test_model tests/test_kernels_cuda bench/bench_cpu_generate; do
     strip -o "$dir/$(basename "$binary")" "$build/$binary" || exit 1
   done
-  ldd "$dir"/fp4serve "$dir"/test_model "$dir"/bench_cpu_generate | awk '/=> \// {print $3}' | sort -u |
+  ldd "$dir"/fp4serve "$dir"/test_model "$dir"/test_kernels_cuda "$dir"/bench_cpu_generate | awk '/=> \// {print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvrtc)\.so' |
     while read -r lib; do cp -L "$lib" "$dir/lib/"; done
   # Libraries every distribution has (and newer there): used on the device only where it lacks them, since
@@ -30,8 +31,8 @@ if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
   for lib in libstdc++ libgcc_s libgomp libssl libcrypto libz; do mv "$dir/lib/$lib".so.* "$dir/lib/fallback/"; done
   grep -m1 -o 'FP4SERVE_SOURCE_DIR=\\"[^\\]*' "$build/build.ninja" | sed 's/.*"//' > "$dir/source_dir.txt"
   # Compressed, the binaries and libraries travel in about a fifth of their 65 MB (libicudata alone is 31 MB).
-  (cd "$dir" && tar -cf - fp4serve test_model bench_cpu_generate lib | xz -6 -T2 > bundle.tar.xz) || exit 1
-  (cd "$dir" && rm -rf fp4serve test_model bench_cpu_generate lib)
+  (cd "$dir" && tar -cf - fp4serve test_model test_kernels_cuda bench_cpu_generate lib | xz -6 -T2 > bundle.tar.xz) || exit 1
+  (cd "$dir" && rm -rf fp4serve test_model test_kernels_cuda bench_cpu_generate lib)
   ls -l "$dir" && cat "$dir/source_dir.txt"
   exit 0
 fi
@@ -70,6 +71,11 @@ if [ -n "$source_dir" ] && [ ! -e "$source_dir" ]; then
   mkdir -p "$(dirname "$source_dir")" && ln -s "$PWD" "$source_dir"
 fi
 stamp "sources at ${source_dir:-?} -> $PWD"
+
+stamp "0. NVFP4 GEMM kernel tests (host and device alphas, graph capture)"
+timeout "$(budget 60)" "$prebuilt/test_kernels_cuda" --gtest_filter='Nvfp4Gemm*' > "$OUT/logs/gemm_tests.log" 2>&1
+record "tests Nvfp4Gemm*" "$?"
+tail -3 "$OUT/logs/gemm_tests.log"; grep -E "^\[  FAILED  \]" "$OUT/logs/gemm_tests.log" | head
 
 stamp "1. GPU forward tests and the CLI end-to-end test"
 timeout "$(budget 170)" "$prebuilt/test_model" --gtest_filter='CudaForward*' > "$OUT/tests.log" 2>&1

@@ -48,7 +48,8 @@ struct GpuLinear {
   int64_t n = 0, k = 0;
   const bf16_bits* bf16_weight = nullptr;  // [n, k]
   Nvfp4WeightView nvfp4_weight{};
-  std::vector<cuda::Nvfp4AlphaRange> alphas;  // one range per shard
+  std::vector<cuda::Nvfp4AlphaRange> alphas;  // one range per shard (row ends; the values are read on the device)
+  const float* device_alphas = nullptr;       // the .alpha parameter: reloads rewrite it in place
 };
 
 struct GpuLayer {
@@ -128,7 +129,12 @@ struct Qwen3Model::CudaForward {
   void run_linear(const GpuLinear& linear, const bf16_bits* x, int64_t m, bf16_bits* y) {
     if (m == 0) return;
     if (linear.nvfp4) {
-      cuda::nvfp4_gemm_w4a16(gemm, {.x = x, .m = m, .weight = linear.nvfp4_weight, .alphas = linear.alphas, .y = y,
+      cuda::nvfp4_gemm_w4a16(gemm, {.x = x,
+                                    .m = m,
+                                    .weight = linear.nvfp4_weight,
+                                    .alphas = linear.alphas,
+                                    .device_alphas = linear.device_alphas,
+                                    .y = y,
                                     .stream = stream});
       return;
     }
@@ -176,12 +182,16 @@ void Qwen3Model::prepare_cuda_forward() {
                            .n_rows = linear.n,
                            .k = linear.k,
                            .row_order = nvfp4_row_order(options_.layout, false)};
-    // The alphas change with every load (the pointers do not), so they are read again after each post-processing.
-    const std::vector<float> alpha = read_f32(params_.get(spec.name + ".alpha"));
+    // The alphas change with every load but their storage does not: the kernels read them from the device, so
+    // captured CUDA graphs stay right across reloads.
+    const Tensor& alpha = params_.get(spec.name + ".alpha");
+    FP4_CHECK(alpha.dtype == DType::F32 && alpha.numel() == static_cast<int64_t>(spec.shards.size()),
+              "{}.alpha: expected {} f32 values (one per shard) for the GPU GEMM", spec.name, spec.shards.size());
+    linear.device_alphas = device_ptr<const float>(alpha);
     int64_t row_end = 0;
-    for (size_t s = 0; s < spec.shards.size(); ++s) {
-      row_end += spec.shards[s].out_features;
-      linear.alphas.push_back({.row_end = row_end, .alpha = alpha[s]});
+    for (const auto& shard : spec.shards) {
+      row_end += shard.out_features;
+      linear.alphas.push_back({.row_end = row_end, .alpha = 0.0f});
     }
     FP4_CHECK(linear.alphas.size() <= cuda::kMaxNvfp4AlphaRanges, "{}: {} shards, the GPU GEMM takes at most {}",
               spec.name, linear.alphas.size(), cuda::kMaxNvfp4AlphaRanges);
