@@ -1,8 +1,9 @@
 // Generation throughput through the engine: for each model directory (bf16 or ModelOpt NVFP4), device and activation
 // mode, one batch of identical-length random prompts is prefilled in one step, then decoded step by step; prints
 // prefill and decode tokens/s and the OpenMP thread count as a table. The prefix cache is off so every prompt
-// token is computed. --device cuda runs the GPU forward (NVFP4 layers only as W4A16: act none).
-//   bench_cpu_generate [--device cpu,cuda] [--batch N] [--prompt-tokens N] [--new-tokens N]
+// token is computed. --device cuda runs the GPU forward (NVFP4 layers only as W4A16: act none) with decode steps
+// replaying CUDA graphs; cuda-eager runs it without graphs.
+//   bench_cpu_generate [--device cpu,cuda,cuda-eager] [--batch N] [--prompt-tokens N] [--new-tokens N]
 //                      [--act-quant none,per-token,...] DIR...
 #include <omp.h>
 
@@ -61,7 +62,7 @@ BenchOptions parse(int argc, char** argv) {
     }
   }
   FP4_CHECK(!options.model_dirs.empty(),
-            "usage: bench_cpu_generate [--device cpu,cuda] [--batch N] [--prompt-tokens N] [--new-tokens N] "
+            "usage: bench_cpu_generate [--device cpu,cuda,cuda-eager] [--batch N] [--prompt-tokens N] [--new-tokens N] "
             "[--act-quant none,static,per-token] MODEL_DIR...");
   return options;
 }
@@ -75,8 +76,11 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
   const ModelConfig config = load_model_config(dir);
   const QuantConfig quant = load_quant_config(dir);
   if (quant.algo == QuantAlgo::None && act_quant != options.act_quant.front()) return;  // bf16: modes do not apply
-  auto model = std::make_unique<Qwen3Model>(
-      config, quant, QuantOptions{.act_quant = parse_act_quant(act_quant), .device = parse_device(device)});
+  const bool eager = device == "cuda-eager";
+  auto model = std::make_unique<Qwen3Model>(config, quant,
+                                            QuantOptions{.act_quant = parse_act_quant(act_quant),
+                                                         .device = parse_device(eager ? "cuda" : device),
+                                                         .cuda_graph_max_batch = eager ? 0 : options.batch});
   WeightLoader(*model).load(dir, SourceFormat::Native);
   const std::string format = model->is_nvfp4() ? "NVFP4" : "bf16", act = model->is_nvfp4() ? act_quant : "-";
 
@@ -102,7 +106,7 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
   while (engine.has_unfinished()) decoded += static_cast<int64_t>(engine.step().size());
   const double decode_seconds = seconds_since(start);
 
-  std::printf("| %-28s | %-6s | %-5s | %-9s | %5lld | %6lld | %13.1f | %12.1f | %7d |\n",
+  std::printf("| %-28s | %-10s | %-5s | %-9s | %5lld | %6lld | %13.1f | %12.1f | %7d |\n",
               std::filesystem::path(dir).filename().c_str(), device.c_str(), format.c_str(), act.c_str(),
               static_cast<long long>(options.batch), static_cast<long long>(options.prompt_tokens),
               static_cast<double>(options.batch * options.prompt_tokens) / prefill_seconds,
@@ -116,10 +120,10 @@ int main(int argc, char** argv) {
   try {
     const fp4serve::BenchOptions options = fp4serve::parse(argc, argv);
     std::printf(
-        "| model                        | device | fmt   | act       | batch | prompt | prefill tok/s | decode tok/s | "
+        "| model                        | device     | fmt   | act       | batch | prompt | prefill tok/s | decode tok/s | "
         "threads |\n");
     std::printf(
-        "|------------------------------|--------|-------|-----------|-------|--------|---------------|--------------|"
+        "|------------------------------|------------|-------|-----------|-------|--------|---------------|--------------|"
         "---------|\n");
     for (const std::string& dir : options.model_dirs)
       for (const std::string& device : options.devices)

@@ -58,7 +58,8 @@ void run_serve(ServerOptions options) {
   FP4_CHECK(options.tp == 1, "--tp {}: tensor parallelism is not implemented yet; use --tp 1", options.tp);
   QuantOptions quant{.layout = parse_weight_layout(options.moe_backend),
                      .act_quant = parse_act_quant(options.act_quant),
-                     .device = parse_device(options.device)};
+                     .device = parse_device(options.device),
+                     .cuda_graph_max_batch = options.disable_cuda_graph ? 0 : options.cuda_graph_max_bs};
   if (options.served_model_name.empty())
     options.served_model_name = std::filesystem::path(options.model_path).lexically_normal().filename().string();
   if (options.served_model_name.empty())
@@ -118,6 +119,7 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--device", options->device, "Compute device")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  add_cuda_graph_flags(cmd, options->cuda_graph_max_bs, options->disable_cuda_graph);
   cmd->add_option("--tp", options->tp, "Tensor parallel size (1 only, for now)")->capture_default_str();
   cmd->add_option("--moe-backend", options->moe_backend, "NVFP4 weight layout: cutlass or trtllm")
       ->check(CLI::IsMember({"cutlass", "trtllm"}))

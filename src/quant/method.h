@@ -25,6 +25,8 @@ struct QuantOptions {
   WeightLayout layout = WeightLayout::Cutlass;
   ActQuant act_quant = ActQuant::Static;
   Device device = Device::CPU;
+  // Device cuda: decode steps of up to this many sequences replay CUDA graphs (captured on first use); 0: eager.
+  int64_t cuda_graph_max_batch = 0;
 };
 
 // What a checkpoint tensor is, for validation beyond shape and dtype.

@@ -15,6 +15,8 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 30000;               // 0: any free port (the log line "listening on" names it)
   std::string device = "cpu";
+  int64_t cuda_graph_max_bs = 256;  // --device cuda: decode steps up to this batch replay CUDA graphs
+  bool disable_cuda_graph = false;
   int tp = 1;
   std::string moe_backend = "cutlass";
   std::string act_quant = "static";
