@@ -136,9 +136,10 @@ std::vector<StepOutput> Engine::step() {
     const ScheduledChunk& chunk = scheduled.chunks[i];
     Sequence& seq = *chunk.sequence;
     try {
-      if (batch.all_logits) record_input_logprobs(seq, chunk, output.all_logits.data<float>() + first_rows[i] * vocab);
+      if (batch.all_logits) record_input_logprobs(seq, chunk, output, first_rows[i]);
       if (chunk.completes_prefill() && seq.n_output_tokens() < seq.request.max_new_tokens)
-        sampled[i] = choose_next(seq, {output.last_logits.data<float>() + i * vocab, static_cast<size_t>(vocab)});
+        sampled[i] = choose_next(seq, {output.last_logits.data<float>() + i * vocab, static_cast<size_t>(vocab)},
+                                 normalizer_of(output.last_log_normalizers, i));
     } catch (...) {
       errors[i] = std::current_exception();
     }
@@ -170,9 +171,15 @@ std::vector<StepOutput> Engine::step() {
   return produced;
 }
 
+std::optional<float> Engine::normalizer_of(const std::vector<float>& normalizers, int64_t row) {
+  return normalizers.empty() ? std::nullopt : std::optional(normalizers[static_cast<size_t>(row)]);
+}
+
 // Position p's logits score prompt token p + 1; the scheduler started this sequence's computation no later than
 // the first position still needed.
-void Engine::record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, const float* chunk_logits) const {
+void Engine::record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, const ForwardOutput& output,
+                                   int64_t first_row) const {
+  const float* chunk_logits = output.all_logits.data<float>() + first_row * model_->config().vocab_size;
   const int64_t n_wanted = seq.n_input_logprobs_wanted();
   const int64_t vocab = model_->config().vocab_size;
   const int64_t end = std::min(chunk.start + chunk.n_tokens, seq.n_prompt_tokens - 1);
@@ -182,14 +189,18 @@ void Engine::record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, c
               p, chunk.start);
     const std::span<const float> logits(chunk_logits + (p - chunk.start) * vocab, static_cast<size_t>(vocab));
     const int32_t scored_token = seq.tokens[static_cast<size_t>(p + 1)];
-    seq.input_logprobs.push_back(position_logprobs(logits, scored_token, seq.request.sampling, options_.logprobs_mode));
+    seq.input_logprobs.push_back(
+        position_logprobs(logits, scored_token, seq.request.sampling, options_.logprobs_mode,
+                          normalizer_of(output.all_log_normalizers, first_row + p - chunk.start)));
   }
 }
 
-Engine::SampledToken Engine::choose_next(const Sequence& seq, std::span<const float> logits) const {
+Engine::SampledToken Engine::choose_next(const Sequence& seq, std::span<const float> logits,
+                                         std::optional<float> raw_log_normalizer) const {
   const SamplingParams& sampling = seq.request.sampling;
   const int32_t token = sample_token(logits, sampling, seq.n_output_tokens());
-  return {.token = token, .logprobs = position_logprobs(logits, token, sampling, options_.logprobs_mode)};
+  return {.token = token,
+          .logprobs = position_logprobs(logits, token, sampling, options_.logprobs_mode, raw_log_normalizer)};
 }
 
 void Engine::append_sampled(Sequence& seq, const SampledToken& sampled, StepOutput& out) const {

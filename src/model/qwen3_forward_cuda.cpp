@@ -25,6 +25,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/logits_normalizer.h"
 #include "kernels/cuda/moe_layer.h"
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/nvfp4_gemm.h"
@@ -170,7 +171,9 @@ struct Qwen3Model::CudaForward {
   Tensor residual, block_input, block_output, qkv, attention, gate_up, activated, moe_workspace;
   int64_t logit_row_capacity = 0;
   Tensor selected_rows, logits;  // [logit rows, H], [logit rows, V] bf16
+  Tensor normalizers;            // [logit rows] f32: each row's log-sum-exp
   PinnedBuffer host_logits;      // [logit rows, V] bf16
+  PinnedBuffer host_normalizers;  // [logit rows] f32
   size_t metadata_capacity = 0;  // int32 elements
   Tensor metadata;
   PinnedBuffer host_metadata;
@@ -426,6 +429,8 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     gpu.selected_rows = Tensor::empty({cap, H}, DType::BF16, Device::CUDA);
     gpu.logits = Tensor::empty({cap, V}, DType::BF16, Device::CUDA);
     gpu.host_logits.reserve(static_cast<size_t>(cap * V) * sizeof(bf16_bits));
+    gpu.normalizers = Tensor::empty({cap}, DType::F32, Device::CUDA);
+    gpu.host_normalizers.reserve(static_cast<size_t>(cap) * sizeof(float));
     gpu.logit_row_capacity = cap;
   }
   if (grow_metadata) {
@@ -455,12 +460,16 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   auto step_output = [&] {
     ForwardOutput out;
     const auto own_row = [](size_t r) { return static_cast<int64_t>(r); };
+    const float* normalizers = gpu.host_normalizers.as<float>();
     if (!batch.all_logits) {
       out.last_logits = host_logits(own_row, static_cast<size_t>(n_logit_rows));
+      out.last_log_normalizers.assign(normalizers, normalizers + n_logit_rows);
       return out;
     }
     out.all_logits = host_logits(own_row, static_cast<size_t>(n_logit_rows));
+    out.all_log_normalizers.assign(normalizers, normalizers + n_logit_rows);
     out.last_logits = host_logits([&](size_t r) { return rows.last_rows[r]; }, rows.last_rows.size());
+    for (const int64_t row : rows.last_rows) out.last_log_normalizers.push_back(normalizers[row]);
     return out;
   };
 
@@ -600,9 +609,13 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     cuda::embedding_lookup_cuda(h, M, H, d_meta + meta.logit_rows, n_logit_rows, selected, stream);
     bf16_bits* logits = device_ptr<bf16_bits>(gpu.logits);
     gpu.run_linear(gpu.lm_head, selected, n_logit_rows, logits, stream);
+    float* normalizers = device_ptr<float>(gpu.normalizers);
+    cuda::logits_log_normalizer_cuda(logits, n_logit_rows, V, normalizers, stream);
     FP4_CUDA_CHECK(cudaMemcpyAsync(gpu.host_logits.as<bf16_bits>(), logits,
                                    static_cast<size_t>(n_logit_rows * V) * sizeof(bf16_bits), cudaMemcpyDeviceToHost,
                                    stream));
+    FP4_CUDA_CHECK(cudaMemcpyAsync(gpu.host_normalizers.as<float>(), normalizers,
+                                   static_cast<size_t>(n_logit_rows) * sizeof(float), cudaMemcpyDeviceToHost, stream));
   };
   enqueue_step(gpu.stream);
   FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
