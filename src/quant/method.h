@@ -25,6 +25,10 @@ struct QuantOptions {
   WeightLayout layout = WeightLayout::Cutlass;
   ActQuant act_quant = ActQuant::Static;
   Device device = Device::CPU;
+  // --deterministic: kernel paths whose reduction order depends neither on the number of rows nor on the batch's
+  // composition, so a request's logits are bitwise the same whatever else runs. The CPU kernels always are; on the
+  // GPU it trades speed for it (qwen3_forward_cuda.cpp).
+  bool deterministic = false;
 };
 
 // What a checkpoint tensor is, for validation beyond shape and dtype.
