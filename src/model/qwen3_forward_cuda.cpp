@@ -4,7 +4,10 @@
 // nothing else synchronizes, except the observers' host copies. Buffers grow to the largest step seen (rarely, with
 // one synchronization) and are reused. Linears are NVFP4 W4A16 (nvfp4_gemm.h) or bf16 through cuBLAS; MoE layers
 // run the fused layer (moe_layer.h: router, top-k, grouped expert GEMMs, combine). The results are close to the
-// CPU's, not bitwise: the kernels sum in other orders (tests/model_cuda states the tolerances).
+// CPU's, not bitwise: the kernels sum in other orders (tests/model_cuda states the tolerances). With --deterministic
+// (QuantOptions) every kernel is chosen so that a row's summation order never depends on the step's other rows:
+// batch-invariant NVFP4 GEMM tiles, one cuBLAS GEMM per row for bf16 linears, the prefill attention kernel for decode
+// steps too, and the MoE layer's batch-invariant routing and expert GEMMs.
 #include "common/error.h"
 #include "model/qwen3_model.h"
 
@@ -124,14 +127,30 @@ struct Qwen3Model::CudaForward {
   Tensor metadata;
   PinnedBuffer host_metadata;
   std::unique_ptr<cuda::DecodeWorkspace> decode_workspace;
+  bool deterministic = false;  // QuantOptions::deterministic
 
   void run_linear(const GpuLinear& linear, const bf16_bits* x, int64_t m, bf16_bits* y) {
     if (m == 0) return;
     if (linear.nvfp4) {
-      cuda::nvfp4_gemm_w4a16(gemm, {.x = x, .m = m, .weight = linear.nvfp4_weight, .alphas = linear.alphas, .y = y,
-                                    .stream = stream});
+      cuda::nvfp4_gemm_w4a16(gemm, {.x = x,
+                                    .m = m,
+                                    .weight = linear.nvfp4_weight,
+                                    .alphas = linear.alphas,
+                                    .y = y,
+                                    .stream = stream,
+                                    .path = deterministic ? cuda::Nvfp4GemmPath::BatchInvariant
+                                                          : cuda::Nvfp4GemmPath::Auto});
       return;
     }
+    // cuBLAS picks its kernel (tile, split-K) by the shape, so the bits of a row depend on m: deterministic runs
+    // give every row its own m = 1 GEMM (the same call as in a batch of one).
+    if (deterministic) {
+      for (int64_t row = 0; row < m; ++row) run_bf16_linear(linear, x + row * linear.k, 1, y + row * linear.n);
+      return;
+    }
+    run_bf16_linear(linear, x, m, y);
+  }
+  void run_bf16_linear(const GpuLinear& linear, const bf16_bits* x, int64_t m, bf16_bits* y) {
     // Row-major y[m, n] = x[m, k] W[n, k]^T is column-major y^T = W^T-as-stored x^T.
     const float one = 1.0f, zero = 0.0f;
     check_cublas(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(linear.n), static_cast<int>(m),
@@ -159,6 +178,7 @@ void Qwen3Model::check_cuda_support() const {
 void Qwen3Model::prepare_cuda_forward() {
   if (!cuda_) cuda_.reset(new CudaForward());
   CudaForward& gpu = *cuda_;
+  gpu.deterministic = options_.deterministic;
   auto bf16_param = [&](const std::string& name) { return device_ptr<const bf16_bits>(params_.get(name)); };
   auto linear_of = [&](const LinearMethod& method) {
     const LinearSpec& spec = method.spec();
@@ -167,6 +187,10 @@ void Qwen3Model::prepare_cuda_forward() {
     linear.n = spec.out_features();
     linear.k = spec.in_features;
     if (!linear.nvfp4) {
+      FP4_CHECK(!options_.deterministic || (linear.n % 8 == 0 && linear.k % 8 == 0),
+                "--deterministic --device cuda: {} is a bf16 linear of {} x {}; its one-row cuBLAS GEMMs need both "
+                "sizes multiples of 8 (every row 16-byte aligned, so cuBLAS picks the kernel of a batch of one)",
+                spec.name, linear.n, linear.k);
       linear.bf16_weight = bf16_param(spec.name + ".weight");
       return linear;
     }
@@ -287,13 +311,15 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   meta.values.push_back(static_cast<int32_t>(M));
 
   // Grow what this step outgrows: wait for the previous step's work on the old buffers first.
-  const bool all_decode = meta.max_query_tokens == 1;
+  // A step of decodes only takes the split decode kernel, unless deterministic: its split-and-merge sums differently
+  // from the prefill kernel, which a decode shares a step with as soon as another sequence prefills.
+  const bool split_decode = meta.max_query_tokens == 1 && !gpu.deterministic;
   const int64_t decode_context = std::max<int64_t>(meta.max_context, cuda::kDecodeSplitTokens);
   const bool grow_rows = M > gpu.row_capacity, grow_logits = n_logit_rows > gpu.logit_row_capacity;
   const bool grow_metadata = meta.values.size() > gpu.metadata_capacity;
   const cuda::DecodeWorkspace* decode = gpu.decode_workspace.get();
-  const bool grow_decode = all_decode && (!decode || M > decode->max_rows() ||
-                                          decode_context > decode->max_splits() * cuda::kDecodeSplitTokens);
+  const bool grow_decode = split_decode && (!decode || M > decode->max_rows() ||
+                                            decode_context > decode->max_splits() * cuda::kDecodeSplitTokens);
   if (grow_rows || grow_logits || grow_metadata || grow_decode) FP4_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (grow_rows) {
     const int64_t cap = grown(M, gpu.row_capacity);
@@ -402,9 +428,9 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
                              .head_dim = kv_shape[4]};
     cuda::kv_cache_write_cuda(cache, attention_batch, {qkv + q_size, qkv_width}, {qkv + q_size + kv_size, qkv_width},
                               stream);
-    // A step of decodes only takes the split decode kernel; any prefill chunk sends the whole batch through the
-    // causal prefill kernel (which handles one-token sequences as well).
-    if (all_decode)
+    // Any prefill chunk sends the whole batch through the causal prefill kernel (which handles one-token sequences
+    // as well).
+    if (split_decode)
       cuda::paged_decode_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, *gpu.decode_workspace,
                                         {attn, q_size}, stream);
     else
@@ -419,7 +445,8 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
                                .y = delta,
                                .workspace = gpu.moe_workspace.raw(),
                                .workspace_bytes = gpu.moe_workspace.nbytes(),
-                               .stream = stream});
+                               .stream = stream,
+                               .batch_invariant = gpu.deterministic});
       if (observer && observer->on_moe_routing) {
         const int64_t k = c.num_experts_per_tok;
         const cuda::MoeRouting routing = cuda::moe_layer_routing(gpu.moe_shape, gpu.moe_workspace.raw());
