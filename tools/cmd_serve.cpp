@@ -59,7 +59,8 @@ void run_serve(ServerOptions options) {
   QuantOptions quant{.layout = parse_weight_layout(options.moe_backend),
                      .act_quant = parse_act_quant(options.act_quant),
                      .device = parse_device(options.device),
-                     .cuda_graph_max_batch = options.disable_cuda_graph ? 0 : options.cuda_graph_max_bs};
+                     .cuda_graph_max_batch = options.disable_cuda_graph ? 0 : options.cuda_graph_max_bs,
+                     .deterministic = options.deterministic};
   if (options.served_model_name.empty())
     options.served_model_name = std::filesystem::path(options.model_path).lexically_normal().filename().string();
   if (options.served_model_name.empty())
@@ -159,6 +160,9 @@ void register_serve(CLI::App& app) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_flag("--disable-radix-cache", options->disable_radix_cache, "Turn the prefix cache off");
+  cmd->add_flag("--deterministic,--enable-deterministic-inference", options->deterministic,
+                "A request's tokens and logprobs are bitwise the same whatever else is in the batch (README: "
+                "Deterministic inference; the second spelling is SGLang's)");
   cmd->add_flag("--enable-return-routed-experts", options->enable_return_routed_experts,
                 "Record every token's MoE routing so requests can ask for it (return_routed_experts)");
   cmd->add_option("--logprobs-mode", options->logprobs_mode,

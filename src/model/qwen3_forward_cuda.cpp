@@ -7,7 +7,10 @@
 // they hold stays valid across reloads (weights are rewritten in place and the GEMMs read alphas from the device), and
 // any buffer growth drops them. Linears are NVFP4 W4A16 (nvfp4_gemm.h) or bf16 through cuBLAS; MoE layers
 // run the fused layer (moe_layer.h: router, top-k, grouped expert GEMMs, combine). The results are close to the
-// CPU's, not bitwise: the kernels sum in other orders (tests/model_cuda states the tolerances).
+// CPU's, not bitwise: the kernels sum in other orders (tests/model_cuda states the tolerances). With --deterministic
+// (QuantOptions) every kernel is chosen so that a row's summation order never depends on the step's other rows:
+// batch-invariant NVFP4 GEMM tiles, one cuBLAS GEMM per row for bf16 linears, the prefill attention kernel for decode
+// steps too, and the MoE layer's batch-invariant routing and expert GEMMs.
 #include "common/error.h"
 #include "model/qwen3_model.h"
 
@@ -178,6 +181,7 @@ struct Qwen3Model::CudaForward {
   Tensor metadata;
   PinnedBuffer host_metadata;
   std::unique_ptr<cuda::DecodeWorkspace> decode_workspace;
+  bool deterministic = false;  // QuantOptions::deterministic
 
   // Records what `enqueue(capture_stream)` issues as the graph of `key`, evicting the least recently used graph
   // beyond kMaxCapturedSteps. A capture CUDA refuses turns graphs off for this model (logged): eager still works.
@@ -218,9 +222,21 @@ struct Qwen3Model::CudaForward {
                                     .alphas = linear.alphas,
                                     .device_alphas = linear.device_alphas,
                                     .y = y,
-                                    .stream = stream});
+                                    .stream = stream,
+                                    .path = deterministic ? cuda::Nvfp4GemmPath::BatchInvariant
+                                                          : cuda::Nvfp4GemmPath::Auto});
       return;
     }
+    // cuBLAS picks its kernel (tile, split-K) by the shape, so the bits of a row depend on m: deterministic runs
+    // give every row its own m = 1 GEMM (the same call as in a batch of one).
+    if (deterministic) {
+      for (int64_t row = 0; row < m; ++row)
+        run_bf16_linear(linear, x + row * linear.k, 1, y + row * linear.n, stream);
+      return;
+    }
+    run_bf16_linear(linear, x, m, y, stream);
+  }
+  void run_bf16_linear(const GpuLinear& linear, const bf16_bits* x, int64_t m, bf16_bits* y, cudaStream_t stream) {
     // Row-major y[m, n] = x[m, k] W[n, k]^T is column-major y^T = W^T-as-stored x^T.
     check_cublas(cublasSetStream(cublas, stream), "cublasSetStream");
     const float one = 1.0f, zero = 0.0f;
@@ -255,6 +271,7 @@ void Qwen3Model::check_cuda_support() const {
 void Qwen3Model::prepare_cuda_forward() {
   if (!cuda_) cuda_.reset(new CudaForward());
   CudaForward& gpu = *cuda_;
+  gpu.deterministic = options_.deterministic;
   auto bf16_param = [&](const std::string& name) { return device_ptr<const bf16_bits>(params_.get(name)); };
   auto linear_of = [&](const LinearMethod& method) {
     const LinearSpec& spec = method.spec();
@@ -263,6 +280,10 @@ void Qwen3Model::prepare_cuda_forward() {
     linear.n = spec.out_features();
     linear.k = spec.in_features;
     if (!linear.nvfp4) {
+      FP4_CHECK(!options_.deterministic || (linear.n % 8 == 0 && linear.k % 8 == 0),
+                "--deterministic --device cuda: {} is a bf16 linear of {} x {}; its one-row cuBLAS GEMMs need both "
+                "sizes multiples of 8 (every row 16-byte aligned, so cuBLAS picks the kernel of a batch of one)",
+                spec.name, linear.n, linear.k);
       linear.bf16_weight = bf16_param(spec.name + ".weight");
       return linear;
     }
@@ -398,12 +419,15 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
 
   // Grow what this step outgrows: wait for the previous step's work on the old buffers first. Captured graphs hold
   // the old buffers' addresses, so growth drops them.
+  // A step of decodes only takes the split decode kernel, unless deterministic: its split-and-merge sums differently
+  // from the prefill kernel, which a decode shares a step with as soon as another sequence prefills.
+  const bool split_decode = all_decode && !gpu.deterministic;
   const int64_t decode_context = std::max<int64_t>(meta.max_context, cuda::kDecodeSplitTokens);
   const bool grow_rows = M > gpu.row_capacity, grow_logits = n_logit_rows > gpu.logit_row_capacity;
   const bool grow_metadata = meta.values.size() > gpu.metadata_capacity;
   const cuda::DecodeWorkspace* decode = gpu.decode_workspace.get();
-  const bool grow_decode = all_decode && (!decode || M > decode->max_rows() ||
-                                          decode_context > decode->max_splits() * cuda::kDecodeSplitTokens);
+  const bool grow_decode = split_decode && (!decode || M > decode->max_rows() ||
+                                            decode_context > decode->max_splits() * cuda::kDecodeSplitTokens);
   if (grow_rows || grow_logits || grow_metadata || grow_decode) {
     FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
     gpu.captured.clear();
@@ -562,9 +586,9 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
                                .head_dim = kv_shape[4]};
       cuda::kv_cache_write_cuda(cache, attention_batch, {qkv + q_size, qkv_width}, {qkv + q_size + kv_size, qkv_width},
                                 stream);
-      // A step of decodes only takes the split decode kernel; any prefill chunk sends the whole batch through the
-      // causal prefill kernel (which handles one-token sequences as well).
-      if (all_decode)
+      // Any prefill chunk sends the whole batch through the causal prefill kernel (which handles one-token sequences
+      // as well).
+      if (split_decode)
         cuda::paged_decode_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, *gpu.decode_workspace,
                                           {attn, q_size}, stream);
       else
@@ -579,7 +603,8 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
                                  .y = delta,
                                  .workspace = gpu.moe_workspace.raw(),
                                  .workspace_bytes = gpu.moe_workspace.nbytes(),
-                                 .stream = stream});
+                                 .stream = stream,
+                                 .batch_invariant = gpu.deterministic});
         if (observer && observer->on_moe_routing) {
           const int64_t k = c.num_experts_per_tok;
           const cuda::MoeRouting routing = cuda::moe_layer_routing(gpu.moe_shape, gpu.moe_workspace.raw());

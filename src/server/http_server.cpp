@@ -56,6 +56,7 @@ nlohmann::json to_json(const ServerOptions& o) {
           {"disable_radix_cache", o.disable_radix_cache},
           {"enable_return_routed_experts", o.enable_return_routed_experts},
           {"logprobs_mode", o.logprobs_mode},
+          {"enable_deterministic_inference", o.deterministic},
           {"api_key", secret(o.api_key)},
           {"admin_api_key", secret(o.admin_api_key)},
           {"allowed_model_dirs", o.allowed_model_dirs},

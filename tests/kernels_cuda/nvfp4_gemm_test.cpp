@@ -1,5 +1,6 @@
 // NVFP4 W4A16 GEMM paths (Auto, the fused kernel in every tile configuration and K split, the streaming kernel with
-// few warps, dequantize + cuBLAS) against a float64 CPU reference: weights quantized by format/nvfp4.h and
+// few warps, dequantize + cuBLAS, and the batch-invariant path's rows against single runs) against a float64 CPU
+// reference: weights quantized by format/nvfp4.h and
 // dequantized from the LINEAR scale layout (so the kernels' swizzle and row-shuffle indexing is checked
 // independently), x . W^T summed in double. Fresh random inputs per case; outputs are poisoned (NaN) before a run and
 // fenced by guard bytes; the swizzled scales' padding is poisoned with e4m3 NaN.
@@ -329,6 +330,57 @@ TEST(Nvfp4GemmCuda, DeviceAlphasInACapturedGraphFollowRewrites) {
     check_cuda(cudaGraphExecDestroy(exec), "destroy exec");
     check_cuda(cudaGraphDestroy(graph), "destroy graph");
     check_cuda(cudaStreamDestroy(stream), "destroy stream");
+  }
+}
+
+// Nvfp4GemmPath::BatchInvariant (--deterministic): each token's row of a batch of m is bitwise the row of that token
+// run alone, for m on both sides of the tile's switch from 4 to 8 token tiles (32) and for weights whose fixed K split
+// is 1 or more; and it is still the GEMM (against the float64 reference).
+TEST(Nvfp4GemmCuda, BatchInvariantPathGivesEachRowTheBitsOfItsSingleRun) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    const char* name;
+    int64_t k;
+    std::vector<Shard> shards;
+  };
+  const Shape shapes[] = {{"qkv", 2048, {{4096, 0.02f}, {512, 0.05f}, {512, 0.01f}}},
+                          {"o_proj", 4096, {{2048, 0.02f}}},
+                          {"odd200", 208, {{136, 0.5f}, {64, 2.0f}}}};
+  cuda::Nvfp4GemmContext context;
+  auto run = [&context](const HostWeight& w, const DeviceWeight& weight, const bf16_bits* x, int64_t m) {
+    GuardedBuffer x_device(static_cast<size_t>(m * w.k) * sizeof(bf16_bits));
+    GuardedBuffer y_device(static_cast<size_t>(m * w.n) * sizeof(bf16_bits));
+    x_device.upload(x);
+    y_device.fill(0xFF);
+    cuda::Nvfp4GemmArgs args;
+    args.x = x_device.data<bf16_bits>();
+    args.m = m;
+    args.weight = {weight.packed.data<uint8_t>(), weight.scales.data<uint8_t>(), w.n, w.k, Nvfp4RowOrder::Linear};
+    args.alphas = w.alphas;
+    args.y = y_device.data<bf16_bits>();
+    args.path = cuda::Nvfp4GemmPath::BatchInvariant;
+    cuda::nvfp4_gemm_w4a16(context, args);
+    check_cuda(cudaDeviceSynchronize(), "batch-invariant GEMM");
+    EXPECT_TRUE(y_device.guards_intact()) << "the kernel wrote outside y";
+    std::vector<bf16_bits> y(static_cast<size_t>(m * w.n));
+    y_device.download(y.data());
+    return y;
+  };
+  for (const Shape& shape : shapes) {
+    Random random(std::hash<std::string>{}(shape.name));
+    const HostWeight w = make_weight(shape.k, shape.shards, random);
+    const DeviceWeight weight(w, Nvfp4RowOrder::Linear);
+    for (int64_t m : {1, 5, 33, 130}) {
+      const std::vector<bf16_bits> x = random_activations(m, w.k, random);
+      const std::vector<bf16_bits> y = run(w, weight, x.data(), m);
+      const std::vector<int64_t> tokens = m == 1 ? std::vector<int64_t>{0} : std::vector<int64_t>{0, m / 2, m - 1};
+      for (int64_t t : tokens) {
+        const std::vector<bf16_bits> alone = run(w, weight, x.data() + t * w.k, 1);
+        EXPECT_TRUE(std::equal(alone.begin(), alone.end(), y.begin() + t * w.n))
+            << shape.name << ", m " << m << ": token " << t << " differs from its single run";
+      }
+      expect_rows_match_reference(w, x.data(), y.data(), tokens, std::string(shape.name) + " batch-invariant");
+    }
   }
 }
 

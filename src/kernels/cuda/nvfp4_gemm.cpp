@@ -28,6 +28,7 @@ const char* path_name(Nvfp4GemmPath path) {
     case Nvfp4GemmPath::Streaming: return "Streaming";
     case Nvfp4GemmPath::Fused: return "Fused";
     case Nvfp4GemmPath::DequantCublas: return "DequantCublas";
+    case Nvfp4GemmPath::BatchInvariant: return "BatchInvariant";
   }
   return "?";
 }
@@ -87,6 +88,15 @@ Nvfp4LaunchArgs validated_launch_args(const Nvfp4GemmArgs& a) {
   launch.y = a.y;
   launch.stream = a.stream;
   return launch;
+}
+
+
+// The BatchInvariant path's launch: the split is the one the auto rule gives one token on this weight, so decode keeps
+// its parallelism and the split is a function of (n, k) alone; larger m pays for partials it would not need.
+Nvfp4FusedConfig batch_invariant_config(int64_t m, int64_t n, int64_t k) {
+  Nvfp4FusedConfig config = nvfp4_batch_invariant_tile(m);
+  config.k_splits = nvfp4_fused_splits_for(1, n, k, nvfp4_batch_invariant_tile(1));
+  return config;
 }
 
 }  // namespace
@@ -164,7 +174,16 @@ void Nvfp4GemmContext::reserve_fused(int64_t max_m, int64_t n_rows, int64_t k) {
   FP4_CHECK(max_m >= 1 && n_rows >= 1 && k >= 16, "Nvfp4GemmContext::reserve_fused: shape m {} x [{}, {}] is empty",
             max_m, n_rows, k);
   for (int64_t m = 1; m <= max_m; ++m)
-    state_->ensure_split_workspace(nvfp4_fused_workspace_size(m, n_rows, nvfp4_fused_config_for(m, n_rows, k)));
+    for (const Nvfp4FusedConfig& config :
+         {nvfp4_fused_config_for(m, n_rows, k), batch_invariant_config(m, n_rows, k)})
+      state_->ensure_split_workspace(nvfp4_fused_workspace_size(m, n_rows, config));
+}
+
+Nvfp4FusedConfig nvfp4_batch_invariant_tile(int64_t tokens) {
+  // The fused kernel's summation order depends on warps_n (how a stage's K is shared between warps), on the number
+  // of accumulator chains (4 / (token_tiles * row_tiles), at least 1) and on k_splits; the token tiles only decide
+  // how many tokens a CTA carries.
+  return {.token_tiles = tokens <= 32 ? 4 : 8, .warps_n = 8, .k_splits = 1, .row_tiles = 1};
 }
 
 Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m, int64_t n, int64_t k) {
@@ -190,8 +209,10 @@ void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args) {
     return;
   }
   Nvfp4GemmContext::State& state = *context.state_;
-  if (path == Nvfp4GemmPath::Fused) {
-    const Nvfp4FusedConfig config = nvfp4_fused_config_for(args.m, args.weight.n_rows, args.weight.k);
+  if (path == Nvfp4GemmPath::Fused || path == Nvfp4GemmPath::BatchInvariant) {
+    const Nvfp4FusedConfig config = path == Nvfp4GemmPath::Fused
+                                        ? nvfp4_fused_config_for(args.m, args.weight.n_rows, args.weight.k)
+                                        : batch_invariant_config(args.m, args.weight.n_rows, args.weight.k);
     state.ensure_split_workspace(nvfp4_fused_workspace_size(args.m, args.weight.n_rows, config));
     launch_nvfp4_fused(launch, config, state.partials, state.counters);
     return;

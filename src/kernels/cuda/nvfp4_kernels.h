@@ -46,6 +46,10 @@ struct Nvfp4FusedConfig {
   int row_tiles;    // 1 or 2: m16 weight tiles per warp
 };
 Nvfp4FusedConfig nvfp4_fused_config_for(int64_t m, int64_t n, int64_t k);
+// The tile of Nvfp4GemmPath::BatchInvariant and of the grouped GEMM's batch_invariant mode (nvfp4_gemm.cpp): 8 warps
+// over the rows (each warp adds a stage's whole K), 4 or 8 token tiles by `tokens` (one accumulator chain either
+// way), one row tile, k_splits 1. Every output then adds the same products in the same order for any token count.
+Nvfp4FusedConfig nvfp4_batch_invariant_tile(int64_t tokens);
 // The rule's K split for `tile`'s token_tiles, warps_n and row_tiles (its k_splits is ignored).
 int nvfp4_fused_splits_for(int64_t m, int64_t n, int64_t k, const Nvfp4FusedConfig& tile);
 int nvfp4_fused_max_splits(int64_t k, int warps_n);
