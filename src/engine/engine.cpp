@@ -108,6 +108,9 @@ bool Engine::is_stop_token(const Sequence& seq, int32_t token) const {
 std::vector<StepOutput> Engine::step() {
   const ScheduledBatch scheduled = scheduler_.schedule();
   if (scheduled.chunks.empty()) return {};
+  FP4_CHECK(!weights_released() && !kv_cache_released(),
+            "engine: cannot run a step while the {} memory is released; resume it first",
+            weights_released() ? "weights'" : "KV cache's");
 
   ForwardBatch batch{.sequences = {}, .kv_cache = &kv_cache_.tensors()};
   for (const ScheduledChunk& chunk : scheduled.chunks) {
@@ -259,6 +262,30 @@ void Engine::retract_all() {
   for (const Sequence* seq : scheduler_.running()) offer_to_prefix_cache(*seq);
   scheduler_.retract_all();
 }
+
+void Engine::check_idle_for_release(std::string_view what) const {
+  FP4_CHECK(!scheduler_.has_work(), "cannot release the {} memory while requests are queued or running; abort them "
+            "or let them finish first", what);
+}
+
+void Engine::release_weights(WeightsReleaseMode mode) {
+  if (weights_released()) return;
+  check_idle_for_release("weights'");
+  const bool keep_contents = mode == WeightsReleaseMode::Offload;
+  model_->weights_memory().release(keep_contents);
+  if (!keep_contents) model_->forget_weights();
+}
+
+void Engine::resume_weights() { model_->weights_memory().resume(); }
+
+void Engine::release_kv_cache() {
+  if (kv_cache_released()) return;
+  check_idle_for_release("KV cache's");
+  flush_prefix_cache();  // the cached pages' keys and values are about to be dropped
+  kv_cache_.memory().release(/*keep_contents=*/false);
+}
+
+void Engine::resume_kv_cache() { kv_cache_.memory().resume(); }
 
 void Engine::set_weight_version(std::string version) {
   weight_version_ = std::move(version);
