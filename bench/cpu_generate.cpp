@@ -99,6 +99,10 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
                                    .enable_prefix_cache = false});
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> token(0, config.vocab_size - 1);
+  // Warm-up, untimed: first launches load kernels and create library handles and workspaces.
+  GenerateRequest warm_up{.sampling = {.temperature = 0.0f}, .max_new_tokens = 2, .ignore_eos = true};
+  for (int t = 0; t < 16; ++t) warm_up.input_ids.push_back(token(rng));
+  engine.generate({std::move(warm_up)});
   for (int64_t b = 0; b < options.batch; ++b) {
     GenerateRequest request{
         .sampling = {.temperature = 0.0f}, .max_new_tokens = options.new_tokens, .ignore_eos = true};
