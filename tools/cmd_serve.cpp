@@ -12,6 +12,7 @@
 #include "engine/kv_cache.h"
 #include "io/model_config.h"
 #include "kernels/device.h"
+#include "tensor/cuda_memory.h"
 #include "server/engine_service.h"
 #include "server/http_server.h"
 #include "server/server_options.h"
@@ -30,20 +31,26 @@ uint64_t checkpoint_bytes(const std::filesystem::path& dir) {
   return bytes;
 }
 
-// --max-total-tokens, else what mem_fraction_static of host memory leaves after the weights, capped at what the
-// running requests can use.
-int64_t kv_cache_tokens(const ServerOptions& options, const ModelConfig& config) {
+// --max-total-tokens, else what mem_fraction_static of the memory the KV cache lives in (host memory on cpu, the
+// GPU's on cuda; default 0.2 and 0.85, SGLang's order for a GPU) leaves after the weights, capped at what the running
+// requests can use.
+int64_t kv_cache_tokens(const ServerOptions& options, const ModelConfig& config, Device device) {
   const int64_t cap = options.max_running_requests * config.max_position_embeddings;
   if (options.max_total_tokens > 0) return options.max_total_tokens;
-  const double host_bytes = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
-  const double budget = options.mem_fraction_static * host_bytes - static_cast<double>(checkpoint_bytes(options.model_path));
+  const bool gpu = device == Device::CUDA;
+  const double fraction = options.mem_fraction_static > 0 ? options.mem_fraction_static : gpu ? 0.85 : 0.2;
+  const double memory_bytes =
+      gpu ? static_cast<double>(cuda::device_memory_info().total_bytes)
+          : static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  const double budget = fraction * memory_bytes - static_cast<double>(checkpoint_bytes(options.model_path));
   const KvCacheGeometry geometry{.n_layers = config.num_hidden_layers,
                                  .n_kv_heads = config.num_key_value_heads,
                                  .head_dim = config.head_dim};
   const int64_t tokens = static_cast<int64_t>(budget / static_cast<double>(geometry.bytes_per_token()));
   FP4_CHECK(tokens >= options.page_size,
-            "--mem-fraction-static {} of {:.1f} GB leaves no room for a KV cache after the weights; raise it or set "
-            "--max-total-tokens", options.mem_fraction_static, host_bytes / 1e9);
+            "--mem-fraction-static {} of {:.1f} GB ({} memory) leaves no room for a KV cache after the weights; raise "
+            "it or set --max-total-tokens",
+            fraction, memory_bytes / 1e9, gpu ? "GPU" : "host");
   return std::min(tokens, cap);
 }
 
@@ -77,7 +84,7 @@ void run_serve(ServerOptions options) {
   EngineServiceOptions service_options{
       .model_path = options.model_path,
       .quant = quant,
-      .engine = {.kv_cache_tokens = kv_cache_tokens(options, config),
+      .engine = {.kv_cache_tokens = kv_cache_tokens(options, config, quant.device),
                  .page_size = options.page_size,
                  .scheduler = {.max_running_sequences = options.max_running_requests,
                                .max_prefill_tokens = options.max_prefill_tokens,
@@ -145,9 +152,9 @@ void register_serve(CLI::App& app) {
                   "KV cache size in tokens (default: from --mem-fraction-static)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--mem-fraction-static", options->mem_fraction_static,
-                  "Share of host memory for weights + KV cache")
-      ->check(CLI::Range(0.01, 0.95))
-      ->capture_default_str();
+                  "Share of the KV cache's memory (host on cpu, GPU on cuda) for weights + KV cache "
+                  "(default: 0.2 on cpu, 0.85 on cuda)")
+      ->check(CLI::Range(0.01, 0.95));
   cmd->add_option("--chunked-prefill-size", options->chunked_prefill_size,
                   "Most prompt tokens prefilled per engine step; longer prompts are split over steps while running "
                   "requests keep decoding (-1: never split a prompt)")

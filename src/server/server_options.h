@@ -25,7 +25,7 @@ struct ServerOptions {
   int64_t max_running_requests = 64;
   int64_t max_queued_requests = 256;    // beyond the running ones; more -> 503 with Retry-After
   int64_t max_total_tokens = 0;         // KV cache tokens; 0: from mem_fraction_static
-  double mem_fraction_static = 0.2;     // share of host memory for weights + KV cache (CPU device)
+  double mem_fraction_static = 0;       // share of the KV cache's memory for weights + it; 0: 0.2 cpu, 0.85 cuda
   int64_t chunked_prefill_size = 2048;  // longest prefill per engine step, prompts split to fit; -1: never split
   int64_t max_prefill_tokens = 16384;   // prefill tokens per engine step
   int64_t page_size = 16;
