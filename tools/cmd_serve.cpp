@@ -59,6 +59,7 @@ void run_serve(ServerOptions options) {
   QuantOptions quant{.layout = parse_weight_layout(options.moe_backend),
                      .act_quant = parse_act_quant(options.act_quant),
                      .device = parse_device(options.device),
+                     .cuda_graph_max_batch = options.disable_cuda_graph ? 0 : options.cuda_graph_max_bs,
                      .deterministic = options.deterministic};
   if (options.served_model_name.empty())
     options.served_model_name = std::filesystem::path(options.model_path).lexically_normal().filename().string();
@@ -88,7 +89,9 @@ void run_serve(ServerOptions options) {
                  .logprobs_mode = options.logprobs_mode == "raw" ? LogprobsMode::Raw : LogprobsMode::Processed},
       .max_queued_requests = options.max_queued_requests,
       .max_prompt_tokens = options.max_prompt_tokens,
-      .load = {}};
+      .load = {},
+      .weights_release_mode = options.weights_release_mode == "discard" ? WeightsReleaseMode::Discard
+                                                                         : WeightsReleaseMode::Offload};
   EngineService service(std::move(service_options));
   HttpServer server(options, service, tokenizer, std::move(chat_template));
   const int port = server.bind();
@@ -119,6 +122,7 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--device", options->device, "Compute device")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  add_cuda_graph_flags(cmd, options->cuda_graph_max_bs, options->disable_cuda_graph);
   cmd->add_option("--tp", options->tp, "Tensor parallel size (1 only, for now)")->capture_default_str();
   cmd->add_option("--moe-backend", options->moe_backend, "NVFP4 weight layout: cutlass or trtllm")
       ->check(CLI::IsMember({"cutlass", "trtllm"}))
@@ -167,6 +171,12 @@ void register_serve(CLI::App& app) {
                   "What reported logprobs are of: raw = log_softmax(logits); processed = log_softmax(logits / "
                   "temperature), before top-k/top-p/min-p")
       ->check(CLI::IsMember({"raw", "processed"}))
+      ->capture_default_str();
+  cmd->add_option("--weights-release-mode", options->weights_release_mode,
+                  "What /release_memory_occupation does with the weights: offload = copy them to host memory and "
+                  "back on resume (the same model); discard = drop them, the next step being a reload "
+                  "(/update_weights_from_disk), which generation then waits for")
+      ->check(CLI::IsMember({"offload", "discard"}))
       ->capture_default_str();
   cmd->add_option("--api-key", options->api_key, "Key every endpoint requires (Authorization: Bearer KEY)");
   cmd->add_option("--admin-api-key", options->admin_api_key,

@@ -26,6 +26,12 @@
 
 namespace fp4serve {
 
+// What releasing the weights' memory does with their bytes (serve --weights-release-mode).
+enum class WeightsReleaseMode {
+  Offload,  // copied to host memory (pinned for CUDA) and copied back on resume: bitwise the same model
+  Discard,  // dropped: the next step is a reload, so the model refuses to run until one succeeds
+};
+
 struct EngineOptions {
   int64_t kv_cache_tokens = 32768;  // KV cache size in tokens (rounded up to whole pages)
   int64_t page_size = 16;
@@ -96,6 +102,18 @@ class Engine {
   void flush_prefix_cache();
   int64_t n_prefix_cached_pages() const { return prefix_cache_ ? prefix_cache_->n_cached_pages() : 0; }
 
+  // Memory release for a trainer colocated on the device (/release_memory_occupation): the physical memory of the
+  // weights or of the KV cache goes back to the OS or the driver, and resume re-creates it at the same addresses
+  // (pointers into it, captured CUDA graphs included, stay valid). Only while no request is queued or running:
+  // throws otherwise. Releasing the KV cache flushes the prefix cache; resuming it gives zeroed pages. Releasing
+  // twice, or resuming what is not released, does nothing. step() refuses while either is released.
+  void release_weights(WeightsReleaseMode mode);
+  void resume_weights();
+  void release_kv_cache();
+  void resume_kv_cache();
+  bool weights_released() const { return model_->weights_memory().released(); }
+  bool kv_cache_released() const { return kv_cache_.memory().released(); }
+
   const std::string& weight_version() const { return weight_version_; }
   // Labels the weights from now on: later output tokens carry it, and the prefix cache switches to its namespace.
   void set_weight_version(std::string version);
@@ -108,10 +126,23 @@ class Engine {
   bool is_stop_token(const Sequence& seq, int32_t token) const;
   void offer_to_prefix_cache(const Sequence& seq);
   void end_sequence(Sequence& seq);  // keeps what the result needs from its KV, then frees it
+  void check_idle_for_release(std::string_view what) const;
   // The observer that records each row's routing at the KV slot of its position (null without a routing table).
   std::optional<ForwardObserver> routing_recorder(const ForwardBatch& batch, std::vector<int64_t>& row_slots);
-  void record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, const float* chunk_logits) const;
-  void sample_next(Sequence& seq, std::span<const float> logits, StepOutput& out) const;
+  // The prompt logprobs a chunk's rows give (its rows start at first_row of output.all_logits).
+  void record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, const ForwardOutput& output,
+                             int64_t first_row) const;
+  // Row `row`'s raw log-normalizer where the forward computed them (GPU), else none.
+  static std::optional<float> normalizer_of(const std::vector<float>& normalizers, int64_t row);
+  struct SampledToken {
+    int32_t token;
+    PositionLogprobs logprobs;
+  };
+  // The next token of `seq` and its logprobs from its logits row; reads only `seq` (safe in parallel).
+  SampledToken choose_next(const Sequence& seq, std::span<const float> logits,
+                           std::optional<float> raw_log_normalizer) const;
+  // Appends the token to `seq` (tokens, logprobs, weight-version spans) and to the step's output.
+  void append_sampled(Sequence& seq, const SampledToken& sampled, StepOutput& out) const;
 
   std::unique_ptr<Qwen3Model> model_;
   EngineOptions options_;

@@ -19,8 +19,10 @@ int64_t pages_for_budget(int64_t token_budget, int64_t page_size) {
 KvCache::KvCache(const KvCacheGeometry& geometry, int64_t token_budget, int64_t page_size, Device device)
     : pages_(pages_for_budget(token_budget, page_size), page_size) {
   const Shape shape{geometry.n_layers, pages_.n_pages(), page_size, geometry.n_kv_heads, geometry.head_dim};
-  tensors_.k = Tensor::empty(shape, DType::BF16, device);
-  tensors_.v = Tensor::empty(shape, DType::BF16, device);
+  const size_t tensor_bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(DType::BF16);
+  memory_ = MemoryArena::create(device, 2 * MemoryArena::block_bytes(tensor_bytes));
+  tensors_.k = Tensor::empty(shape, DType::BF16, *memory_);
+  tensors_.v = Tensor::empty(shape, DType::BF16, *memory_);
 }
 
 }  // namespace fp4serve

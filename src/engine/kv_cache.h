@@ -1,10 +1,13 @@
 // The paged KV cache: page bookkeeping (PageAllocator, no device) plus bf16 K and V storage for every layer on the
-// model's device, sized from a token budget rounded up to whole pages. Storage never moves for the cache's lifetime.
+// model's device, sized from a token budget rounded up to whole pages. Storage never moves for the cache's lifetime:
+// K and V are the two blocks of one MemoryArena, whose memory can be released and resumed at the same addresses.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "engine/page_allocator.h"
 #include "model/forward_batch.h"
+#include "tensor/memory_arena.h"
 
 namespace fp4serve {
 
@@ -23,9 +26,12 @@ class KvCache {
   const PageAllocator& pages() const { return pages_; }
   const KvCacheTensors& tensors() const { return tensors_; }
   int64_t token_capacity() const { return pages_.n_pages() * pages_.page_size(); }
+  MemoryArena& memory() { return *memory_; }
+  const MemoryArena& memory() const { return *memory_; }
 
  private:
   PageAllocator pages_;
+  std::shared_ptr<MemoryArena> memory_;
   KvCacheTensors tensors_;
 };
 

@@ -29,7 +29,10 @@ std::vector<std::string> shard_prefixes(const LinearSpec& spec) {
 }  // namespace
 
 Qwen3Model::Qwen3Model(const ModelConfig& config, const QuantConfig& quant, const QuantOptions& options)
-    : config_(config), quant_(quant), options_(options) {
+    : config_(config),
+      quant_(quant),
+      options_(options),
+      params_(MemoryArena::create(options.device, device_memory_bytes(options.device))) {
   const int64_t H = config.hidden_size, head_dim = config.head_dim, V = config.vocab_size;
   const int64_t q_size = int64_t{config.num_attention_heads} * head_dim;
   const int64_t kv_size = int64_t{config.num_key_value_heads} * head_dim;

@@ -14,6 +14,7 @@
 #include "model/forward_batch.h"
 #include "quant/loadable.h"
 #include "quant/method.h"
+#include "tensor/memory_arena.h"
 
 namespace fp4serve {
 
@@ -36,12 +37,25 @@ class Qwen3Model final : public LoadableModel {
   void mark_raw_weights_loaded() override;
   void process_weights_after_loading() override;  // throws unless a load preceded it since the last call
 
+  // Every parameter lives in this arena (memory_arena.h), so the engine can release and resume their memory at the
+  // same addresses.
+  MemoryArena& weights_memory() { return *params_.arena(); }
+  // The parameters' bytes were dropped (memory released without a copy): forward refuses, as before the first
+  // load, until a load and its post-processing succeed.
+  void forget_weights() { weight_state_ = WeightState::Empty; }
+
   // The checkpoint view of every weight (name -> host tensor, named and laid out as in the checkpoint).
   std::vector<std::pair<std::string, Tensor>> export_logical() const override;
 
   // Runs the batch; writes the new tokens' keys and values into batch.kv_cache (on the model's device). Throws before
   // weights are ready. The logits come back as host f32 tensors on either device.
   ForwardOutput forward(const ForwardBatch& batch);
+
+  // Device cuda: how many decode steps were captured as CUDA graphs and how many replayed one (zeros on cpu).
+  struct CudaGraphStats {
+    int64_t captures = 0, replays = 0;
+  };
+  CudaGraphStats cuda_graph_stats() const;
 
  private:
   struct Layer {

@@ -98,6 +98,10 @@ std::shared_ptr<RequestChannel> EngineService::submit(GenerateRequest request, s
     throw ServiceBusy("the served weights are inconsistent after a failed reload; reload a valid checkpoint "
                       "with /update_weights_from_disk");
   }
+  {
+    std::lock_guard lock(stats_mutex_);
+    if (!stats_.generation_unavailable.empty()) throw ServiceBusy(stats_.generation_unavailable);
+  }
   const int64_t limit = options_.engine.scheduler.max_running_sequences + options_.max_queued_requests;
   if (in_flight_.fetch_add(1) >= limit) {
     in_flight_.fetch_sub(1);
@@ -151,6 +155,13 @@ ReloadOutcome EngineService::update_weights(ReloadRequest request) {
                                  .num_paused_requests = 0});
       return;
     }
+    if (engine_->weights_released()) {
+      reload->promise.set_value({.success = false,
+                                 .message = "Failed to update model weights: the weights' memory is released; "
+                                            "resume it first (/resume_memory_occupation with tags [\"weights\"])",
+                                 .num_paused_requests = static_cast<int64_t>(held_.size())});
+      return;
+    }
     const ReloadRequest& request = reload->request;
     const size_t n_frozen = engine_->scheduler().running().size();
     if (paused_ == PauseMode::InPlace && n_frozen > 0 && !request.abort_all_requests && request.flush_cache) {
@@ -190,11 +201,18 @@ ServedWeights EngineService::served_weights() {
   std::promise<ServedWeights> done;
   std::future<ServedWeights> answer = done.get_future();
   post([&] {
-    ServedWeights served{.consistent = updater_->state() == WeightLoader::State::Loaded,
+    ServedWeights served{.unavailable = {},
                          .digest = {},
                          .weight_version = engine_->weight_version(),
                          .model_path = updater_->current_source()};
-    if (served.consistent) served.digest = digest_hex(model_weights_digest(engine_->model()));
+    if (updater_->state() != WeightLoader::State::Loaded)
+      served.unavailable = "the served weights are inconsistent after a failed reload; reload a valid checkpoint";
+    else if (engine_->weights_released())
+      served.unavailable = "the weights' memory is released (/release_memory_occupation); resume it first";
+    else if (weights_discarded_)
+      served.unavailable = "the weights were discarded when their memory was released; reload them first";
+    else
+      served.digest = digest_hex(model_weights_digest(engine_->model()));
     done.set_value(std::move(served));
   });
   return answer.get();
@@ -226,6 +244,122 @@ void EngineService::resume() {
   applied.get();
 }
 
+std::string_view memory_tag_name(MemoryTag tag) {
+  switch (tag) {
+    case MemoryTag::Weights: return "weights";
+    case MemoryTag::KvCache: return "kv_cache";
+    case MemoryTag::CudaGraph: return "cuda_graph";
+  }
+  return "?";
+}
+
+MemoryTag parse_memory_tag(std::string_view name) {
+  for (MemoryTag tag : kAllMemoryTags)
+    if (memory_tag_name(tag) == name) return tag;
+  fail("unknown memory tag \"{}\"; use \"weights\", \"kv_cache\" or \"cuda_graph\"", name);
+}
+
+namespace {
+std::string tag_list(const std::vector<MemoryTag>& tags) {
+  std::string out;
+  for (MemoryTag tag : tags) out += (out.empty() ? "" : ", ") + std::string(memory_tag_name(tag));
+  return out;
+}
+
+// "released weights, kv_cache; already released: cuda_graph" (empty parts left out).
+std::string memory_message(std::string_view done, std::string_view already, const MemoryOutcome& outcome) {
+  std::vector<std::string> parts;
+  if (!outcome.changed.empty()) parts.push_back(fmt::format("{} {}", done, tag_list(outcome.changed)));
+  if (!outcome.unchanged.empty()) parts.push_back(fmt::format("{}: {}", already, tag_list(outcome.unchanged)));
+  if (!outcome.nothing_captured.empty())
+    parts.push_back(fmt::format("nothing to do for {}: no CUDA graphs are captured", tag_list(outcome.nothing_captured)));
+  std::string message;
+  for (const std::string& part : parts) message += (message.empty() ? "" : "; ") + part;
+  return message.empty() ? "no tags given: nothing to do" : message;
+}
+}  // namespace
+
+MemoryOutcome EngineService::release_memory(const std::vector<MemoryTag>& tags) {
+  std::promise<MemoryOutcome> done;
+  std::future<MemoryOutcome> answer = done.get_future();
+  post([&] {
+    MemoryOutcome outcome;
+    bool releases_something = false;
+    for (MemoryTag tag : tags) releases_something |= tag != MemoryTag::CudaGraph && !memory_released(tag);
+    const size_t in_flight = active_.size() + held_.size();
+    if (releases_something && (in_flight > 0 || reload_)) {
+      outcome.refused_busy = true;
+      outcome.message = fmt::format(
+          "memory not released: {} requests are in flight{}; release needs an idle server: pause with "
+          "/pause_generation {{\"mode\": \"abort\"}} or let them finish, then release",
+          in_flight, reload_ ? " and a weight update is pending" : "");
+      done.set_value(std::move(outcome));
+      return;
+    }
+    try {
+      for (MemoryTag tag : tags) {
+        if (tag == MemoryTag::CudaGraph) {
+          outcome.nothing_captured.push_back(tag);
+        } else if (memory_released(tag)) {
+          outcome.unchanged.push_back(tag);
+        } else if (tag == MemoryTag::Weights) {
+          engine_->release_weights(options_.weights_release_mode);
+          weights_discarded_ = weights_discarded_ || options_.weights_release_mode == WeightsReleaseMode::Discard;
+          outcome.changed.push_back(tag);
+        } else {
+          engine_->release_kv_cache();
+          outcome.changed.push_back(tag);
+        }
+      }
+      outcome.success = true;
+      outcome.message = memory_message(
+          options_.weights_release_mode == WeightsReleaseMode::Offload ? "released (weights offloaded to host memory)"
+                                                                       : "released (weights discarded)",
+          "already released", outcome);
+    } catch (const std::exception& e) {
+      outcome.message = fmt::format("releasing memory failed: {}", e.what());
+    }
+    spdlog::log(outcome.success ? spdlog::level::info : spdlog::level::err, "{}", outcome.message);
+    publish_stats();
+    done.set_value(std::move(outcome));
+  });
+  return answer.get();
+}
+
+MemoryOutcome EngineService::resume_memory(const std::vector<MemoryTag>& tags) {
+  std::promise<MemoryOutcome> done;
+  std::future<MemoryOutcome> answer = done.get_future();
+  post([&] {
+    MemoryOutcome outcome;
+    try {
+      for (MemoryTag tag : tags) {
+        if (tag == MemoryTag::CudaGraph) {
+          outcome.nothing_captured.push_back(tag);
+        } else if (!memory_released(tag)) {
+          outcome.unchanged.push_back(tag);
+        } else {
+          if (tag == MemoryTag::Weights)
+            engine_->resume_weights();
+          else
+            engine_->resume_kv_cache();
+          outcome.changed.push_back(tag);
+        }
+      }
+      outcome.success = true;
+      outcome.message = memory_message("resumed", "not released", outcome);
+      if (weights_discarded_ && !engine_->weights_released())
+        outcome.message += "; the weights were discarded: load them with /update_weights_from_disk before generating";
+    } catch (const std::exception& e) {
+      outcome.message = fmt::format("resuming memory failed ({} resumed before): {}; what failed stays released",
+                                    outcome.changed.empty() ? "nothing" : tag_list(outcome.changed), e.what());
+    }
+    spdlog::log(outcome.success ? spdlog::level::info : spdlog::level::err, "{}", outcome.message);
+    publish_stats();
+    done.set_value(std::move(outcome));
+  });
+  return answer.get();
+}
+
 void EngineService::update_weight_version(std::string version, bool abort_all_requests) {
   std::promise<void> done;
   std::future<void> applied = done.get_future();
@@ -249,6 +383,12 @@ void EngineService::abort_in_engine() {
 }
 
 void EngineService::admit(Pending pending) {
+  // Checked here too: a request may have passed submit()'s check just before the memory was released.
+  if (const std::string reason = generation_unavailable(); !reason.empty()) {
+    pending.channel->close_with_error({503, reason});
+    --in_flight_;
+    return;
+  }
   int64_t id;
   try {
     id = engine_->add_request(std::move(pending.request));
@@ -392,6 +532,7 @@ void EngineService::finish_reload_if_drained() {
                    "reused, which is right only if the weights did not change; give a new weight_version otherwise",
                    engine_->weight_version());
     if (request.weight_version) engine_->set_weight_version(*request.weight_version);
+    weights_discarded_ = false;
     outcome.success = true;
     outcome.message = fmt::format("Succeeded to update model weights from {}; weight_version {}",
                                   request.model_path.string(), engine_->weight_version());
@@ -417,6 +558,7 @@ void EngineService::finish_reload_if_drained() {
     weight_version_ = engine_->weight_version();
     if (outcome.success) model_path_ = request.model_path.string();
   }
+  publish_stats();  // whoever waits on the outcome then reads stats that include it (weights_need_reload)
   reload_->promise.set_value(std::move(outcome));
   reload_.reset();
   if (!paused_) start_held();
@@ -436,6 +578,36 @@ void EngineService::publish_stats() {
   stats_.kv_pages_total = pages.n_pages();
   stats_.kv_pages_used = pages.n_pages() - pages.n_free_pages();
   stats_.paused = paused_.has_value();
+  stats_.released_memory = released_memory();
+  stats_.weights_need_reload = weights_discarded_;
+  stats_.generation_unavailable = generation_unavailable();
+}
+
+bool EngineService::memory_released(MemoryTag tag) const {
+  switch (tag) {
+    case MemoryTag::Weights: return engine_->weights_released();
+    case MemoryTag::KvCache: return engine_->kv_cache_released();
+    case MemoryTag::CudaGraph: return false;  // none captured
+  }
+  return false;
+}
+
+std::vector<MemoryTag> EngineService::released_memory() const {
+  std::vector<MemoryTag> released;
+  for (MemoryTag tag : kAllMemoryTags)
+    if (memory_released(tag)) released.push_back(tag);
+  return released;
+}
+
+std::string EngineService::generation_unavailable() const {
+  const std::vector<MemoryTag> released = released_memory();
+  if (!released.empty())
+    return fmt::format("the memory of {} is released (/release_memory_occupation); resume it with "
+                       "/resume_memory_occupation before generating", tag_list(released));
+  if (weights_discarded_)
+    return "the weights were discarded when their memory was released (--weights-release-mode discard); load "
+           "weights with /update_weights_from_disk before generating";
+  return {};
 }
 
 }  // namespace fp4serve

@@ -5,6 +5,8 @@
 // then the weights change, then the held requests start; every result names the weights that produced all of it.
 // The one exception is explicit: while paused "in_place", an update with flush_cache=false applies at once and the
 // frozen requests resume on the new weights with their old KV (their later tokens are labelled with the new version).
+// Memory release (/release_memory_occupation) needs nothing in flight; while the weights' or the KV cache's memory is
+// released, or the weights were discarded and not yet reloaded, new requests are refused (ServiceBusy: 503).
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -37,6 +39,7 @@ struct EngineServiceOptions {
   int64_t max_queued_requests = 256;  // admitted beyond the running batch; one more -> ServiceBusy
   int64_t max_prompt_tokens = 0;      // longer prompts are refused (an Error: 400); 0: the model's context bounds
   LoadOptions load;                   // how checkpoints are read (tests inject I/O faults and memory exhaustion)
+  WeightsReleaseMode weights_release_mode = WeightsReleaseMode::Offload;  // what release_memory does with weights
 };
 
 // Thrown by submit() when the queue is full or the weights cannot serve; the HTTP layer answers 503.
@@ -69,7 +72,8 @@ struct ReloadOutcome {
 
 // The logical-weights digest of what the engine serves (engine/weights_digest.h), with the labels it serves under.
 struct ServedWeights {
-  bool consistent = false;  // false after a failed reload left the weights inconsistent: the digest means nothing
+  // Why there is no digest: the weights are inconsistent after a failed reload, released or discarded; "" if none.
+  std::string unavailable;
   std::string digest;
   std::string weight_version;
   std::string model_path;
@@ -78,6 +82,21 @@ struct ServedWeights {
 struct FlushOutcome {
   bool success = false;
   std::string message;
+};
+
+// The memory /release_memory_occupation and /resume_memory_occupation act on: SGLang's tags.
+enum class MemoryTag { Weights, KvCache, CudaGraph };
+std::string_view memory_tag_name(MemoryTag tag);  // "weights", "kv_cache", "cuda_graph"
+MemoryTag parse_memory_tag(std::string_view name);  // throws naming the tag and the valid ones
+inline constexpr MemoryTag kAllMemoryTags[] = {MemoryTag::Weights, MemoryTag::KvCache, MemoryTag::CudaGraph};
+
+struct MemoryOutcome {
+  bool success = false;
+  bool refused_busy = false;  // requests were in flight (or a reload pending): nothing changed
+  std::string message;
+  std::vector<MemoryTag> changed;    // released (resumed) by this call
+  std::vector<MemoryTag> unchanged;  // already released (not released): nothing to do
+  std::vector<MemoryTag> nothing_captured;  // cuda_graph: this server captures no CUDA graphs yet
 };
 
 // A consistent snapshot for /metrics and /get_server_info.
@@ -92,6 +111,9 @@ struct ServiceStats {
   double reload_seconds_total = 0, last_reload_seconds = 0;
   double last_reload_pause_seconds = 0;  // from the reload request to the held requests' restart
   bool paused = false;
+  std::vector<MemoryTag> released_memory;  // in kAllMemoryTags order
+  bool weights_need_reload = false;        // discarded at a release; refused until a reload succeeds
+  std::string generation_unavailable;      // why new requests are refused for their memory; "" when they are not
 };
 
 class EngineService {
@@ -118,6 +140,13 @@ class EngineService {
   ServedWeights served_weights();  // computed between engine steps: never during a reload
   void pause(PauseMode mode);  // both return once applied (and shown in stats())
   void resume();
+  // Blocks until done. Release refuses (refused_busy) while any request is admitted, held or running, or a reload is
+  // pending: pause with mode "abort" or let them finish first. Resuming the weights after a discard leaves them to
+  // be reloaded (update_weights) before requests are accepted. A failure (the device out of memory on resume) says
+  // so and leaves that memory released.
+  MemoryOutcome release_memory(const std::vector<MemoryTag>& tags);
+  MemoryOutcome resume_memory(const std::vector<MemoryTag>& tags);
+
   // Relabels the served weights (no reload); with abort_all_requests the requests in the engine end first.
   void update_weight_version(std::string version, bool abort_all_requests);
 
@@ -146,6 +175,10 @@ class EngineService {
   void start_held();
   void fail_everything(const std::string& message);
   void publish_stats();
+  // Engine thread.
+  bool memory_released(MemoryTag tag) const;
+  std::vector<MemoryTag> released_memory() const;  // in kAllMemoryTags order
+  std::string generation_unavailable() const;       // why requests are refused for their memory; "" when they are not
 
   EngineServiceOptions options_;
   ModelConfig model_config_;
@@ -159,6 +192,7 @@ class EngineService {
   struct ReloadInProgress;
   std::unique_ptr<ReloadInProgress> reload_;
   std::optional<PauseMode> paused_;
+  bool weights_discarded_ = false;  // released without a copy; cleared by the next successful reload
 
   // Shared state.
   mutable std::mutex mutex_;

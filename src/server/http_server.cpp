@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -18,6 +19,12 @@
 namespace fp4serve {
 
 namespace {
+
+nlohmann::json memory_tags_json(const std::vector<MemoryTag>& tags) {
+  nlohmann::json names = nlohmann::json::array();
+  for (MemoryTag tag : tags) names.push_back(memory_tag_name(tag));
+  return names;
+}
 
 // Compares without an early exit, so the time taken does not reveal how much of a key was right.
 bool same_secret(std::string_view given, std::string_view expected) {
@@ -57,6 +64,7 @@ nlohmann::json to_json(const ServerOptions& o) {
           {"enable_return_routed_experts", o.enable_return_routed_experts},
           {"logprobs_mode", o.logprobs_mode},
           {"enable_deterministic_inference", o.deterministic},
+          {"weights_release_mode", o.weights_release_mode},
           {"api_key", secret(o.api_key)},
           {"admin_api_key", secret(o.admin_api_key)},
           {"allowed_model_dirs", o.allowed_model_dirs},
@@ -208,6 +216,8 @@ void HttpServer::add_routes() {
     send_json(r, {{"success", true}, {"message", "Generation continues."}});
   }));
 
+  http_.Post("/release_memory_occupation", guarded(true, [this](auto& q, auto& r) { memory_occupation(q, r, true); }));
+  http_.Post("/resume_memory_occupation", guarded(true, [this](auto& q, auto& r) { memory_occupation(q, r, false); }));
   http_.Post("/update_weight_version", guarded(true, [this](auto& q, auto& r) { update_weight_version(q, r); }));
   http_.Get("/get_weight_version", guarded(false, [this](auto&, auto& r) {
     send_json(r, {{"weight_version", service_.weight_version()}});
@@ -224,8 +234,7 @@ void HttpServer::add_routes() {
   }));
   http_.Get("/get_weights_digest", guarded(false, [this](auto&, auto& r) {
     const ServedWeights served = service_.served_weights();
-    if (!served.consistent)
-      throw HttpError(503, "the served weights are inconsistent after a failed reload; reload a valid checkpoint");
+    if (!served.unavailable.empty()) throw HttpError(503, served.unavailable);
     send_json(r, {{"weights_digest", served.digest},
                   {"weight_version", served.weight_version},
                   {"model_path", served.model_path}});
@@ -235,7 +244,15 @@ void HttpServer::add_routes() {
     if (!service_.serving())
       throw HttpError(503, "the server cannot generate: its weights are inconsistent after a failed reload, or the "
                            "engine failed (see the log); reload a valid checkpoint");
-    send_json(r, nlohmann::json::object());
+    // Released memory is a state the trainer asked for: healthy, and said so. Discarded weights need a reload.
+    const ServiceStats stats = service_.stats();
+    nlohmann::json body = nlohmann::json::object();
+    if (!stats.released_memory.empty()) body["released_memory"] = memory_tags_json(stats.released_memory);
+    if (stats.weights_need_reload) {
+      if (stats.released_memory.empty()) throw HttpError(503, stats.generation_unavailable);
+      body["weights_need_reload"] = true;
+    }
+    send_json(r, body);
   }));
   http_.Get("/health_generate", guarded(false, [this](auto&, auto& r) { health_generate(r); }));
   http_.Get("/metrics", guarded(false, [this](auto&, auto& r) {
@@ -315,6 +332,37 @@ void HttpServer::update_weight_version(const httplib::Request& request, httplib:
                        {"weight_version", version}});
 }
 
+std::vector<MemoryTag> parse_memory_tags(const nlohmann::json& body) {
+  FP4_CHECK(body.is_object(), "request body: must be a JSON object like {{\"tags\": [\"weights\"]}}, got {}",
+            json_type_name(body));
+  if (!body.contains("tags") || body["tags"].is_null())
+    return std::vector<MemoryTag>(std::begin(kAllMemoryTags), std::end(kAllMemoryTags));
+  std::vector<MemoryTag> tags;
+  for (const std::string& name : optional_string_list(body, "tags", "request body")) {
+    const MemoryTag tag = parse_memory_tag(name);
+    if (std::find(tags.begin(), tags.end(), tag) == tags.end()) tags.push_back(tag);
+  }
+  return tags;
+}
+
+// SGLang answers these with an empty body; ours says what changed. A release refused because requests are in
+// flight is a conflict with the server's state (409), not a bad request.
+void HttpServer::memory_occupation(const httplib::Request& request, httplib::Response& response, bool release) {
+  const std::vector<MemoryTag> tags =
+      parse_memory_tags(request.body.empty() ? nlohmann::json::object() : parse_body(request));
+  const MemoryOutcome outcome = release ? service_.release_memory(tags) : service_.resume_memory(tags);
+  const ServiceStats stats = service_.stats();
+  send_json(response,
+            {{"success", outcome.success},
+             {"message", outcome.message},
+             {release ? "released" : "resumed", memory_tags_json(outcome.changed)},
+             {release ? "already_released" : "not_released", memory_tags_json(outcome.unchanged)},
+             {"nothing_to_do", memory_tags_json(outcome.nothing_captured)},
+             {"released_memory", memory_tags_json(stats.released_memory)},
+             {"weights_need_reload", stats.weights_need_reload}},
+            outcome.success ? 200 : outcome.refused_busy ? 409 : 500);
+}
+
 void HttpServer::abort_request(const httplib::Request& request, httplib::Response& response) {
   const nlohmann::json body = parse_body(request);
   const bool all = optional_bool(body, "abort_all", "request body").value_or(false);
@@ -354,6 +402,8 @@ nlohmann::json HttpServer::server_info() const {
                     {"kv_cache_bytes_per_token", geometry.bytes_per_token()},
                     {"kv_cache_pages", stats.kv_pages_total},
                     {"kv_cache_pages_used", stats.kv_pages_used}};
+  info["released_memory"] = memory_tags_json(stats.released_memory);
+  info["weights_need_reload"] = stats.weights_need_reload;
   info["version"] = "fp4serve 0.1";
   return info;
 }

@@ -22,6 +22,10 @@ namespace fp4serve {
 // against --allowed-model-dir). Throws Error naming the field at fault.
 ReloadRequest parse_update_weights_request(const nlohmann::json& body);
 
+// The "tags" of a /release_memory_occupation or /resume_memory_occupation body: absent or null means every tag
+// (SGLang's default). Throws Error naming the tag at fault.
+std::vector<MemoryTag> parse_memory_tags(const nlohmann::json& body);
+
 class HttpServer {
  public:
   // The service and tokenizer must outlive the server.
@@ -43,6 +47,7 @@ class HttpServer {
   void abort_request(const httplib::Request& request, httplib::Response& response);
   void pause_generation(const httplib::Request& request, httplib::Response& response);
   void update_weight_version(const httplib::Request& request, httplib::Response& response);
+  void memory_occupation(const httplib::Request& request, httplib::Response& response, bool release);
   void health_generate(httplib::Response& response);
   nlohmann::json server_info() const;
 

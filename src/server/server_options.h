@@ -15,6 +15,8 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 30000;               // 0: any free port (the log line "listening on" names it)
   std::string device = "cpu";
+  int64_t cuda_graph_max_bs = 256;  // --device cuda: decode steps up to this batch replay CUDA graphs
+  bool disable_cuda_graph = false;
   int tp = 1;
   std::string moe_backend = "cutlass";
   std::string act_quant = "static";
@@ -31,6 +33,7 @@ struct ServerOptions {
   bool enable_return_routed_experts = false;  // record routing for return_routed_experts (host memory per KV token)
   std::string logprobs_mode = "processed";  // raw | processed (src/engine/sampler.h)
   bool deterministic = false;  // batch-invariant kernels (QuantOptions::deterministic), README "Deterministic inference"
+  std::string weights_release_mode = "offload";  // offload | discard (/release_memory_occupation; engine.h)
 
   std::string api_key;                          // all endpoints; "" = open
   std::string admin_api_key;                    // reload, flush, pause, abort-all; "" = api_key guards them

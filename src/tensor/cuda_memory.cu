@@ -1,3 +1,8 @@
+#include <cuda.h>
+
+#include <string>
+
+#include "common/error.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "tensor/cuda_memory.h"
 
@@ -20,5 +25,133 @@ void memcpy_sync(void* dst, const void* src, size_t nbytes, CopyKind kind) {
 }
 
 void memset_zero_sync(void* dst, size_t nbytes) { FP4_CUDA_CHECK(cudaMemset(dst, 0, nbytes)); }
+
+void* pinned_host_alloc(size_t nbytes) {
+  void* ptr = nullptr;
+  FP4_CUDA_CHECK(cudaMallocHost(&ptr, nbytes == 0 ? 1 : nbytes));
+  return ptr;
+}
+
+void pinned_host_free(void* ptr) noexcept { cudaFreeHost(ptr); }
+
+DeviceMemoryInfo device_memory_info() {
+  DeviceMemoryInfo info{};
+  FP4_CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));
+  return info;
+}
+
+namespace {
+
+// The driver functions this file calls, looked up once through the runtime (which also creates the primary context
+// they run in). The 12.0 ABI of each: these signatures have not changed since CUDA 10.2.
+struct DriverVmApi {
+  decltype(&::cuGetErrorName) get_error_name;
+  decltype(&::cuMemGetAllocationGranularity) get_granularity;
+  decltype(&::cuMemAddressReserve) address_reserve;
+  decltype(&::cuMemAddressFree) address_free;
+  decltype(&::cuMemCreate) create;
+  decltype(&::cuMemMap) map;
+  decltype(&::cuMemSetAccess) set_access;
+  decltype(&::cuMemUnmap) unmap;
+  decltype(&::cuMemRelease) release;
+};
+
+template <typename Function>
+void look_up(const char* symbol, Function& out) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+  FP4_CUDA_CHECK(cudaGetDriverEntryPointByVersion(symbol, &fn, 12000, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || fn == nullptr)
+    throw Error(std::string("the CUDA driver has no ") + symbol + " (a driver for CUDA 12.0 or later is needed for "
+                "releasable device memory)");
+  out = reinterpret_cast<Function>(fn);
+}
+
+const DriverVmApi& driver() {
+  static const DriverVmApi api = [] {
+    FP4_CUDA_CHECK(cudaFree(nullptr));  // initializes the runtime and its primary context
+    DriverVmApi a{};
+    look_up("cuGetErrorName", a.get_error_name);
+    look_up("cuMemGetAllocationGranularity", a.get_granularity);
+    look_up("cuMemAddressReserve", a.address_reserve);
+    look_up("cuMemAddressFree", a.address_free);
+    look_up("cuMemCreate", a.create);
+    look_up("cuMemMap", a.map);
+    look_up("cuMemSetAccess", a.set_access);
+    look_up("cuMemUnmap", a.unmap);
+    look_up("cuMemRelease", a.release);
+    return a;
+  }();
+  return api;
+}
+
+void check_driver(CUresult status, const char* call, const char* file, int line) {
+  if (status == CUDA_SUCCESS) return;
+  const char* name = "unknown CUresult";
+  driver().get_error_name(status, &name);
+  throw Error(std::string("CUDA driver error ") + name + " in " + call + " at " + file + ":" + std::to_string(line));
+}
+#define FP4_CU_CHECK(call) check_driver((call), #call, __FILE__, __LINE__)
+
+int current_device() {
+  int device = 0;
+  FP4_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
+CUmemAllocationProp device_allocation(int device) {
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = device;
+  return prop;
+}
+
+CUdeviceptr address(void* ptr) { return reinterpret_cast<CUdeviceptr>(ptr); }
+
+}  // namespace
+
+size_t vm_granularity() {
+  const CUmemAllocationProp prop = device_allocation(current_device());
+  size_t granularity = 0;
+  FP4_CU_CHECK(driver().get_granularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+  return granularity;
+}
+
+void* vm_reserve(size_t nbytes) {
+  CUdeviceptr base = 0;
+  FP4_CU_CHECK(driver().address_reserve(&base, nbytes, 0, 0, 0));
+  return reinterpret_cast<void*>(base);
+}
+
+void vm_free_reservation(void* base, size_t nbytes) noexcept { driver().address_free(address(base), nbytes); }
+
+uint64_t vm_map_new(void* at, size_t nbytes) {
+  const int device = current_device();
+  const CUmemAllocationProp prop = device_allocation(device);
+  CUmemGenericAllocationHandle handle = 0;
+  FP4_CU_CHECK(driver().create(&handle, nbytes, &prop, 0));
+  const CUresult mapped = driver().map(address(at), nbytes, 0, handle, 0);
+  if (mapped != CUDA_SUCCESS) {
+    driver().release(handle);
+    FP4_CU_CHECK(mapped);
+  }
+  CUmemAccessDesc access{};
+  access.location = prop.location;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  const CUresult accessible = driver().set_access(address(at), nbytes, &access, 1);
+  if (accessible != CUDA_SUCCESS) {
+    driver().unmap(address(at), nbytes);
+    driver().release(handle);
+    FP4_CU_CHECK(accessible);
+  }
+  return handle;
+}
+
+void vm_unmap(void* at, size_t nbytes, uint64_t handle) {
+  FP4_CUDA_CHECK(cudaDeviceSynchronize());  // no kernel may still use the memory
+  FP4_CU_CHECK(driver().unmap(address(at), nbytes));
+  FP4_CU_CHECK(driver().release(handle));
+}
 
 }  // namespace fp4serve::cuda

@@ -1,7 +1,8 @@
-// The few CUDA runtime calls the tensor layer needs, behind a plain C++ interface (implemented in
+// The few CUDA runtime and driver calls the tensor layer needs, behind a plain C++ interface (implemented in
 // cuda_memory.cu; a CPU-only build gets versions that refuse with a clear error).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace fp4serve::cuda {
 
@@ -10,5 +11,24 @@ void device_free(void* ptr) noexcept;
 enum class CopyKind { HostToDevice, DeviceToHost, DeviceToDevice };
 void memcpy_sync(void* dst, const void* src, size_t nbytes, CopyKind kind);
 void memset_zero_sync(void* dst, size_t nbytes);
+
+// Page-locked host memory (fast, asynchronous-capable copies to and from the device).
+void* pinned_host_alloc(size_t nbytes);
+void pinned_host_free(void* ptr) noexcept;
+
+// cudaMemGetInfo of the current device.
+struct DeviceMemoryInfo {
+  size_t free_bytes;
+  size_t total_bytes;
+};
+DeviceMemoryInfo device_memory_info();
+
+// The virtual memory management API of the driver (reached through the runtime's entry point, so nothing links
+// libcuda), for tensor/virtual_memory.h. Sizes and addresses must be multiples of vm_granularity().
+size_t vm_granularity();                                  // of device memory on the current device
+void* vm_reserve(size_t nbytes);                          // an address range with nothing mapped
+void vm_free_reservation(void* base, size_t nbytes) noexcept;
+uint64_t vm_map_new(void* at, size_t nbytes);             // new physical memory mapped read/write at `at`; its handle
+void vm_unmap(void* at, size_t nbytes, uint64_t handle);  // unmapped, and its physical memory freed
 
 }  // namespace fp4serve::cuda

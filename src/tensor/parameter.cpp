@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "tensor/memory_arena.h"
 
 namespace fp4serve {
 
@@ -19,9 +20,18 @@ std::string_view bind_outcome_name(BindOutcome outcome) {
   return "?";
 }
 
+Tensor ParameterSet::placed(const Tensor& tensor) const {
+  if (!arena_ || arena_->holds(*tensor.storage)) return tensor;
+  FP4_CHECK(tensor.device() == arena_->device(), "a {} tensor cannot be a parameter of a model on {}",
+            tensor.describe(), device_name(arena_->device()));
+  Tensor copy = Tensor::empty(tensor.shape, tensor.dtype, *arena_);
+  copy_into(copy, tensor);
+  return copy;
+}
+
 Parameter& ParameterSet::add(const std::string& name, Tensor tensor) {
   FP4_CHECK(!contains(name), "parameter '{}' is registered twice", name);
-  auto param = std::make_shared<Parameter>(Parameter{std::move(tensor)});
+  auto param = std::make_shared<Parameter>(Parameter{placed(tensor)});
   by_name_[name] = param;
   return *param;
 }
@@ -48,7 +58,7 @@ BindOutcome ParameterSet::copy_or_rebind(const std::string& name, const Tensor& 
     return BindOutcome::Copied;
   }
   // A fresh Parameter, so that other names which shared the old one keep it.
-  it->second = std::make_shared<Parameter>(Parameter{value});
+  it->second = std::make_shared<Parameter>(Parameter{placed(value)});
   return BindOutcome::Rebound;
 }
 

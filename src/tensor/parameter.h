@@ -1,6 +1,8 @@
 // Named parameters of a module. A parameter may carry several names (aliases): a derived tensor with the same
 // shape and dtype as its source is written into the source's storage and registered as a second name, so memory
 // is spent once. The two bind operations below are the reference system's rules 1 and 2 (reference-system.md).
+// A set made with a MemoryArena keeps every parameter in it: a tensor registered from elsewhere is copied into a
+// block of the arena, so that the whole set's memory can be released and resumed at the same addresses.
 // Not thread-safe: the engine thread owns a model's parameters.
 #pragma once
 #include <map>
@@ -26,6 +28,10 @@ std::string_view bind_outcome_name(BindOutcome outcome);
 
 class ParameterSet {
  public:
+  ParameterSet() = default;
+  explicit ParameterSet(std::shared_ptr<MemoryArena> arena) : arena_(std::move(arena)) {}
+  MemoryArena* arena() const { return arena_.get(); }  // null: parameters keep the storage they were given
+
   Parameter& add(const std::string& name, Tensor tensor);  // the name must be new
   bool contains(const std::string& name) const { return by_name_.contains(name); }
   const Tensor& get(const std::string& name) const;       // throws naming the parameter when absent
@@ -51,6 +57,9 @@ class ParameterSet {
   std::string inspect() const;                   // one line per storage: bytes, device, names
 
  private:
+  Tensor placed(const Tensor& tensor) const;  // in the arena (a copy when it is elsewhere), or as given without one
+
+  std::shared_ptr<MemoryArena> arena_;
   std::map<std::string, std::shared_ptr<Parameter>> by_name_;
 };
 

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "tensor/cuda_memory.h"
+#include "tensor/memory_arena.h"
 
 namespace fp4serve {
 
@@ -17,6 +18,14 @@ void* device_alloc_zeroed(size_t) { no_cuda(); }
 void device_free(void*) noexcept {}
 void memcpy_sync(void*, const void*, size_t, CopyKind) { no_cuda(); }
 void memset_zero_sync(void*, size_t) { no_cuda(); }
+void* pinned_host_alloc(size_t) { no_cuda(); }
+void pinned_host_free(void*) noexcept {}
+DeviceMemoryInfo device_memory_info() { no_cuda(); }
+size_t vm_granularity() { no_cuda(); }
+void* vm_reserve(size_t) { no_cuda(); }
+void vm_free_reservation(void*, size_t) noexcept {}
+uint64_t vm_map_new(void*, size_t) { no_cuda(); }
+void vm_unmap(void*, size_t, uint64_t) { no_cuda(); }
 }  // namespace cuda
 #endif
 
@@ -40,7 +49,9 @@ std::shared_ptr<Storage> Storage::allocate(Device device, size_t nbytes) {
 }
 
 Storage::~Storage() {
-  if (device_ == Device::CPU)
+  if (arena_)
+    arena_->free_block(data_, nbytes_);
+  else if (device_ == Device::CPU)
     std::free(data_);
   else
     cuda::device_free(data_);

@@ -4,15 +4,29 @@
 #include <fmt/ranges.h>
 
 #include "common/error.h"
+#include "tensor/memory_arena.h"
 
 namespace fp4serve {
 
-Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+namespace {
+Tensor unallocated(const Shape& shape, DType dtype) {
   for (int64_t d : shape) FP4_CHECK(d >= 0, "negative dimension in shape {}", shape_to_string(shape));
   Tensor t;
   t.shape = shape;
   t.dtype = dtype;
+  return t;
+}
+}  // namespace
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  Tensor t = unallocated(shape, dtype);
   t.storage = Storage::allocate(device, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, MemoryArena& arena) {
+  Tensor t = unallocated(shape, dtype);
+  t.storage = arena.allocate(t.nbytes());
   return t;
 }
 

@@ -22,6 +22,7 @@ struct Tensor {
   DType dtype = DType::U8;
 
   static Tensor empty(const Shape& shape, DType dtype, Device device);  // zero-filled, own storage
+  static Tensor empty(const Shape& shape, DType dtype, MemoryArena& arena);  // zero-filled block of the arena
 
   int64_t numel() const { return shape_numel(shape); }
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }

@@ -11,12 +11,9 @@
 #include "common/error.h"
 #include "kernels/device.h"
 #include "nvfp4_test_util.h"
+#include "skip_without_gpu.h"
 
 namespace fp4serve::test {
-
-#define FP4_SKIP_WITHOUT_GPU()  \
-  if (cuda_device_count() == 0) \
-  GTEST_SKIP() << "no CUDA device on this machine; GPU kernel tests run on the device machine"
 
 // A guarded buffer that knows its size and moves whole std::vectors.
 class DeviceBytes : public GuardedBuffer {

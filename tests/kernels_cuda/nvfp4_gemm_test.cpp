@@ -253,6 +253,86 @@ TEST(Nvfp4GemmCuda, ZeroTokensWritesNothing) {
   EXPECT_TRUE(y_device.guards_intact());
 }
 
+// With device_alphas, a call captured in a CUDA graph reads the alphas when the graph replays: rewriting them in place
+// (what a reload does) changes a replay's output exactly as an eager call with the new host alphas would. Each path
+// at an m it serves; the eager host-alpha results are the reference (bitwise: the same products in the same order).
+TEST(Nvfp4GemmCuda, DeviceAlphasInACapturedGraphFollowRewrites) {
+  SKIP_WITHOUT_GPU();
+  const int64_t k = 272;  // 16 * 17
+  for (const auto& [path, m] : {std::pair{cuda::Nvfp4GemmPath::Streaming, int64_t{3}},
+                                std::pair{cuda::Nvfp4GemmPath::Fused, int64_t{40}},
+                                std::pair{cuda::Nvfp4GemmPath::DequantCublas, int64_t{200}}}) {
+    SCOPED_TRACE("path " + std::to_string(static_cast<int>(path)) + ", m " + std::to_string(m));
+    Random random(static_cast<uint64_t>(m));
+    HostWeight w = make_weight(k, {{96, 0.75f}, {64, 1.5f}}, random);
+    const DeviceWeight device_weight(w, Nvfp4RowOrder::Linear);
+    const std::vector<bf16_bits> x = random_activations(m, k, random);
+    const size_t y_bytes = static_cast<size_t>(m * w.n) * sizeof(bf16_bits);
+    GuardedBuffer x_device(x.size() * sizeof(bf16_bits)), y_device(y_bytes), alphas_device(2 * sizeof(float));
+    x_device.upload(x.data());
+    cudaStream_t stream = nullptr;
+    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    cuda::Nvfp4GemmContext context;
+    cuda::Nvfp4GemmArgs args;
+    args.x = x_device.data<bf16_bits>();
+    args.m = m;
+    args.weight = {device_weight.packed.data<uint8_t>(), device_weight.scales.data<uint8_t>(), w.n, w.k,
+                   Nvfp4RowOrder::Linear};
+    args.y = y_device.data<bf16_bits>();
+    args.stream = stream;
+    args.path = path;
+    auto eager_with_host_alphas = [&](float first, float second) {
+      const std::vector<cuda::Nvfp4AlphaRange> alphas = {{96, first}, {160, second}};
+      cuda::Nvfp4GemmArgs host = args;
+      host.alphas = alphas;
+      y_device.fill(0xFF);
+      cuda::nvfp4_gemm_w4a16(context, host);
+      check_cuda(cudaStreamSynchronize(stream), "eager run");
+      std::vector<bf16_bits> y(static_cast<size_t>(m * w.n));
+      y_device.download(y.data());
+      return y;
+    };
+    auto set_device_alphas = [&](float first, float second) {
+      const float values[2] = {first, second};
+      alphas_device.upload(values);
+    };
+    const std::vector<bf16_bits> before = eager_with_host_alphas(0.75f, 1.5f);
+    const std::vector<bf16_bits> after = eager_with_host_alphas(-0.3125f, 3.0f);
+    ASSERT_NE(before, after);
+
+    // Host alphas' values are ignored once device alphas are given: NaN here must not show.
+    const std::vector<cuda::Nvfp4AlphaRange> ranges = {{96, std::nanf("")}, {160, std::nanf("")}};
+    args.alphas = ranges;
+    args.device_alphas = alphas_device.data<float>();
+    set_device_alphas(0.75f, 1.5f);
+    cuda::nvfp4_gemm_w4a16(context, args);  // warm-up: workspaces are allocated outside the capture
+    check_cuda(cudaStreamSynchronize(stream), "warm-up");
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+    cuda::nvfp4_gemm_w4a16(context, args);
+    check_cuda(cudaStreamEndCapture(stream, &graph), "end capture");
+    check_cuda(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    auto replay = [&] {
+      y_device.fill(0xFF);
+      check_cuda(cudaGraphLaunch(exec, stream), "graph launch");
+      check_cuda(cudaStreamSynchronize(stream), "replay");
+      std::vector<bf16_bits> y(static_cast<size_t>(m * w.n));
+      y_device.download(y.data());
+      return y;
+    };
+    EXPECT_EQ(replay(), before);
+    set_device_alphas(-0.3125f, 3.0f);
+    EXPECT_EQ(replay(), after);
+    set_device_alphas(0.75f, 1.5f);
+    EXPECT_EQ(replay(), before);
+    EXPECT_TRUE(y_device.guards_intact());
+    check_cuda(cudaGraphExecDestroy(exec), "destroy exec");
+    check_cuda(cudaGraphDestroy(graph), "destroy graph");
+    check_cuda(cudaStreamDestroy(stream), "destroy stream");
+  }
+}
+
 // Nvfp4GemmPath::BatchInvariant (--deterministic): each token's row of a batch of m is bitwise the row of that token
 // run alone, for m on both sides of the tile's switch from 4 to 8 token tiles (32) and for weights whose fixed K split
 // is 1 or more; and it is still the GEMM (against the float64 reference).

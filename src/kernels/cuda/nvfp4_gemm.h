@@ -38,6 +38,9 @@ struct Nvfp4GemmArgs {
   int64_t m = 0;
   Nvfp4WeightView weight{};  // device pointers; block-scale padding may hold anything (it is never used)
   std::span<const Nvfp4AlphaRange> alphas;  // host memory; row_end strictly increasing, last == weight.n_rows
+  // Optional device [alphas.size()]: alpha i is read here when the kernels run (alphas[i].alpha is then unused), so
+  // a CUDA graph captured around this call stays right when a reload rewrites the alphas in place.
+  const float* device_alphas = nullptr;
   bf16_bits* y = nullptr;                   // [m, weight.n_rows] bf16, row-major
   void* stream = nullptr;                   // cudaStream_t; nullptr is the legacy default stream
   Nvfp4GemmPath path = Nvfp4GemmPath::Auto;
