@@ -1,7 +1,7 @@
 // --deterministic on the CPU (README "Deterministic inference"), in every activation mode: every request of random
 // batches, chunkings, prefix-cache states, preemptions and a reload is bitwise its single run
 // (tests/support/batch_invariance.h). The CPU kernels are batch-invariant whether or not the flag is set; the
-// single runs use one OpenMP thread and the sessions the default count, so the thread count is varied too.
+// large-batch session runs on every core and the rest on one thread, so the thread count is varied too.
 #include <gtest/gtest.h>
 
 #include "support/batch_invariance.h"

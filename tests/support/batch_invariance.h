@@ -114,8 +114,21 @@ inline std::string first_difference(const GenerateResult& got, const GenerateRes
   return "";
 }
 
-// One single-request run per request: the reference. On one OpenMP thread (the sessions use the default count), so
-// that the thread count is among what varies.
+// Sets the OpenMP thread count of this thread's parallel regions while it lives: 1 for the runs of many small steps
+// (a region per kernel call is mostly wake-up cost, badly so when tests share the cores), the default count where
+// batches are large, so that the thread count is among what varies.
+class OmpThreads {
+ public:
+  explicit OmpThreads(int threads) : previous_(omp_get_max_threads()) { omp_set_num_threads(threads); }
+  ~OmpThreads() { omp_set_num_threads(previous_); }
+  OmpThreads(const OmpThreads&) = delete;
+  OmpThreads& operator=(const OmpThreads&) = delete;
+
+ private:
+  int previous_;
+};
+
+// One single-request run per request: the reference.
 inline std::vector<GenerateResult> run_alone(const QuantOptions& options,
                                             const std::vector<GenerateRequest>& requests) {
   Engine engine(load(options).model, {.kv_cache_tokens = 512,
@@ -123,11 +136,9 @@ inline std::vector<GenerateResult> run_alone(const QuantOptions& options,
                                       .scheduler = {.max_running_sequences = 1, .chunked_prefill_size = -1},
                                       .enable_prefix_cache = false,
                                       .record_routed_experts = true});
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
+  const OmpThreads one_thread(1);
   std::vector<GenerateResult> results;
   for (const GenerateRequest& request : requests) results.push_back(engine.generate({request})[0]);
-  omp_set_num_threads(threads);
   return results;
 }
 
@@ -137,6 +148,7 @@ struct SessionConfig {
   int64_t max_prefill_tokens;
   int64_t chunked_prefill_size;  // -1: off
   int64_t max_arrivals;          // requests arriving before a step: uniform in [0, max_arrivals]
+  bool all_threads = false;      // the default OpenMP thread count (else 1)
 };
 
 struct SessionCounts {
@@ -192,7 +204,7 @@ inline int count_differences(const std::vector<GenerateResult>& got, const std::
 // Session configurations. A chunked step feeds at most chunked_prefill_size prompt tokens in all (the budget), so
 // only unchunked sessions with a large budget admit big bursts at once.
 inline constexpr SessionConfig kLargeBatches{.kv_cache_tokens = 2048, .max_running = 64, .max_prefill_tokens = 1024,
-                                             .chunked_prefill_size = -1, .max_arrivals = 64};
+                                             .chunked_prefill_size = -1, .max_arrivals = 64, .all_threads = true};
 inline constexpr SessionConfig kTinyChunks{.kv_cache_tokens = 2048, .max_running = 16, .max_prefill_tokens = 40,
                                            .chunked_prefill_size = 3, .max_arrivals = 6};  // under a page, unaligned
 inline constexpr SessionConfig kPageChunks{.kv_cache_tokens = 1024, .max_running = 48, .max_prefill_tokens = 64,
@@ -214,6 +226,7 @@ inline int check_sessions(const QuantOptions& options, const std::vector<Session
   int differences = 0;
   for (size_t c = 0; c < sessions.size(); ++c) {
     const SessionConfig& config = sessions[c];
+    const OmpThreads threads(config.all_threads ? omp_get_max_threads() : 1);
     ServedModel served = load(options);
     WeightUpdater& updater = *served.updater;
     Engine engine(std::move(served.model),
