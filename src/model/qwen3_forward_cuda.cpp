@@ -476,9 +476,12 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     Tensor out = Tensor::empty({static_cast<int64_t>(n_rows), V}, DType::F32, Device::CPU);
     const bf16_bits* source = gpu.host_logits.as<bf16_bits>();
 #pragma omp parallel for schedule(static) if (n_rows > 1)
-    for (size_t r = 0; r < n_rows; ++r)
-      for (int64_t v = 0; v < V; ++v)
-        out.data<float>()[static_cast<int64_t>(r) * V + v] = bf16_to_float(source[logit_row_of(r) * V + v]);
+    for (size_t r = 0; r < n_rows; ++r) {
+      float* to = out.data<float>() + static_cast<int64_t>(r) * V;
+      const bf16_bits* from = source + logit_row_of(r) * V;
+#pragma omp simd
+      for (int64_t v = 0; v < V; ++v) to[v] = bf16_to_float(from[v]);
+    }
     return out;
   };
   auto step_output = [&] {
