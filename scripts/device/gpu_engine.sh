@@ -72,17 +72,27 @@ if [ -n "$source_dir" ] && [ ! -e "$source_dir" ]; then
 fi
 stamp "sources at ${source_dir:-?} -> $PWD"
 
+# GPU_ENGINE_STEPS picks steps (default all): e.g. GPU_ENGINE_STEPS="4" runs only the 30B benchmark; BENCH_30B_MODES
+# overrides its --device/--deterministic lists.
+want() { [[ " ${GPU_ENGINE_STEPS:-0 1 1b 1c 2 3 4} " == *" $1 "* ]]; }
+bench="$prebuilt/bench_cpu_generate"
+
+if want 0; then
 stamp "0. NVFP4 GEMM kernel tests (host and device alphas, graph capture)"
 timeout "$(budget 60)" "$prebuilt/test_kernels_cuda" --gtest_filter='Nvfp4Gemm*:LogitsNormalizer*:CudaMemoryRelease*' \
   > "$OUT/logs/gemm_tests.log" 2>&1
 record "tests Nvfp4Gemm*, LogitsNormalizer*, CudaMemoryRelease*" "$?"
 tail -3 "$OUT/logs/gemm_tests.log"; grep -E "^\[  FAILED  \]" "$OUT/logs/gemm_tests.log" | head
+fi
 
+if want 1; then
 stamp "1. GPU forward tests and the CLI end-to-end test"
 timeout "$(budget 170)" "$prebuilt/test_model" --gtest_filter='CudaForward*:CudaGraphs*:CudaDeterministic*' > "$OUT/tests.log" 2>&1
 record "tests CudaForward*, CudaForwardCli*" "$?"
 grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|measured|Failure|PASSED|FAILED TEST" "$OUT/tests.log" | head -60
+fi
 
+if want 1b; then
 stamp "1b. HTTP end to end: serve --device cuda, /generate, reload B -> A -> B, against generate --device cpu"
 http_e2e() {
   local b=models/qwen3-moe-arith-b-nvfp4 a=models/qwen3-moe-arith-a-nvfp4 ids=3,14,15,92,65,35,89,79 port="" server
@@ -126,7 +136,9 @@ export -f http_e2e
 export OUT
 timeout "$(budget 60)" bash -c http_e2e 2>&1 | tee "$OUT/logs/http_e2e.log"
 record "HTTP e2e (serve --device cuda, reload)" "${PIPESTATUS[0]}"
+fi
 
+if want 1c; then
 stamp "1c. memory release over HTTP on the GPU: release all, resume weights, reload, resume kv_cache"
 memory_e2e() {
   local b=models/qwen3-moe-arith-b-nvfp4 port="" server
@@ -167,9 +179,10 @@ PY
 export -f memory_e2e
 timeout "$(budget 60)" bash -c memory_e2e 2>&1 | tee "$OUT/logs/memory_e2e.log"
 record "HTTP memory release e2e (cuda)" "${PIPESTATUS[0]}"
+fi
 
+if want 2; then
 stamp "2. throughput on the bundled model, cpu and cuda"
-bench="$prebuilt/bench_cpu_generate"
 {
   echo "## bundled model (qwen3-moe-arith-b-nvfp4), prompt 128, 32 new tokens, W4A16"
   for batch in 1 16 64; do
@@ -178,7 +191,9 @@ bench="$prebuilt/bench_cpu_generate"
   done
 } | awk '!seen[$0]++' | tee "$OUT/bench.md"
 record "bench bundled" "$?"
+fi
 
+if want 3; then
 stamp "3. compute-sanitizer memcheck"
 if command -v compute-sanitizer > /dev/null; then
   timeout "$(budget 50)" compute-sanitizer --tool memcheck --error-exitcode 3 "$prebuilt/test_model" \
@@ -188,7 +203,9 @@ if command -v compute-sanitizer > /dev/null; then
 else
   record "memcheck (compute-sanitizer not found)" "-"
 fi
+fi
 
+if want 4; then
 layers=${SYNTH_LAYERS:-8}
 stamp "4. synthetic qwen3-30b-a3b, $layers layers: synth, quantize, bench on cuda (graphs, eager, deterministic)"
 synth=/tmp/fp4serve-q30-bf16 quantized=/tmp/fp4serve-q30-nvfp4
@@ -204,13 +221,15 @@ if [ -f "$quantized/config.json" ]; then
     echo
     echo "## qwen3-30b-a3b sizes, $layers layers, NVFP4 W4A16, prompt 512, 64 new tokens, cuda"
     for batch in 1 16 64 256; do
-      timeout "$(budget 60)" "$bench" --device cuda,cuda-eager --deterministic off,on --batch "$batch" \
+      # shellcheck disable=SC2086 # BENCH_30B_MODES is a list of flags
+      timeout "$(budget 60)" "$bench" ${BENCH_30B_MODES:---device cuda,cuda-eager --deterministic off,on} --batch "$batch" \
         --prompt-tokens 512 --new-tokens 64 "$quantized" 2>> "$OUT/logs/bench.err"
     done
   } | awk '!seen[$0]++' | tee -a "$OUT/bench.md"
   record "bench 30b-a3b ($layers layers)" "$?"
 fi
 tail -5 "$OUT/logs/bench.err"
+fi
 
 stamp "done"
 {
