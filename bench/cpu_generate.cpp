@@ -1,9 +1,11 @@
 // Generation throughput through the engine: for each model directory (bf16 or ModelOpt NVFP4), device and activation
 // mode, one batch of identical-length random prompts is prefilled in one step, then decoded step by step; prints
 // prefill and decode tokens/s and the OpenMP thread count as a table. The prefix cache is off so every prompt
-// token is computed. --device cuda runs the GPU forward (NVFP4 layers only as W4A16: act none).
-//   bench_cpu_generate [--device cpu,cuda] [--batch N] [--prompt-tokens N] [--new-tokens N]
-//                      [--act-quant none,per-token,...] DIR...
+// token is computed. --device cuda runs the GPU forward (NVFP4 layers only as W4A16: act none) with decode steps
+// replaying CUDA graphs; cuda-eager runs it without graphs. --deterministic on runs the batch-invariant kernels
+// (QuantOptions::deterministic), off,on measures both.
+//   bench_cpu_generate [--device cpu,cuda,cuda-eager] [--batch N] [--prompt-tokens N] [--new-tokens N]
+//                      [--act-quant none,per-token,...] [--deterministic off,on] DIR...
 #include <omp.h>
 
 #include <chrono>
@@ -28,6 +30,7 @@ struct BenchOptions {
   int64_t batch = 4, prompt_tokens = 128, new_tokens = 32;
   std::vector<std::string> act_quant{"none"};
   std::vector<std::string> devices{"cpu"};
+  std::vector<std::string> deterministic{"off"};
   std::vector<std::string> model_dirs;
 };
 
@@ -56,13 +59,17 @@ BenchOptions parse(int argc, char** argv) {
       options.act_quant = split(value());
     } else if (arg == "--device") {
       options.devices = split(value());
+    } else if (arg == "--deterministic") {
+      options.deterministic = split(value());
+      for (const std::string& mode : options.deterministic)
+        FP4_CHECK(mode == "off" || mode == "on", "--deterministic takes off, on or off,on; got '{}'", mode);
     } else {
       options.model_dirs.push_back(arg);
     }
   }
   FP4_CHECK(!options.model_dirs.empty(),
-            "usage: bench_cpu_generate [--device cpu,cuda] [--batch N] [--prompt-tokens N] [--new-tokens N] "
-            "[--act-quant none,static,per-token] MODEL_DIR...");
+            "usage: bench_cpu_generate [--device cpu,cuda,cuda-eager] [--batch N] [--prompt-tokens N] "
+            "[--new-tokens N] [--act-quant none,static,per-token] [--deterministic off,on] MODEL_DIR...");
   return options;
 }
 
@@ -71,12 +78,16 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }
 
 void bench_one(const BenchOptions& options, const std::string& dir, const std::string& device,
-               const std::string& act_quant) {
+               const std::string& act_quant, const std::string& deterministic) {
   const ModelConfig config = load_model_config(dir);
   const QuantConfig quant = load_quant_config(dir);
   if (quant.algo == QuantAlgo::None && act_quant != options.act_quant.front()) return;  // bf16: modes do not apply
-  auto model = std::make_unique<Qwen3Model>(
-      config, quant, QuantOptions{.act_quant = parse_act_quant(act_quant), .device = parse_device(device)});
+  const bool eager = device == "cuda-eager";
+  auto model = std::make_unique<Qwen3Model>(config, quant,
+                                            QuantOptions{.act_quant = parse_act_quant(act_quant),
+                                                         .device = parse_device(eager ? "cuda" : device),
+                                                         .cuda_graph_max_batch = eager ? 0 : options.batch,
+                                                         .deterministic = deterministic == "on"});
   WeightLoader(*model).load(dir, SourceFormat::Native);
   const std::string format = model->is_nvfp4() ? "NVFP4" : "bf16", act = model->is_nvfp4() ? act_quant : "-";
 
@@ -88,6 +99,10 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
                                    .enable_prefix_cache = false});
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> token(0, config.vocab_size - 1);
+  // Warm-up, untimed: first launches load kernels and create library handles and workspaces.
+  GenerateRequest warm_up{.sampling = {.temperature = 0.0f}, .max_new_tokens = 2, .ignore_eos = true};
+  for (int t = 0; t < 16; ++t) warm_up.input_ids.push_back(token(rng));
+  engine.generate({std::move(warm_up)});
   for (int64_t b = 0; b < options.batch; ++b) {
     GenerateRequest request{
         .sampling = {.temperature = 0.0f}, .max_new_tokens = options.new_tokens, .ignore_eos = true};
@@ -102,8 +117,9 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
   while (engine.has_unfinished()) decoded += static_cast<int64_t>(engine.step().size());
   const double decode_seconds = seconds_since(start);
 
-  std::printf("| %-28s | %-6s | %-5s | %-9s | %5lld | %6lld | %13.1f | %12.1f | %7d |\n",
+  std::printf("| %-28s | %-10s | %-5s | %-9s | %-3s | %5lld | %6lld | %13.1f | %12.1f | %7d |\n",
               std::filesystem::path(dir).filename().c_str(), device.c_str(), format.c_str(), act.c_str(),
+              deterministic.c_str(),
               static_cast<long long>(options.batch), static_cast<long long>(options.prompt_tokens),
               static_cast<double>(options.batch * options.prompt_tokens) / prefill_seconds,
               static_cast<double>(decoded) / decode_seconds, omp_get_max_threads());
@@ -116,14 +132,16 @@ int main(int argc, char** argv) {
   try {
     const fp4serve::BenchOptions options = fp4serve::parse(argc, argv);
     std::printf(
-        "| model                        | device | fmt   | act       | batch | prompt | prefill tok/s | decode tok/s | "
-        "threads |\n");
+        "| model                        | device     | fmt   | act       | det | batch | prompt | prefill tok/s | "
+        "decode tok/s | threads |\n");
     std::printf(
-        "|------------------------------|--------|-------|-----------|-------|--------|---------------|--------------|"
-        "---------|\n");
+        "|------------------------------|------------|-------|-----------|-----|-------|--------|---------------|"
+        "--------------|---------|\n");
     for (const std::string& dir : options.model_dirs)
       for (const std::string& device : options.devices)
-        for (const std::string& act : options.act_quant) fp4serve::bench_one(options, dir, device, act);
+        for (const std::string& act : options.act_quant)
+          for (const std::string& deterministic : options.deterministic)
+            fp4serve::bench_one(options, dir, device, act, deterministic);
   } catch (const fp4serve::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -100,8 +100,9 @@ cuda::Nvfp4LaunchArgs dense_launch(const BenchWeight& w, int64_t m, bf16_bits* x
   return launch;
 }
 
-// Dense columns: the public Auto path; each path forced; the fused kernel in other tile / split choices, with one
-// m16 weight tile per warp (row_tiles 1, the kernel measured before) and with two (r2).
+// Dense columns: the public Auto path; each path forced (BatchInvariant, --deterministic's, last); the fused kernel in
+// other tile / split choices, with one m16 weight tile per warp (row_tiles 1, the kernel measured before) and with two
+// (r2).
 enum Column {
   kAuto,
   kFused,
@@ -115,11 +116,12 @@ enum Column {
   kFusedR2Other,
   kStreaming,
   kDequant,
+  kBatchInvariant,
   kColumns
 };
 const char* const kColumnNames[kColumns] = {"auto",     "fused",      "f w8", "f w4",       "f w2",
                                             "f split1", "f split x2", "r2",   "r2 split1",  "r2 other",
-                                            "streaming", "deq+cublas"};
+                                            "streaming", "deq+cublas", "batch-inv"};
 
 struct DenseRow {
   std::string shape;
@@ -135,6 +137,7 @@ const char* path_label(cuda::Nvfp4GemmPath path) {
     case cuda::Nvfp4GemmPath::Fused: return "fused";
     case cuda::Nvfp4GemmPath::Streaming: return "streaming";
     case cuda::Nvfp4GemmPath::DequantCublas: return "deq+cublas";
+    case cuda::Nvfp4GemmPath::BatchInvariant: return "batch-inv";
     case cuda::Nvfp4GemmPath::Auto: break;
   }
   return "?";
@@ -151,6 +154,7 @@ std::vector<DenseRow> bench_shape(const Shape& shape, cudaStream_t stream, cubla
   for (int c = 0; c < bf16_copies; ++c)
     check(cudaMemcpy(w_d + c * w.bf16.size(), w.bf16.data(), bf16_bytes, cudaMemcpyHostToDevice), "upload");
   context.reserve_dequant(n, k);
+  context.reserve_fused(4096, n, k);  // the BatchInvariant column's split-K workspace, before any graph capture
   float* partials = nullptr;
   int32_t* counters = nullptr;
   int64_t partial_floats = 0, counter_count = 0;
@@ -227,6 +231,7 @@ std::vector<DenseRow> bench_shape(const Shape& shape, cudaStream_t stream, cubla
       std::function<void(int)> variant;
       if (c == kAuto) variant = [&](int i) { public_call(i, cuda::Nvfp4GemmPath::Auto); };
       if (c == kDequant) variant = [&](int i) { public_call(i, cuda::Nvfp4GemmPath::DequantCublas); };
+      if (c == kBatchInvariant) variant = [&](int i) { public_call(i, cuda::Nvfp4GemmPath::BatchInvariant); };
       if (c == kStreaming)
         variant = [&](int i) { cuda::launch_nvfp4_streaming(with_copy(i), cuda::nvfp4_streaming_warps_for(m, n, k)); };
       if (fused_column) {

@@ -33,7 +33,9 @@ struct GenerateFlags {
   std::vector<int32_t> input_ids;
   int64_t max_new_tokens = 32;
   SamplingParams sampling;
-  bool logprobs = false, json = false;
+  bool logprobs = false, json = false, deterministic = false;
+  int64_t cuda_graph_max_bs = 256;
+  bool disable_cuda_graph = false;
 };
 
 void run_generate(const GenerateFlags& flags) {
@@ -47,7 +49,9 @@ void run_generate(const GenerateFlags& flags) {
 
   const QuantOptions quant{.layout = parse_weight_layout(flags.moe_backend),
                            .act_quant = parse_act_quant(flags.act_quant),
-                           .device = parse_device(flags.device)};
+                           .device = parse_device(flags.device),
+                           .cuda_graph_max_batch = flags.disable_cuda_graph ? 0 : flags.cuda_graph_max_bs,
+                           .deterministic = flags.deterministic};
   const ModelConfig config = load_model_config(dir);
   auto model = std::make_unique<Qwen3Model>(config, load_quant_config(dir), quant);
   const auto load_start = std::chrono::steady_clock::now();
@@ -114,6 +118,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--device", flags->device, "Compute device (cuda: NVFP4 layers need --act-quant none)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  add_cuda_graph_flags(cmd, flags->cuda_graph_max_bs, flags->disable_cuda_graph);
   cmd->add_option("--act-quant", flags->act_quant, "NVFP4 activations: none (W4A16), static, per-token")
       ->check(CLI::IsMember({"none", "static", "per-token"}))
       ->capture_default_str();
@@ -121,6 +126,8 @@ void register_generate(CLI::App& app) {
       ->check(CLI::IsMember({"cutlass", "trtllm"}))
       ->capture_default_str();
   cmd->add_option("--weight-version", flags->weight_version, "Reported in the result")->capture_default_str();
+  cmd->add_flag("--deterministic", flags->deterministic,
+                "Batch-invariant kernels, as serve takes them (README: Deterministic inference)");
   cmd->callback([flags] {
     FP4_CHECK(!flags->prompt.empty() || !flags->input_ids.empty(), "generate: pass --prompt TEXT or --input-ids 1,2,3");
     run_generate(*flags);

@@ -12,6 +12,7 @@
 #include "engine/kv_cache.h"
 #include "io/model_config.h"
 #include "kernels/device.h"
+#include "tensor/cuda_memory.h"
 #include "server/engine_service.h"
 #include "server/http_server.h"
 #include "server/server_options.h"
@@ -30,20 +31,26 @@ uint64_t checkpoint_bytes(const std::filesystem::path& dir) {
   return bytes;
 }
 
-// --max-total-tokens, else what mem_fraction_static of host memory leaves after the weights, capped at what the
-// running requests can use.
-int64_t kv_cache_tokens(const ServerOptions& options, const ModelConfig& config) {
+// --max-total-tokens, else what mem_fraction_static of the memory the KV cache lives in (host memory on cpu, the
+// GPU's on cuda; default 0.2 and 0.85, SGLang's order for a GPU) leaves after the weights, capped at what the running
+// requests can use.
+int64_t kv_cache_tokens(const ServerOptions& options, const ModelConfig& config, Device device) {
   const int64_t cap = options.max_running_requests * config.max_position_embeddings;
   if (options.max_total_tokens > 0) return options.max_total_tokens;
-  const double host_bytes = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
-  const double budget = options.mem_fraction_static * host_bytes - static_cast<double>(checkpoint_bytes(options.model_path));
+  const bool gpu = device == Device::CUDA;
+  const double fraction = options.mem_fraction_static > 0 ? options.mem_fraction_static : gpu ? 0.85 : 0.2;
+  const double memory_bytes =
+      gpu ? static_cast<double>(cuda::device_memory_info().total_bytes)
+          : static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  const double budget = fraction * memory_bytes - static_cast<double>(checkpoint_bytes(options.model_path));
   const KvCacheGeometry geometry{.n_layers = config.num_hidden_layers,
                                  .n_kv_heads = config.num_key_value_heads,
                                  .head_dim = config.head_dim};
   const int64_t tokens = static_cast<int64_t>(budget / static_cast<double>(geometry.bytes_per_token()));
   FP4_CHECK(tokens >= options.page_size,
-            "--mem-fraction-static {} of {:.1f} GB leaves no room for a KV cache after the weights; raise it or set "
-            "--max-total-tokens", options.mem_fraction_static, host_bytes / 1e9);
+            "--mem-fraction-static {} of {:.1f} GB ({} memory) leaves no room for a KV cache after the weights; raise "
+            "it or set --max-total-tokens",
+            fraction, memory_bytes / 1e9, gpu ? "GPU" : "host");
   return std::min(tokens, cap);
 }
 
@@ -58,7 +65,9 @@ void run_serve(ServerOptions options) {
   FP4_CHECK(options.tp == 1, "--tp {}: tensor parallelism is not implemented yet; use --tp 1", options.tp);
   QuantOptions quant{.layout = parse_weight_layout(options.moe_backend),
                      .act_quant = parse_act_quant(options.act_quant),
-                     .device = parse_device(options.device)};
+                     .device = parse_device(options.device),
+                     .cuda_graph_max_batch = options.disable_cuda_graph ? 0 : options.cuda_graph_max_bs,
+                     .deterministic = options.deterministic};
   if (options.served_model_name.empty())
     options.served_model_name = std::filesystem::path(options.model_path).lexically_normal().filename().string();
   if (options.served_model_name.empty())
@@ -75,7 +84,7 @@ void run_serve(ServerOptions options) {
   EngineServiceOptions service_options{
       .model_path = options.model_path,
       .quant = quant,
-      .engine = {.kv_cache_tokens = kv_cache_tokens(options, config),
+      .engine = {.kv_cache_tokens = kv_cache_tokens(options, config, quant.device),
                  .page_size = options.page_size,
                  .scheduler = {.max_running_sequences = options.max_running_requests,
                                .max_prefill_tokens = options.max_prefill_tokens,
@@ -120,6 +129,7 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--device", options->device, "Compute device")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  add_cuda_graph_flags(cmd, options->cuda_graph_max_bs, options->disable_cuda_graph);
   cmd->add_option("--tp", options->tp, "Tensor parallel size (1 only, for now)")->capture_default_str();
   cmd->add_option("--moe-backend", options->moe_backend, "NVFP4 weight layout: cutlass or trtllm")
       ->check(CLI::IsMember({"cutlass", "trtllm"}))
@@ -142,9 +152,9 @@ void register_serve(CLI::App& app) {
                   "KV cache size in tokens (default: from --mem-fraction-static)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--mem-fraction-static", options->mem_fraction_static,
-                  "Share of host memory for weights + KV cache")
-      ->check(CLI::Range(0.01, 0.95))
-      ->capture_default_str();
+                  "Share of the KV cache's memory (host on cpu, GPU on cuda) for weights + KV cache "
+                  "(default: 0.2 on cpu, 0.85 on cuda)")
+      ->check(CLI::Range(0.01, 0.95));
   cmd->add_option("--chunked-prefill-size", options->chunked_prefill_size,
                   "Most prompt tokens prefilled per engine step; longer prompts are split over steps while running "
                   "requests keep decoding (-1: never split a prompt)")
@@ -159,6 +169,9 @@ void register_serve(CLI::App& app) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_flag("--disable-radix-cache", options->disable_radix_cache, "Turn the prefix cache off");
+  cmd->add_flag("--deterministic,--enable-deterministic-inference", options->deterministic,
+                "A request's tokens and logprobs are bitwise the same whatever else is in the batch (README: "
+                "Deterministic inference; the second spelling is SGLang's)");
   cmd->add_flag("--enable-return-routed-experts", options->enable_return_routed_experts,
                 "Record every token's MoE routing so requests can ask for it (return_routed_experts)");
   cmd->add_option("--logprobs-mode", options->logprobs_mode,

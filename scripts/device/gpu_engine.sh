@@ -6,6 +6,7 @@
 # and the CUDA toolkit: a bare device machine lacks libfmt9 and the like) and source_dir.txt (the source path compiled
 # into test_model, where the tests look for the bundled models).
 # Steps on the device, each under `timeout`, the whole within about 400 s so that results come back in one call:
+#   0. the NVFP4 GEMM kernel tests (device alphas under graph capture among them);
 #   1. the GPU forward tests (CudaForward*: against the CPU forward, reload, observers, refusals) and the CLI
 #      end-to-end test (CudaForwardCli*), with FP4SERVE_BIN pointing at the carried fp4serve;
 #   1b. HTTP end to end: `serve --device cuda`, /generate, /update_weights_from_disk B -> A -> B: the same tokens as
@@ -18,10 +19,10 @@ set -uo pipefail
 if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
   build=$2 dir=$3
   rm -rf "$dir" && mkdir -p "$dir/lib"
-  for binary in fp4serve tests/test_model bench/bench_cpu_generate; do
+  for binary in fp4serve tests/test_model tests/test_kernels_cuda bench/bench_cpu_generate; do
     strip -o "$dir/$(basename "$binary")" "$build/$binary" || exit 1
   done
-  ldd "$dir"/fp4serve "$dir"/test_model "$dir"/bench_cpu_generate | awk '/=> \// {print $3}' | sort -u |
+  ldd "$dir"/fp4serve "$dir"/test_model "$dir"/test_kernels_cuda "$dir"/bench_cpu_generate | awk '/=> \// {print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvrtc)\.so' |
     while read -r lib; do cp -L "$lib" "$dir/lib/"; done
   # Libraries every distribution has (and newer there): used on the device only where it lacks them, since
@@ -30,8 +31,8 @@ if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
   for lib in libstdc++ libgcc_s libgomp libssl libcrypto libz; do mv "$dir/lib/$lib".so.* "$dir/lib/fallback/"; done
   grep -m1 -o 'FP4SERVE_SOURCE_DIR=\\"[^\\]*' "$build/build.ninja" | sed 's/.*"//' > "$dir/source_dir.txt"
   # Compressed, the binaries and libraries travel in about a fifth of their 65 MB (libicudata alone is 31 MB).
-  (cd "$dir" && tar -cf - fp4serve test_model bench_cpu_generate lib | xz -6 -T2 > bundle.tar.xz) || exit 1
-  (cd "$dir" && rm -rf fp4serve test_model bench_cpu_generate lib)
+  (cd "$dir" && tar -cf - fp4serve test_model test_kernels_cuda bench_cpu_generate lib | xz -6 -T2 > bundle.tar.xz) || exit 1
+  (cd "$dir" && rm -rf fp4serve test_model test_kernels_cuda bench_cpu_generate lib)
   ls -l "$dir" && cat "$dir/source_dir.txt"
   exit 0
 fi
@@ -71,8 +72,14 @@ if [ -n "$source_dir" ] && [ ! -e "$source_dir" ]; then
 fi
 stamp "sources at ${source_dir:-?} -> $PWD"
 
+stamp "0. NVFP4 GEMM kernel tests (host and device alphas, graph capture)"
+timeout "$(budget 60)" "$prebuilt/test_kernels_cuda" --gtest_filter='Nvfp4Gemm*:LogitsNormalizer*:CudaMemoryRelease*' \
+  > "$OUT/logs/gemm_tests.log" 2>&1
+record "tests Nvfp4Gemm*, LogitsNormalizer*, CudaMemoryRelease*" "$?"
+tail -3 "$OUT/logs/gemm_tests.log"; grep -E "^\[  FAILED  \]" "$OUT/logs/gemm_tests.log" | head
+
 stamp "1. GPU forward tests and the CLI end-to-end test"
-timeout "$(budget 170)" "$prebuilt/test_model" --gtest_filter='CudaForward*' > "$OUT/tests.log" 2>&1
+timeout "$(budget 170)" "$prebuilt/test_model" --gtest_filter='CudaForward*:CudaGraphs*:CudaDeterministic*' > "$OUT/tests.log" 2>&1
 record "tests CudaForward*, CudaForwardCli*" "$?"
 grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|measured|Failure|PASSED|FAILED TEST" "$OUT/tests.log" | head -60
 
@@ -120,12 +127,53 @@ export OUT
 timeout "$(budget 60)" bash -c http_e2e 2>&1 | tee "$OUT/logs/http_e2e.log"
 record "HTTP e2e (serve --device cuda, reload)" "${PIPESTATUS[0]}"
 
+stamp "1c. memory release over HTTP on the GPU: release all, resume weights, reload, resume kv_cache"
+memory_e2e() {
+  local b=models/qwen3-moe-arith-b-nvfp4 port="" server
+  local request='{"input_ids": [3,14,15,92,65,35,89,79], "sampling_params": {"temperature": 0, "max_new_tokens": 16}, "return_logprob": true}'
+  "$FP4SERVE_BIN" serve --model-path "$b" --device cuda --act-quant none --port 0 --max-total-tokens 200000 \
+    > "$OUT/logs/memory_serve.log" 2>&1 &
+  server=$!
+  for _ in $(seq 60); do
+    port=$(grep -o -m1 'listening on http://[0-9.]*:[0-9]*' "$OUT/logs/memory_serve.log" | sed 's/.*://')
+    [ -n "$port" ] && break
+    sleep 0.5
+  done
+  [ -n "$port" ] || { kill "$server"; return 1; }
+  local url=http://127.0.0.1:$port
+  post() { curl -s -X POST "$url/$1" -H 'Content-Type: application/json' -d "$2"; echo; }
+  used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
+  post generate "$request" > "$OUT/logs/mem_before.json"
+  echo "GPU memory used (MiB): serving $(used)"
+  post release_memory_occupation '{"tags": null}'
+  echo "GPU memory used (MiB): released $(used)"
+  post resume_memory_occupation '{"tags": ["weights"]}'
+  post update_weights_from_disk "{\"model_path\": \"$PWD/$b\"}"
+  post resume_memory_occupation '{"tags": ["kv_cache"]}'
+  echo "GPU memory used (MiB): resumed $(used)"
+  post generate "$request" > "$OUT/logs/mem_after.json"
+  kill "$server"
+  wait "$server" 2> /dev/null
+  python3 - "$OUT/logs" << 'PY'
+import json, sys
+d = sys.argv[1]
+before, after = (json.load(open(f"{d}/mem_{n}.json")) for n in ("before", "after"))
+lp = lambda r: [t[0] for t in r["meta_info"]["output_token_logprobs"]]
+ok = before["output_ids"] == after["output_ids"] and lp(before) == lp(after)
+print("memory release e2e:", "tokens and logprobs bitwise equal to before" if ok else f"MISMATCH {before} {after}")
+sys.exit(0 if ok else 1)
+PY
+}
+export -f memory_e2e
+timeout "$(budget 60)" bash -c memory_e2e 2>&1 | tee "$OUT/logs/memory_e2e.log"
+record "HTTP memory release e2e (cuda)" "${PIPESTATUS[0]}"
+
 stamp "2. throughput on the bundled model, cpu and cuda"
 bench="$prebuilt/bench_cpu_generate"
 {
   echo "## bundled model (qwen3-moe-arith-b-nvfp4), prompt 128, 32 new tokens, W4A16"
   for batch in 1 16 64; do
-    timeout "$(budget 40)" "$bench" --device cpu,cuda --batch "$batch" --prompt-tokens 128 --new-tokens 32 \
+    timeout "$(budget 40)" "$bench" --device cpu,cuda-eager,cuda --batch "$batch" --prompt-tokens 128 --new-tokens 32 \
       models/qwen3-moe-arith-b-nvfp4 2>> "$OUT/logs/bench.err"
   done
 } | awk '!seen[$0]++' | tee "$OUT/bench.md"
@@ -141,24 +189,26 @@ else
   record "memcheck (compute-sanitizer not found)" "-"
 fi
 
-stamp "4. synthetic qwen3-30b-a3b, 2 layers: synth, quantize, bench on cuda"
+layers=${SYNTH_LAYERS:-8}
+stamp "4. synthetic qwen3-30b-a3b, $layers layers: synth, quantize, bench on cuda (graphs, eager, deterministic)"
 synth=/tmp/fp4serve-q30-bf16 quantized=/tmp/fp4serve-q30-nvfp4
 rm -rf "$synth" "$quantized"
-timeout "$(budget 60)" "$FP4SERVE_BIN" synth --preset qwen3-30b-a3b --layers 2 --seed 1 --out "$synth" \
+timeout "$(budget 90)" "$FP4SERVE_BIN" synth --preset qwen3-30b-a3b --layers "$layers" --seed 1 --out "$synth" \
   > "$OUT/logs/synth.log" 2>&1 &&
-  timeout "$(budget 90)" "$FP4SERVE_BIN" quantize --in "$synth" --out "$quantized" >> "$OUT/logs/synth.log" 2>&1
-record "synth + quantize 30b-a3b (2 layers)" "$?"
+  timeout "$(budget 120)" "$FP4SERVE_BIN" quantize --in "$synth" --out "$quantized" >> "$OUT/logs/synth.log" 2>&1
+record "synth + quantize 30b-a3b ($layers layers)" "$?"
+rm -rf "$synth"
 stamp "synth + quantize done"
 if [ -f "$quantized/config.json" ]; then
   {
     echo
-    echo "## qwen3-30b-a3b sizes, 2 layers, NVFP4 W4A16, prompt 512, 32 new tokens, cuda"
-    for batch in 1 16 64; do
-      timeout "$(budget 60)" "$bench" --device cuda --batch "$batch" --prompt-tokens 512 --new-tokens 32 \
-        "$quantized" 2>> "$OUT/logs/bench.err"
+    echo "## qwen3-30b-a3b sizes, $layers layers, NVFP4 W4A16, prompt 512, 64 new tokens, cuda"
+    for batch in 1 16 64 256; do
+      timeout "$(budget 60)" "$bench" --device cuda,cuda-eager --deterministic off,on --batch "$batch" \
+        --prompt-tokens 512 --new-tokens 64 "$quantized" 2>> "$OUT/logs/bench.err"
     done
   } | awk '!seen[$0]++' | tee -a "$OUT/bench.md"
-  record "bench 30b-a3b (2 layers)" "$?"
+  record "bench 30b-a3b ($layers layers)" "$?"
 fi
 tail -5 "$OUT/logs/bench.err"
 

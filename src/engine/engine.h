@@ -129,8 +129,20 @@ class Engine {
   void check_idle_for_release(std::string_view what) const;
   // The observer that records each row's routing at the KV slot of its position (null without a routing table).
   std::optional<ForwardObserver> routing_recorder(const ForwardBatch& batch, std::vector<int64_t>& row_slots);
-  void record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, const float* chunk_logits) const;
-  void sample_next(Sequence& seq, std::span<const float> logits, StepOutput& out) const;
+  // The prompt logprobs a chunk's rows give (its rows start at first_row of output.all_logits).
+  void record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, const ForwardOutput& output,
+                             int64_t first_row) const;
+  // Row `row`'s raw log-normalizer where the forward computed them (GPU), else none.
+  static std::optional<float> normalizer_of(const std::vector<float>& normalizers, int64_t row);
+  struct SampledToken {
+    int32_t token;
+    PositionLogprobs logprobs;
+  };
+  // The next token of `seq` and its logprobs from its logits row; reads only `seq` (safe in parallel).
+  SampledToken choose_next(const Sequence& seq, std::span<const float> logits,
+                           std::optional<float> raw_log_normalizer) const;
+  // Appends the token to `seq` (tokens, logprobs, weight-version spans) and to the step's output.
+  void append_sampled(Sequence& seq, const SampledToken& sampled, StepOutput& out) const;
 
   std::unique_ptr<Qwen3Model> model_;
   EngineOptions options_;

@@ -106,15 +106,19 @@ int32_t sample_token(std::span<const float> logits, const SamplingParams& params
 }
 
 PositionLogprobs position_logprobs(std::span<const float> logits, int32_t token, const SamplingParams& params,
-                                   LogprobsMode mode) {
+                                   LogprobsMode mode, std::optional<float> raw_log_normalizer) {
   const int64_t vocab = static_cast<int64_t>(logits.size());
   const float max_logit = checked_max_logit(logits);
   // Scaling by 1 leaves the raw values bit for bit; the sum accumulates in fp32 like torch's log_softmax.
   const float scale =
       mode == LogprobsMode::Processed && params.temperature > 0.0f ? 1.0f / params.temperature : 1.0f;
-  float sum_exp = 0.0f;
-  for (float l : logits) sum_exp += std::exp(l * scale - max_logit * scale);
-  const float log_normalizer = max_logit * scale + std::log(sum_exp);
+  auto computed_log_normalizer = [&] {
+    float sum_exp = 0.0f;
+    for (float l : logits) sum_exp += std::exp(l * scale - max_logit * scale);
+    return max_logit * scale + std::log(sum_exp);
+  };
+  const float log_normalizer =
+      raw_log_normalizer && scale == 1.0f ? *raw_log_normalizer : computed_log_normalizer();
   auto logprob_of = [&](int32_t id) { return logits[id] * scale - log_normalizer; };
 
   PositionLogprobs result{

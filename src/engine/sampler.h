@@ -3,6 +3,7 @@
 // Logprobs are an fp32 log-softmax of the raw logits (LogprobsMode::Raw) or of logits / temperature (Processed).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -49,8 +50,10 @@ int32_t sample_token(std::span<const float> logits, const SamplingParams& params
 
 // Logprobs of `token`, the n_top_logprobs most probable tokens and token_ids_logprob under `mode`, in fp32:
 // logprob(t) = s_t - (s_max + log(sum_j exp(s_j - s_max))) with s = logits (raw) or logits / temperature.
+// raw_log_normalizer: that normalizer of the raw logits when the forward already computed it (the GPU does); used
+// when s = logits (raw mode, or a temperature of 0 or 1), saving a pass of exp over the vocabulary.
 PositionLogprobs position_logprobs(std::span<const float> logits, int32_t token, const SamplingParams& params,
-                                   LogprobsMode mode);
+                                   LogprobsMode mode, std::optional<float> raw_log_normalizer = std::nullopt);
 
 // The uniform draw in [0, 1) for (seed, token_index): a counter-based hash (splitmix64), no hidden state.
 double sampling_uniform(uint64_t seed, int64_t token_index);

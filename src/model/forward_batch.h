@@ -46,6 +46,9 @@ struct ForwardBatch {
 struct ForwardOutput {
   Tensor last_logits;  // [n_sequences, vocab] f32: each sequence's last new token
   Tensor all_logits;   // [n_rows, vocab] f32 when ForwardBatch::all_logits, else undefined
+  // Each returned row's log-sum-exp of its raw logits, where the forward computed it (the GPU's, in a fixed
+  // per-row order); empty otherwise.
+  std::vector<float> last_log_normalizers, all_log_normalizers;
 };
 
 }  // namespace fp4serve

@@ -2,9 +2,15 @@
 // kernel), one engine step per call on one non-default stream. Per step the host uploads one int32 block (token ids,
 // positions, logit rows, page tables, sequence starts) and downloads the bf16 logits of the rows the engine needs;
 // nothing else synchronizes, except the observers' host copies. Buffers grow to the largest step seen (rarely, with
-// one synchronization) and are reused. Linears are NVFP4 W4A16 (nvfp4_gemm.h) or bf16 through cuBLAS; MoE layers
+// one synchronization) and are reused. Decode steps of up to options.cuda_graph_max_batch sequences replay CUDA graphs:
+// one per (rows, context bucket, page-table stride), captured after the first eager step of that key; every pointer
+// they hold stays valid across reloads (weights are rewritten in place and the GEMMs read alphas from the device), and
+// any buffer growth drops them. Linears are NVFP4 W4A16 (nvfp4_gemm.h) or bf16 through cuBLAS; MoE layers
 // run the fused layer (moe_layer.h: router, top-k, grouped expert GEMMs, combine). The results are close to the
-// CPU's, not bitwise: the kernels sum in other orders (tests/model_cuda states the tolerances).
+// CPU's, not bitwise: the kernels sum in other orders (tests/model_cuda states the tolerances). With --deterministic
+// (QuantOptions) every kernel is chosen so that a row's summation order never depends on the step's other rows:
+// batch-invariant NVFP4 GEMM tiles, one cuBLAS GEMM per row for bf16 linears, the prefill attention kernel for decode
+// steps too, and the MoE layer's batch-invariant routing and expert GEMMs.
 #include "common/error.h"
 #include "model/qwen3_model.h"
 
@@ -12,12 +18,17 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <tuple>
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/logits_normalizer.h"
 #include "kernels/cuda/moe_layer.h"
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/nvfp4_gemm.h"
@@ -48,7 +59,8 @@ struct GpuLinear {
   int64_t n = 0, k = 0;
   const bf16_bits* bf16_weight = nullptr;  // [n, k]
   Nvfp4WeightView nvfp4_weight{};
-  std::vector<cuda::Nvfp4AlphaRange> alphas;  // one range per shard
+  std::vector<cuda::Nvfp4AlphaRange> alphas;  // one range per shard (row ends; the values are read on the device)
+  const float* device_alphas = nullptr;       // the .alpha parameter: reloads rewrite it in place
 };
 
 struct GpuLayer {
@@ -85,6 +97,37 @@ class PinnedBuffer {
 
 Tensor device_bytes(size_t bytes) { return Tensor::empty({static_cast<int64_t>(bytes)}, DType::U8, Device::CUDA); }
 
+// One captured decode step, ready to launch.
+class CapturedStep {
+ public:
+  explicit CapturedStep(cudaGraph_t graph) {
+    const cudaError_t status = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphDestroy(graph);
+    FP4_CUDA_CHECK(status);
+  }
+  ~CapturedStep() {
+    if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+  }
+  CapturedStep(const CapturedStep&) = delete;
+  CapturedStep& operator=(const CapturedStep&) = delete;
+  void launch(cudaStream_t stream) const { FP4_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
+  uint64_t last_use = 0;
+
+ private:
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+// What a captured decode step bakes into its launches besides device pointers: the row count, the context bound that
+// sizes the attention grid, the page-table stride (metadata offsets) and the KV cache it writes.
+struct CapturedStepKey {
+  int64_t rows, context, page_table_stride;
+  const void* kv_cache;
+  auto operator<=>(const CapturedStepKey&) const = default;
+};
+
+// Graphs kept at most; the least recently used goes first (each holds a few hundred kernel nodes).
+constexpr size_t kMaxCapturedSteps = 64;
+
 int64_t grown(int64_t needed, int64_t current) { return std::max({needed, 2 * current, int64_t{16}}); }
 
 }  // namespace
@@ -92,19 +135,31 @@ int64_t grown(int64_t needed, int64_t current) { return std::max({needed, 2 * cu
 struct Qwen3Model::CudaForward {
   CudaForward() {
     // A blocking stream: it orders after the legacy stream's work, where loads and reloads copy weights (a pageable
-    // copy may return before its DMA lands) and new tensors are zero-filled.
+    // copy may return before its DMA lands) and new tensors are zero-filled. Graphs are captured on a non-blocking
+    // stream (a capturing blocking stream would forbid other threads' legacy-stream work) and launched on `stream`.
     FP4_CUDA_CHECK(cudaStreamCreate(&stream));
+    FP4_CUDA_CHECK(cudaStreamCreateWithFlags(&capture_stream, cudaStreamNonBlocking));
     check_cublas(cublasCreate(&cublas), "cublasCreate");
-    check_cublas(cublasSetStream(cublas, stream), "cublasSetStream");
+    // A fixed workspace: cuBLAS may not allocate inside a graph capture.
+    blas_workspace = device_bytes(kBlasWorkspaceBytes);
+    check_cublas(cublasSetWorkspace(cublas, blas_workspace.raw(), kBlasWorkspaceBytes), "cublasSetWorkspace");
   }
   ~CudaForward() {
     cudaStreamSynchronize(stream);
+    captured.clear();
     cublasDestroy(cublas);
+    cudaStreamDestroy(capture_stream);
     cudaStreamDestroy(stream);
   }
 
-  cudaStream_t stream = nullptr;
+  static constexpr size_t kBlasWorkspaceBytes = size_t{32} << 20;
+  cudaStream_t stream = nullptr, capture_stream = nullptr;
   cublasHandle_t cublas = nullptr;
+  Tensor blas_workspace;
+  std::map<CapturedStepKey, std::unique_ptr<CapturedStep>> captured;
+  uint64_t graph_clock = 0;
+  bool graphs_failed = false;
+  Qwen3Model::CudaGraphStats graph_stats;
   cuda::Nvfp4GemmContext gemm;
   cuda::MoeLayerContext moe;
   cuda::MoeLayerShape moe_shape{};
@@ -119,20 +174,71 @@ struct Qwen3Model::CudaForward {
   Tensor residual, block_input, block_output, qkv, attention, gate_up, activated, moe_workspace;
   int64_t logit_row_capacity = 0;
   Tensor selected_rows, logits;  // [logit rows, H], [logit rows, V] bf16
+  Tensor normalizers;            // [logit rows] f32: each row's log-sum-exp
   PinnedBuffer host_logits;      // [logit rows, V] bf16
+  PinnedBuffer host_normalizers;  // [logit rows] f32
   size_t metadata_capacity = 0;  // int32 elements
   Tensor metadata;
   PinnedBuffer host_metadata;
   std::unique_ptr<cuda::DecodeWorkspace> decode_workspace;
+  bool deterministic = false;  // QuantOptions::deterministic
 
-  void run_linear(const GpuLinear& linear, const bf16_bits* x, int64_t m, bf16_bits* y) {
-    if (m == 0) return;
-    if (linear.nvfp4) {
-      cuda::nvfp4_gemm_w4a16(gemm, {.x = x, .m = m, .weight = linear.nvfp4_weight, .alphas = linear.alphas, .y = y,
-                                    .stream = stream});
+  // Records what `enqueue(capture_stream)` issues as the graph of `key`, evicting the least recently used graph
+  // beyond kMaxCapturedSteps. A capture CUDA refuses turns graphs off for this model (logged): eager still works.
+  template <typename Enqueue>
+  void capture(const CapturedStepKey& key, Enqueue&& enqueue) {
+    if (graphs_failed) return;
+    FP4_CUDA_CHECK(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
+    cudaGraph_t graph = nullptr;
+    try {
+      enqueue(capture_stream);
+    } catch (const Error& e) {
+      cudaStreamEndCapture(capture_stream, &graph);
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      cudaGetLastError();  // capture errors are not sticky; clear the record
+      graphs_failed = true;
+      spdlog::warn("CUDA graph capture failed, decode runs eagerly from now on: {}", e.what());
       return;
     }
+    FP4_CUDA_CHECK(cudaStreamEndCapture(capture_stream, &graph));
+    if (captured.size() >= kMaxCapturedSteps) {
+      auto oldest = captured.begin();
+      for (auto it = captured.begin(); it != captured.end(); ++it)
+        if (it->second->last_use < oldest->second->last_use) oldest = it;
+      captured.erase(oldest);
+    }
+    auto step = std::make_unique<CapturedStep>(graph);
+    step->last_use = ++graph_clock;
+    captured[key] = std::move(step);
+    ++graph_stats.captures;
+  }
+
+  void run_linear(const GpuLinear& linear, const bf16_bits* x, int64_t m, bf16_bits* y, cudaStream_t stream) {
+    if (m == 0) return;
+    if (linear.nvfp4) {
+      cuda::nvfp4_gemm_w4a16(gemm, {.x = x,
+                                    .m = m,
+                                    .weight = linear.nvfp4_weight,
+                                    .alphas = linear.alphas,
+                                    .device_alphas = linear.device_alphas,
+                                    .y = y,
+                                    .stream = stream,
+                                    .path = deterministic ? cuda::Nvfp4GemmPath::BatchInvariant
+                                                          : cuda::Nvfp4GemmPath::Auto});
+      return;
+    }
+    // cuBLAS picks its kernel (tile, split-K) by the shape, so the bits of a row depend on m: deterministic runs
+    // give every row its own m = 1 GEMM (the same call as in a batch of one).
+    if (deterministic) {
+      for (int64_t row = 0; row < m; ++row)
+        run_bf16_linear(linear, x + row * linear.k, 1, y + row * linear.n, stream);
+      return;
+    }
+    run_bf16_linear(linear, x, m, y, stream);
+  }
+  void run_bf16_linear(const GpuLinear& linear, const bf16_bits* x, int64_t m, bf16_bits* y, cudaStream_t stream) {
     // Row-major y[m, n] = x[m, k] W[n, k]^T is column-major y^T = W^T-as-stored x^T.
+    check_cublas(cublasSetStream(cublas, stream), "cublasSetStream");
     const float one = 1.0f, zero = 0.0f;
     check_cublas(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(linear.n), static_cast<int>(m),
                               static_cast<int>(linear.k), &one, linear.bf16_weight, CUDA_R_16BF,
@@ -144,7 +250,13 @@ struct Qwen3Model::CudaForward {
 
 void Qwen3Model::CudaForwardDeleter::operator()(CudaForward* forward) const { delete forward; }
 
+Qwen3Model::CudaGraphStats Qwen3Model::cuda_graph_stats() const {
+  return cuda_ ? cuda_->graph_stats : CudaGraphStats{};
+}
+
 void Qwen3Model::check_cuda_support() const {
+  FP4_CHECK(options_.cuda_graph_max_batch >= 0, "--cuda-graph-max-bs {} must be >= 0 (0: no CUDA graphs)",
+            options_.cuda_graph_max_batch);
   FP4_CHECK(!is_nvfp4_ || options_.act_quant == ActQuant::None,
             "--device cuda runs NVFP4 layers as W4A16 (the CUDA GEMMs take bf16 activations; there is no W4A4 GEMM "
             "yet): pass --act-quant none instead of --act-quant {}",
@@ -159,6 +271,7 @@ void Qwen3Model::check_cuda_support() const {
 void Qwen3Model::prepare_cuda_forward() {
   if (!cuda_) cuda_.reset(new CudaForward());
   CudaForward& gpu = *cuda_;
+  gpu.deterministic = options_.deterministic;
   auto bf16_param = [&](const std::string& name) { return device_ptr<const bf16_bits>(params_.get(name)); };
   auto linear_of = [&](const LinearMethod& method) {
     const LinearSpec& spec = method.spec();
@@ -167,6 +280,10 @@ void Qwen3Model::prepare_cuda_forward() {
     linear.n = spec.out_features();
     linear.k = spec.in_features;
     if (!linear.nvfp4) {
+      FP4_CHECK(!options_.deterministic || (linear.n % 8 == 0 && linear.k % 8 == 0),
+                "--deterministic --device cuda: {} is a bf16 linear of {} x {}; its one-row cuBLAS GEMMs need both "
+                "sizes multiples of 8 (every row 16-byte aligned, so cuBLAS picks the kernel of a batch of one)",
+                spec.name, linear.n, linear.k);
       linear.bf16_weight = bf16_param(spec.name + ".weight");
       return linear;
     }
@@ -176,12 +293,16 @@ void Qwen3Model::prepare_cuda_forward() {
                            .n_rows = linear.n,
                            .k = linear.k,
                            .row_order = nvfp4_row_order(options_.layout, false)};
-    // The alphas change with every load (the pointers do not), so they are read again after each post-processing.
-    const std::vector<float> alpha = read_f32(params_.get(spec.name + ".alpha"));
+    // The alphas change with every load but their storage does not: the kernels read them from the device, so
+    // captured CUDA graphs stay right across reloads.
+    const Tensor& alpha = params_.get(spec.name + ".alpha");
+    FP4_CHECK(alpha.dtype == DType::F32 && alpha.numel() == static_cast<int64_t>(spec.shards.size()),
+              "{}.alpha: expected {} f32 values (one per shard) for the GPU GEMM", spec.name, spec.shards.size());
+    linear.device_alphas = device_ptr<const float>(alpha);
     int64_t row_end = 0;
-    for (size_t s = 0; s < spec.shards.size(); ++s) {
-      row_end += spec.shards[s].out_features;
-      linear.alphas.push_back({.row_end = row_end, .alpha = alpha[s]});
+    for (const auto& shard : spec.shards) {
+      row_end += shard.out_features;
+      linear.alphas.push_back({.row_end = row_end, .alpha = 0.0f});
     }
     FP4_CHECK(linear.alphas.size() <= cuda::kMaxNvfp4AlphaRanges, "{}: {} shards, the GPU GEMM takes at most {}",
               spec.name, linear.alphas.size(), cuda::kMaxNvfp4AlphaRanges);
@@ -251,7 +372,6 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   FP4_CHECK(observer == nullptr || !observer->on_linear_input,
             "forward: observing linear inputs (calibration) needs the CPU forward; build the model with device cpu");
   CudaForward& gpu = *cuda_;
-  const cudaStream_t stream = gpu.stream;
   const ModelConfig& c = config_;
   const int64_t M = rows.n_rows(), H = c.hidden_size, V = c.vocab_size, head_dim = c.head_dim;
   const int64_t n_heads = c.num_attention_heads, n_kv_heads = c.num_key_value_heads;
@@ -259,8 +379,26 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   const int64_t n_sequences = static_cast<int64_t>(rows.sequences.size());
   const int64_t n_logit_rows = batch.all_logits ? M : n_sequences;
   const float eps = static_cast<float>(c.rms_norm_eps);
+  const Shape& kv_shape = rows.kv_cache->k.shape;  // [n_layers, n_pages, page_size, n_kv_heads, head_dim]
+  const int64_t page_size = kv_shape[2];
 
   StepMetadata meta;
+  for (const PagedSequence& seq : rows.sequences) {
+    meta.max_context = std::max(meta.max_context, seq.first_position + seq.n_tokens);
+    meta.max_query_tokens = std::max(meta.max_query_tokens, seq.n_tokens);
+  }
+  for (const SequenceInput& seq : batch.sequences)
+    meta.page_table_stride = std::max(meta.page_table_stride, static_cast<int64_t>(seq.page_table.size()));
+  const bool all_decode = meta.max_query_tokens == 1;
+  // A graph step bakes its launch shapes in: the context bound is rounded up to a power of two (the decode grid's
+  // extra splits exit at once) and the page tables padded to match, so one graph serves many steps.
+  const bool graph_step = all_decode && !batch.all_logits && observer == nullptr && M <= options_.cuda_graph_max_batch;
+  if (graph_step) {
+    int64_t bucket = cuda::kDecodeSplitTokens;
+    while (bucket < meta.max_context) bucket *= 2;
+    meta.max_context = bucket;
+    meta.page_table_stride = std::max(meta.page_table_stride, (bucket + page_size - 1) / page_size);
+  }
   meta.token_ids = append(meta.values, rows.token_ids);
   meta.positions = append(meta.values, rows.positions);
   meta.logit_rows = meta.values.size();
@@ -268,13 +406,6 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     for (int64_t m = 0; m < M; ++m) meta.values.push_back(static_cast<int32_t>(m));
   else
     append(meta.values, rows.last_rows);
-  for (const PagedSequence& seq : rows.sequences) {
-    const int64_t end = seq.first_position + seq.n_tokens;
-    meta.max_context = std::max(meta.max_context, end);
-    meta.max_query_tokens = std::max(meta.max_query_tokens, seq.n_tokens);
-  }
-  for (const SequenceInput& seq : batch.sequences)
-    meta.page_table_stride = std::max(meta.page_table_stride, static_cast<int64_t>(seq.page_table.size()));
   meta.page_tables = meta.values.size();
   for (const SequenceInput& seq : batch.sequences) {
     append(meta.values, seq.page_table);
@@ -286,15 +417,21 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   for (const PagedSequence& seq : rows.sequences) meta.values.push_back(static_cast<int32_t>(seq.first_row));
   meta.values.push_back(static_cast<int32_t>(M));
 
-  // Grow what this step outgrows: wait for the previous step's work on the old buffers first.
-  const bool all_decode = meta.max_query_tokens == 1;
+  // Grow what this step outgrows: wait for the previous step's work on the old buffers first. Captured graphs hold
+  // the old buffers' addresses, so growth drops them.
+  // A step of decodes only takes the split decode kernel, unless deterministic: its split-and-merge sums differently
+  // from the prefill kernel, which a decode shares a step with as soon as another sequence prefills.
+  const bool split_decode = all_decode && !gpu.deterministic;
   const int64_t decode_context = std::max<int64_t>(meta.max_context, cuda::kDecodeSplitTokens);
   const bool grow_rows = M > gpu.row_capacity, grow_logits = n_logit_rows > gpu.logit_row_capacity;
   const bool grow_metadata = meta.values.size() > gpu.metadata_capacity;
   const cuda::DecodeWorkspace* decode = gpu.decode_workspace.get();
-  const bool grow_decode = all_decode && (!decode || M > decode->max_rows() ||
-                                          decode_context > decode->max_splits() * cuda::kDecodeSplitTokens);
-  if (grow_rows || grow_logits || grow_metadata || grow_decode) FP4_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const bool grow_decode = split_decode && (!decode || M > decode->max_rows() ||
+                                            decode_context > decode->max_splits() * cuda::kDecodeSplitTokens);
+  if (grow_rows || grow_logits || grow_metadata || grow_decode) {
+    FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
+    gpu.captured.clear();
+  }
   if (grow_rows) {
     const int64_t cap = grown(M, gpu.row_capacity);
     auto bf16_rows = [cap](int64_t width) {
@@ -316,6 +453,8 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     gpu.selected_rows = Tensor::empty({cap, H}, DType::BF16, Device::CUDA);
     gpu.logits = Tensor::empty({cap, V}, DType::BF16, Device::CUDA);
     gpu.host_logits.reserve(static_cast<size_t>(cap * V) * sizeof(bf16_bits));
+    gpu.normalizers = Tensor::empty({cap}, DType::F32, Device::CUDA);
+    gpu.host_normalizers.reserve(static_cast<size_t>(cap) * sizeof(float));
     gpu.logit_row_capacity = cap;
   }
   if (grow_metadata) {
@@ -332,11 +471,50 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     gpu.decode_workspace = std::make_unique<cuda::DecodeWorkspace>(grown(max_rows, 0), n_heads, head_dim, context);
   }
 
-  // The previous step ended with a synchronization, so the pinned block is free to overwrite.
+  // bf16 logits are exact in f32, as the CPU's bf16-rounded logits are.
+  auto host_logits = [&](auto logit_row_of, size_t n_rows) {
+    Tensor out = Tensor::empty({static_cast<int64_t>(n_rows), V}, DType::F32, Device::CPU);
+    const bf16_bits* source = gpu.host_logits.as<bf16_bits>();
+#pragma omp parallel for schedule(static) if (n_rows > 1)
+    for (size_t r = 0; r < n_rows; ++r)
+      for (int64_t v = 0; v < V; ++v)
+        out.data<float>()[static_cast<int64_t>(r) * V + v] = bf16_to_float(source[logit_row_of(r) * V + v]);
+    return out;
+  };
+  auto step_output = [&] {
+    ForwardOutput out;
+    const auto own_row = [](size_t r) { return static_cast<int64_t>(r); };
+    const float* normalizers = gpu.host_normalizers.as<float>();
+    if (!batch.all_logits) {
+      out.last_logits = host_logits(own_row, static_cast<size_t>(n_logit_rows));
+      out.last_log_normalizers.assign(normalizers, normalizers + n_logit_rows);
+      return out;
+    }
+    out.all_logits = host_logits(own_row, static_cast<size_t>(n_logit_rows));
+    out.all_log_normalizers.assign(normalizers, normalizers + n_logit_rows);
+    out.last_logits = host_logits([&](size_t r) { return rows.last_rows[r]; }, rows.last_rows.size());
+    for (const int64_t row : rows.last_rows) out.last_log_normalizers.push_back(normalizers[row]);
+    return out;
+  };
+
+  // The previous step ended with a synchronization, so the pinned block is free to overwrite; a graph's first node
+  // uploads it from there.
   std::memcpy(gpu.host_metadata.as<int32_t>(), meta.values.data(), meta.values.size() * sizeof(int32_t));
+  const CapturedStepKey key{.rows = M,
+                            .context = meta.max_context,
+                            .page_table_stride = meta.page_table_stride,
+                            .kv_cache = rows.kv_cache->k.raw()};
+  if (graph_step) {
+    const auto found = gpu.captured.find(key);
+    if (found != gpu.captured.end()) {
+      found->second->last_use = ++gpu.graph_clock;
+      found->second->launch(gpu.stream);
+      FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
+      ++gpu.graph_stats.replays;
+      return step_output();
+    }
+  }
   int32_t* d_meta = device_ptr<int32_t>(gpu.metadata);
-  FP4_CUDA_CHECK(cudaMemcpyAsync(d_meta, gpu.host_metadata.as<int32_t>(), meta.values.size() * sizeof(int32_t),
-                                 cudaMemcpyHostToDevice, stream));
   const cuda::AttentionBatch attention_batch{.page_tables = d_meta + meta.page_tables,
                                              .page_table_stride = std::max<int64_t>(meta.page_table_stride, 1),
                                              .first_position = d_meta + meta.first_position,
@@ -353,7 +531,10 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   bf16_bits* attn = device_ptr<bf16_bits>(gpu.attention);
 
   // Observers read host f32 copies; each one synchronizes (they serve calibration-free taps: routing replay, tests).
+  // Observer steps run eagerly on gpu.stream (they are never captured).
+  const cudaStream_t stream_of_observers = gpu.stream;
   auto host_f32_rows = [&](const bf16_bits* device, int64_t n_rows, int64_t width, const bf16_bits* added = nullptr) {
+    const cudaStream_t stream = stream_of_observers;
     std::vector<bf16_bits> a(static_cast<size_t>(n_rows * width)), b;
     FP4_CUDA_CHECK(cudaMemcpyAsync(a.data(), device, a.size() * sizeof(bf16_bits), cudaMemcpyDeviceToHost, stream));
     if (added != nullptr) {
@@ -368,111 +549,103 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     return out;
   };
 
-  cuda::embedding_lookup_cuda(gpu.embed_tokens, V, H, d_meta + meta.token_ids, M, x, stream);
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const GpuLayer& layer = gpu.layers[l];
-    // The residual add of the previous block is fused into this block's input norm.
-    if (l == 0)
-      cuda::rmsnorm_cuda(x, layer.input_norm, M, H, eps, h, stream);
-    else
-      cuda::fused_add_rmsnorm_cuda(x, delta, layer.input_norm, M, H, eps, h, stream);
+  // The whole step on one stream, from the metadata upload to the logits download: run eagerly, or captured.
+  auto enqueue_step = [&](cudaStream_t stream) {
+    FP4_CUDA_CHECK(cudaMemcpyAsync(d_meta, gpu.host_metadata.as<int32_t>(), meta.values.size() * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, stream));
+    cuda::embedding_lookup_cuda(gpu.embed_tokens, V, H, d_meta + meta.token_ids, M, x, stream);
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      const GpuLayer& layer = gpu.layers[l];
+      // The residual add of the previous block is fused into this block's input norm.
+      if (l == 0)
+        cuda::rmsnorm_cuda(x, layer.input_norm, M, H, eps, h, stream);
+      else
+        cuda::fused_add_rmsnorm_cuda(x, delta, layer.input_norm, M, H, eps, h, stream);
 
-    gpu.run_linear(layer.qkv, h, M, qkv);
-    cuda::qk_norm_rope_cuda({.q = qkv,
-                             .q_row_stride = qkv_width,
-                             .n_heads = n_heads,
-                             .k = qkv + q_size,
-                             .k_row_stride = qkv_width,
-                             .n_kv_heads = n_kv_heads,
-                             .head_dim = head_dim,
-                             .q_norm_weight = layer.q_norm,
-                             .k_norm_weight = layer.k_norm,
-                             .positions = d_meta + meta.positions,
-                             .n_tokens = M,
-                             .eps = eps,
-                             .theta = c.rope_theta,
-                             .stream = stream});
-    const Shape& kv_shape = rows.kv_cache->k.shape;  // [n_layers, n_pages, page_size, n_kv_heads, head_dim]
-    const int64_t layer_elements = kv_shape[1] * kv_shape[2] * kv_shape[3] * kv_shape[4];
-    const PagedKvLayer cache{.k = device_ptr<bf16_bits>(rows.kv_cache->k) + l * layer_elements,
-                             .v = device_ptr<bf16_bits>(rows.kv_cache->v) + l * layer_elements,
-                             .n_pages = kv_shape[1],
-                             .page_size = kv_shape[2],
-                             .n_kv_heads = kv_shape[3],
-                             .head_dim = kv_shape[4]};
-    cuda::kv_cache_write_cuda(cache, attention_batch, {qkv + q_size, qkv_width}, {qkv + q_size + kv_size, qkv_width},
-                              stream);
-    // A step of decodes only takes the split decode kernel; any prefill chunk sends the whole batch through the
-    // causal prefill kernel (which handles one-token sequences as well).
-    if (all_decode)
-      cuda::paged_decode_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, *gpu.decode_workspace,
-                                        {attn, q_size}, stream);
-    else
-      cuda::paged_prefill_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, {attn, q_size}, stream);
-    gpu.run_linear(layer.o, attn, M, delta);
-    cuda::fused_add_rmsnorm_cuda(x, delta, layer.post_attention_norm, M, H, eps, h, stream);
-
-    if (layer.moe) {
-      cuda::moe_layer_forward(gpu.moe, gpu.moe_shape, layer.experts,
-                              {.x = h,
-                               .m = M,
-                               .y = delta,
-                               .workspace = gpu.moe_workspace.raw(),
-                               .workspace_bytes = gpu.moe_workspace.nbytes(),
+      gpu.run_linear(layer.qkv, h, M, qkv, stream);
+      cuda::qk_norm_rope_cuda({.q = qkv,
+                               .q_row_stride = qkv_width,
+                               .n_heads = n_heads,
+                               .k = qkv + q_size,
+                               .k_row_stride = qkv_width,
+                               .n_kv_heads = n_kv_heads,
+                               .head_dim = head_dim,
+                               .q_norm_weight = layer.q_norm,
+                               .k_norm_weight = layer.k_norm,
+                               .positions = d_meta + meta.positions,
+                               .n_tokens = M,
+                               .eps = eps,
+                               .theta = c.rope_theta,
                                .stream = stream});
-      if (observer && observer->on_moe_routing) {
-        const int64_t k = c.num_experts_per_tok;
-        const cuda::MoeRouting routing = cuda::moe_layer_routing(gpu.moe_shape, gpu.moe_workspace.raw());
-        const Tensor ids = Tensor::empty({M, k}, DType::I32, Device::CPU);
-        const Tensor weights = Tensor::empty({M, k}, DType::F32, Device::CPU);
-        FP4_CUDA_CHECK(cudaMemcpyAsync(ids.raw(), routing.topk_ids, ids.nbytes(), cudaMemcpyDeviceToHost, stream));
-        FP4_CUDA_CHECK(
-            cudaMemcpyAsync(weights.raw(), routing.topk_weights, weights.nbytes(), cudaMemcpyDeviceToHost, stream));
-        const Tensor input = host_f32_rows(h, M, H);  // synchronizes
-        observer->on_moe_routing(l, input, ids, weights);
+      const int64_t layer_elements = kv_shape[1] * kv_shape[2] * kv_shape[3] * kv_shape[4];
+      const PagedKvLayer cache{.k = device_ptr<bf16_bits>(rows.kv_cache->k) + l * layer_elements,
+                               .v = device_ptr<bf16_bits>(rows.kv_cache->v) + l * layer_elements,
+                               .n_pages = kv_shape[1],
+                               .page_size = kv_shape[2],
+                               .n_kv_heads = kv_shape[3],
+                               .head_dim = kv_shape[4]};
+      cuda::kv_cache_write_cuda(cache, attention_batch, {qkv + q_size, qkv_width}, {qkv + q_size + kv_size, qkv_width},
+                                stream);
+      // Any prefill chunk sends the whole batch through the causal prefill kernel (which handles one-token sequences
+      // as well).
+      if (split_decode)
+        cuda::paged_decode_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, *gpu.decode_workspace,
+                                          {attn, q_size}, stream);
+      else
+        cuda::paged_prefill_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, {attn, q_size}, stream);
+      gpu.run_linear(layer.o, attn, M, delta, stream);
+      cuda::fused_add_rmsnorm_cuda(x, delta, layer.post_attention_norm, M, H, eps, h, stream);
+
+      if (layer.moe) {
+        cuda::moe_layer_forward(gpu.moe, gpu.moe_shape, layer.experts,
+                                {.x = h,
+                                 .m = M,
+                                 .y = delta,
+                                 .workspace = gpu.moe_workspace.raw(),
+                                 .workspace_bytes = gpu.moe_workspace.nbytes(),
+                                 .stream = stream,
+                                 .batch_invariant = gpu.deterministic});
+        if (observer && observer->on_moe_routing) {
+          const int64_t k = c.num_experts_per_tok;
+          const cuda::MoeRouting routing = cuda::moe_layer_routing(gpu.moe_shape, gpu.moe_workspace.raw());
+          const Tensor ids = Tensor::empty({M, k}, DType::I32, Device::CPU);
+          const Tensor weights = Tensor::empty({M, k}, DType::F32, Device::CPU);
+          FP4_CUDA_CHECK(cudaMemcpyAsync(ids.raw(), routing.topk_ids, ids.nbytes(), cudaMemcpyDeviceToHost, stream));
+          FP4_CUDA_CHECK(
+              cudaMemcpyAsync(weights.raw(), routing.topk_weights, weights.nbytes(), cudaMemcpyDeviceToHost, stream));
+          const Tensor input = host_f32_rows(h, M, H);  // synchronizes
+          observer->on_moe_routing(l, input, ids, weights);
+        }
+      } else {
+        const int64_t I = layer.down.k;
+        bf16_bits* gate_up = device_ptr<bf16_bits>(gpu.gate_up);
+        bf16_bits* activated = device_ptr<bf16_bits>(gpu.activated);
+        gpu.run_linear(layer.gate_up, h, M, gate_up, stream);
+        cuda::silu_mul_cuda(gate_up, M, I, activated, stream);
+        gpu.run_linear(layer.down, activated, M, delta, stream);
       }
-    } else {
-      const int64_t I = layer.down.k;
-      bf16_bits* gate_up = device_ptr<bf16_bits>(gpu.gate_up);
-      bf16_bits* activated = device_ptr<bf16_bits>(gpu.activated);
-      gpu.run_linear(layer.gate_up, h, M, gate_up);
-      cuda::silu_mul_cuda(gate_up, M, I, activated, stream);
-      gpu.run_linear(layer.down, activated, M, delta);
+      if (observer && observer->on_layer_output) observer->on_layer_output(l, host_f32_rows(x, M, H, delta));
     }
-    if (observer && observer->on_layer_output) observer->on_layer_output(l, host_f32_rows(x, M, H, delta));
-  }
 
-  // The final norm over every row (rows are independent), then the logit rows gathered: the embedding gather is a
-  // row gather of any bf16 table.
-  cuda::fused_add_rmsnorm_cuda(x, delta, gpu.final_norm, M, H, eps, h, stream);
-  bf16_bits* selected = device_ptr<bf16_bits>(gpu.selected_rows);
-  cuda::embedding_lookup_cuda(h, M, H, d_meta + meta.logit_rows, n_logit_rows, selected, stream);
-  bf16_bits* logits = device_ptr<bf16_bits>(gpu.logits);
-  gpu.run_linear(gpu.lm_head, selected, n_logit_rows, logits);
-  FP4_CUDA_CHECK(cudaMemcpyAsync(gpu.host_logits.as<bf16_bits>(), logits,
-                                 static_cast<size_t>(n_logit_rows * V) * sizeof(bf16_bits), cudaMemcpyDeviceToHost,
-                                 stream));
-  FP4_CUDA_CHECK(cudaStreamSynchronize(stream));
-
-  // bf16 logits are exact in f32, as the CPU's bf16-rounded logits are.
-  auto to_f32 = [&](const std::vector<int64_t>& logit_rows) {
-    Tensor out = Tensor::empty({static_cast<int64_t>(logit_rows.size()), V}, DType::F32, Device::CPU);
-    const bf16_bits* source = gpu.host_logits.as<bf16_bits>();
-    for (size_t r = 0; r < logit_rows.size(); ++r)
-      for (int64_t v = 0; v < V; ++v)
-        out.data<float>()[static_cast<int64_t>(r) * V + v] = bf16_to_float(source[logit_rows[r] * V + v]);
-    return out;
+    // The final norm over every row (rows are independent), then the logit rows gathered: the embedding gather is a
+    // row gather of any bf16 table.
+    cuda::fused_add_rmsnorm_cuda(x, delta, gpu.final_norm, M, H, eps, h, stream);
+    bf16_bits* selected = device_ptr<bf16_bits>(gpu.selected_rows);
+    cuda::embedding_lookup_cuda(h, M, H, d_meta + meta.logit_rows, n_logit_rows, selected, stream);
+    bf16_bits* logits = device_ptr<bf16_bits>(gpu.logits);
+    gpu.run_linear(gpu.lm_head, selected, n_logit_rows, logits, stream);
+    float* normalizers = device_ptr<float>(gpu.normalizers);
+    cuda::logits_log_normalizer_cuda(logits, n_logit_rows, V, normalizers, stream);
+    FP4_CUDA_CHECK(cudaMemcpyAsync(gpu.host_logits.as<bf16_bits>(), logits,
+                                   static_cast<size_t>(n_logit_rows * V) * sizeof(bf16_bits), cudaMemcpyDeviceToHost,
+                                   stream));
+    FP4_CUDA_CHECK(cudaMemcpyAsync(gpu.host_normalizers.as<float>(), normalizers,
+                                   static_cast<size_t>(n_logit_rows) * sizeof(float), cudaMemcpyDeviceToHost, stream));
   };
-  std::vector<int64_t> own_rows(static_cast<size_t>(n_logit_rows));
-  for (int64_t r = 0; r < n_logit_rows; ++r) own_rows[r] = r;
-  ForwardOutput out;
-  if (!batch.all_logits) {
-    out.last_logits = to_f32(own_rows);
-    return out;
-  }
-  out.all_logits = to_f32(own_rows);
-  out.last_logits = to_f32(rows.last_rows);
-  return out;
+  enqueue_step(gpu.stream);
+  FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
+  if (graph_step) gpu.capture(key, enqueue_step);
+  return step_output();
 }
 
 }  // namespace fp4serve
@@ -483,6 +656,7 @@ namespace fp4serve {
 
 struct Qwen3Model::CudaForward {};
 void Qwen3Model::CudaForwardDeleter::operator()(CudaForward* forward) const { delete forward; }
+Qwen3Model::CudaGraphStats Qwen3Model::cuda_graph_stats() const { return {}; }
 [[noreturn]] static void no_cuda() {
   fail("--device cuda: this fp4serve was built without CUDA; rebuild where nvcc is available");
 }

@@ -51,6 +51,12 @@ class Qwen3Model final : public LoadableModel {
   // weights are ready. The logits come back as host f32 tensors on either device.
   ForwardOutput forward(const ForwardBatch& batch);
 
+  // Device cuda: how many decode steps were captured as CUDA graphs and how many replayed one (zeros on cpu).
+  struct CudaGraphStats {
+    int64_t captures = 0, replays = 0;
+  };
+  CudaGraphStats cuda_graph_stats() const;
+
  private:
   struct Layer {
     std::unique_ptr<LinearMethod> qkv_proj, o_proj;

@@ -25,6 +25,12 @@ struct QuantOptions {
   WeightLayout layout = WeightLayout::Cutlass;
   ActQuant act_quant = ActQuant::Static;
   Device device = Device::CPU;
+  // Device cuda: decode steps of up to this many sequences replay CUDA graphs (captured on first use); 0: eager.
+  int64_t cuda_graph_max_batch = 0;
+  // --deterministic: kernel paths whose reduction order depends neither on the number of rows nor on the batch's
+  // composition, so a request's logits are bitwise the same whatever else runs. The CPU kernels always are; on the
+  // GPU it trades speed for it (qwen3_forward_cuda.cpp).
+  bool deterministic = false;
 };
 
 // What a checkpoint tensor is, for validation beyond shape and dtype.

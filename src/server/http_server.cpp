@@ -63,6 +63,7 @@ nlohmann::json to_json(const ServerOptions& o) {
           {"disable_radix_cache", o.disable_radix_cache},
           {"enable_return_routed_experts", o.enable_return_routed_experts},
           {"logprobs_mode", o.logprobs_mode},
+          {"enable_deterministic_inference", o.deterministic},
           {"weights_release_mode", o.weights_release_mode},
           {"api_key", secret(o.api_key)},
           {"admin_api_key", secret(o.admin_api_key)},
@@ -356,7 +357,7 @@ void HttpServer::memory_occupation(const httplib::Request& request, httplib::Res
              {"message", outcome.message},
              {release ? "released" : "resumed", memory_tags_json(outcome.changed)},
              {release ? "already_released" : "not_released", memory_tags_json(outcome.unchanged)},
-             {"nothing_to_do", memory_tags_json(outcome.nothing_captured)},
+             {"nothing_to_do", memory_tags_json(outcome.nothing_to_do)},
              {"released_memory", memory_tags_json(stats.released_memory)},
              {"weights_need_reload", stats.weights_need_reload}},
             outcome.success ? 200 : outcome.refused_busy ? 409 : 500);

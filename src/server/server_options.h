@@ -15,6 +15,8 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 30000;               // 0: any free port (the log line "listening on" names it)
   std::string device = "cpu";
+  int64_t cuda_graph_max_bs = 256;  // --device cuda: decode steps up to this batch replay CUDA graphs
+  bool disable_cuda_graph = false;
   int tp = 1;
   std::string moe_backend = "cutlass";
   std::string act_quant = "static";
@@ -23,13 +25,14 @@ struct ServerOptions {
   int64_t max_running_requests = 64;
   int64_t max_queued_requests = 256;    // beyond the running ones; more -> 503 with Retry-After
   int64_t max_total_tokens = 0;         // KV cache tokens; 0: from mem_fraction_static
-  double mem_fraction_static = 0.2;     // share of host memory for weights + KV cache (CPU device)
+  double mem_fraction_static = 0;       // share of the KV cache's memory for weights + it; 0: 0.2 cpu, 0.85 cuda
   int64_t chunked_prefill_size = 2048;  // longest prefill per engine step, prompts split to fit; -1: never split
   int64_t max_prefill_tokens = 16384;   // prefill tokens per engine step
   int64_t page_size = 16;
   bool disable_radix_cache = false;
   bool enable_return_routed_experts = false;  // record routing for return_routed_experts (host memory per KV token)
   std::string logprobs_mode = "processed";  // raw | processed (src/engine/sampler.h)
+  bool deterministic = false;  // batch-invariant kernels (QuantOptions::deterministic), README "Deterministic inference"
   std::string weights_release_mode = "offload";  // offload | discard (/release_memory_occupation; engine.h)
 
   std::string api_key;                          // all endpoints; "" = open

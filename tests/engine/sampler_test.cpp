@@ -77,6 +77,29 @@ TEST(Sampler, LogprobsAreTheRawOrTheTemperedLogSoftmaxBeforeFilters) {
             position_logprobs(logits, 4, {.temperature = 3.0f}, LogprobsMode::Raw).logprob);
 }
 
+// A raw log-normalizer the forward computed (the GPU's) replaces the pass over the vocabulary exactly where the
+// logprob scale is 1: raw mode, or processed at temperature 0 or 1; elsewhere it is ignored.
+TEST(Sampler, AGivenRawLogNormalizerIsUsedOnlyWhereTheScaleIsOne) {
+  std::vector<float> logits(300);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = 4.0f * std::cos(static_cast<float>(i) * 0.21f);
+  const float marker = 100.0f;  // far from the true normalizer (about 8), so its use shows
+  for (const float temperature : {0.0f, 0.5f, 1.0f, 2.0f})
+    for (const LogprobsMode mode : {LogprobsMode::Raw, LogprobsMode::Processed}) {
+      const SamplingParams params{.temperature = temperature, .n_top_logprobs = 2, .token_ids_logprob = {9}};
+      const PositionLogprobs computed = position_logprobs(logits, 5, params, mode);
+      const PositionLogprobs given = position_logprobs(logits, 5, params, mode, marker);
+      const bool scale_one = mode == LogprobsMode::Raw || temperature == 0.0f || temperature == 1.0f;
+      if (scale_one) {
+        EXPECT_FLOAT_EQ(given.logprob, logits[5] - marker) << temperature;
+        EXPECT_FLOAT_EQ(given.ids[0].second, logits[9] - marker);
+        EXPECT_FLOAT_EQ(given.top[0].second, *std::max_element(logits.begin(), logits.end()) - marker);
+      } else {
+        EXPECT_EQ(given.logprob, computed.logprob) << temperature;
+      }
+      EXPECT_EQ(given.rank, computed.rank);
+    }
+}
+
 TEST(Sampler, TopKKeepsOnlyTheKMostProbable) {
   const std::vector<float> logits{0.0f, 1.0f, 0.9f, 0.8f, -0.5f};
   EXPECT_EQ(drawn_tokens(logits, {.top_k = 2}), (std::set<int32_t>{1, 2}));

@@ -4,8 +4,9 @@
 // routing must then match exactly (ids; weights to 1e-5), ties included (duplicated router rows: the lower expert
 // index wins). Expert weights are random NVFP4 codes and scales (zero and subnormal scales included) in both layouts.
 // Every expert that the reference does not route to gets NaN block scales on the device, so reading one would show.
-// Every case runs on both expert-GEMM paths and Auto; token counts on both sides of kMoeFastRoutingMaxTokens (64) take
-// the fused routing kernel or the cuBLAS one. Outputs and workspace are poisoned; a second run must be bitwise identical.
+// Every case runs on both expert-GEMM paths, Auto and the batch-invariant mode (--deterministic); token counts on both
+// sides of kMoeFastRoutingMaxTokens (64) take the fused routing kernel or the cuBLAS one (the batch-invariant mode: the
+// fused kernel's GEMV in chunks). Outputs and workspace are poisoned; a second run must be bitwise identical.
 #include <gtest/gtest.h>
 
 #include "kernels/device.h"
@@ -70,10 +71,12 @@ const MoeCase kCases[] = {
 struct ExpertPath {
   const char* name;
   cuda::MoeExpertGemm gemm;
+  bool batch_invariant = false;  // MoeLayerArgs::batch_invariant (--deterministic)
 };
 const ExpertPath kPaths[] = {{"layer kernels", cuda::MoeExpertGemm::LayerKernels},
                              {"grouped GEMM", cuda::MoeExpertGemm::GroupedGemm},
-                             {"auto", cuda::MoeExpertGemm::Auto}};
+                             {"auto", cuda::MoeExpertGemm::Auto},
+                             {"batch invariant", cuda::MoeExpertGemm::Auto, true}};
 
 struct HostMoe {
   std::vector<bf16_bits> router;                  // [E, H]
@@ -283,7 +286,7 @@ TEST_P(MoeLayerTest, MatchesFloat64Reference) {
                               {.x = x_device.data<bf16_bits>(), .m = c.m, .y = y_device.data<bf16_bits>(),
                                .workspace = aligned_workspace,
                                .workspace_bytes = cuda::moe_layer_workspace_bytes(shape), .stream = nullptr,
-                               .expert_gemm = path.gemm});
+                               .expert_gemm = path.gemm, .batch_invariant = path.batch_invariant});
       check_cuda(cudaDeviceSynchronize(), "moe_layer_forward");
       const std::vector<bf16_bits> y = y_device.download<bf16_bits>();
       if (run == 1) {
@@ -320,6 +323,57 @@ TEST_P(MoeLayerTest, MatchesFloat64Reference) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, MoeLayerTest, testing::ValuesIn(kCases),
                          [](const testing::TestParamInfo<MoeCase>& info) { return std::string(info.param.name); });
+
+// MoeLayerArgs::batch_invariant (--deterministic): a token's output and routing in a batch of 100 (past the fused
+// routing kernel's 64 tokens) are bitwise those of the token run alone.
+TEST(MoeLayerCuda, BatchInvariantTokensGetTheBitsOfTheirSingleRuns) {
+  FP4_SKIP_WITHOUT_GPU();
+  const MoeCase c{"invariant", 64, 8, 512, 256, 100, WeightLayout::Cutlass, true, false};
+  Random random(23);
+  const HostMoe moe = make_moe(c, random);
+  const std::vector<bf16_bits> x = grid_activations(c.m, c.hidden, random);
+  const Routing routing = reference_routing(c, moe, x);
+  const DeviceMoe device(c, moe, std::set<int32_t>(routing.ids.begin(), routing.ids.end()));
+  const cuda::MoeLayerShape shape{.n_experts = c.n_experts, .top_k = c.top_k, .hidden = c.hidden,
+                                  .intermediate = c.intermediate, .norm_topk_prob = c.norm_topk_prob,
+                                  .max_tokens = c.m};
+  DeviceBytes workspace(cuda::moe_layer_workspace_bytes(shape) + 256), x_device(x.size() * 2),
+      y_device(x.size() * 2);
+  void* aligned_workspace =
+      reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(workspace.data<uint8_t>()) + 255) / 256 * 256);
+  cuda::MoeLayerContext context;
+  struct Output {
+    std::vector<bf16_bits> y;
+    std::vector<int32_t> ids;
+  };
+  // Runs tokens [first, first + m) of x from the start of the device buffers.
+  auto run = [&](int64_t first, int64_t m) {
+    check_cuda(cudaMemcpy(x_device.data<bf16_bits>(), x.data() + first * c.hidden, m * c.hidden * 2,
+                          cudaMemcpyHostToDevice), "x");
+    y_device.fill(0xFF);
+    cuda::moe_layer_forward(context, shape, device.weights(c),
+                            {.x = x_device.data<bf16_bits>(), .m = m, .y = y_device.data<bf16_bits>(),
+                             .workspace = aligned_workspace,
+                             .workspace_bytes = cuda::moe_layer_workspace_bytes(shape), .stream = nullptr,
+                             .batch_invariant = true});
+    check_cuda(cudaDeviceSynchronize(), "moe_layer_forward");
+    Output out{std::vector<bf16_bits>(m * c.hidden), std::vector<int32_t>(m * c.top_k)};
+    check_cuda(cudaMemcpy(out.y.data(), y_device.data<bf16_bits>(), out.y.size() * 2, cudaMemcpyDeviceToHost), "y");
+    const cuda::MoeRouting device_routing = cuda::moe_layer_routing(shape, aligned_workspace);
+    check_cuda(cudaMemcpy(out.ids.data(), device_routing.topk_ids, out.ids.size() * 4, cudaMemcpyDeviceToHost),
+               "ids");
+    return out;
+  };
+  const Output batch = run(0, c.m);
+  EXPECT_EQ(batch.ids, routing.ids);
+  for (int64_t t : {int64_t{0}, int64_t{37}, int64_t{64}, int64_t{99}}) {
+    const Output alone = run(t, 1);
+    EXPECT_TRUE(std::equal(alone.y.begin(), alone.y.end(), batch.y.begin() + t * c.hidden))
+        << "token " << t << ": output differs from its single run";
+    EXPECT_TRUE(std::equal(alone.ids.begin(), alone.ids.end(), batch.ids.begin() + t * c.top_k))
+        << "token " << t << ": routing differs from its single run";
+  }
+}
 
 // What lets the engine capture the layer: no allocation or synchronization inside a forward, and the fused routing
 // kernel's counters back at zero after every launch (a replay that found them dirty would leave the routing unwritten).
@@ -427,6 +481,9 @@ TEST(MoeLayerCuda, RejectsBadArgumentsNamingTheField) {
   weights.router = reinterpret_cast<const bf16_bits*>(fake);
   args.expert_gemm = static_cast<cuda::MoeExpertGemm>(7);
   expect_error_naming([&] { cuda::moe_layer_forward(context, good, weights, args); }, "args.expert_gemm = 7");
+  args.expert_gemm = cuda::MoeExpertGemm::LayerKernels;
+  args.batch_invariant = true;
+  expect_error_naming([&] { cuda::moe_layer_forward(context, good, weights, args); }, "args.batch_invariant");
 }
 
 #endif  // FP4SERVE_HAVE_CUDA

@@ -1,5 +1,6 @@
 // NVFP4 W4A16 GEMM paths (Auto, the fused kernel in every tile configuration and K split, the streaming kernel with
-// few warps, dequantize + cuBLAS) against a float64 CPU reference: weights quantized by format/nvfp4.h and
+// few warps, dequantize + cuBLAS, and the batch-invariant path's rows against single runs) against a float64 CPU
+// reference: weights quantized by format/nvfp4.h and
 // dequantized from the LINEAR scale layout (so the kernels' swizzle and row-shuffle indexing is checked
 // independently), x . W^T summed in double. Fresh random inputs per case; outputs are poisoned (NaN) before a run and
 // fenced by guard bytes; the swizzled scales' padding is poisoned with e4m3 NaN.
@@ -250,6 +251,137 @@ TEST(Nvfp4GemmCuda, ZeroTokensWritesNothing) {
   y_device.download(y.data());
   EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](bf16_bits v) { return v == 0x1111; }));
   EXPECT_TRUE(y_device.guards_intact());
+}
+
+// With device_alphas, a call captured in a CUDA graph reads the alphas when the graph replays: rewriting them in place
+// (what a reload does) changes a replay's output exactly as an eager call with the new host alphas would. Each path
+// at an m it serves; the eager host-alpha results are the reference (bitwise: the same products in the same order).
+TEST(Nvfp4GemmCuda, DeviceAlphasInACapturedGraphFollowRewrites) {
+  SKIP_WITHOUT_GPU();
+  const int64_t k = 272;  // 16 * 17
+  for (const auto& [path, m] : {std::pair{cuda::Nvfp4GemmPath::Streaming, int64_t{3}},
+                                std::pair{cuda::Nvfp4GemmPath::Fused, int64_t{40}},
+                                std::pair{cuda::Nvfp4GemmPath::DequantCublas, int64_t{200}}}) {
+    SCOPED_TRACE("path " + std::to_string(static_cast<int>(path)) + ", m " + std::to_string(m));
+    Random random(static_cast<uint64_t>(m));
+    HostWeight w = make_weight(k, {{96, 0.75f}, {64, 1.5f}}, random);
+    const DeviceWeight device_weight(w, Nvfp4RowOrder::Linear);
+    const std::vector<bf16_bits> x = random_activations(m, k, random);
+    const size_t y_bytes = static_cast<size_t>(m * w.n) * sizeof(bf16_bits);
+    GuardedBuffer x_device(x.size() * sizeof(bf16_bits)), y_device(y_bytes), alphas_device(2 * sizeof(float));
+    x_device.upload(x.data());
+    cudaStream_t stream = nullptr;
+    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    cuda::Nvfp4GemmContext context;
+    cuda::Nvfp4GemmArgs args;
+    args.x = x_device.data<bf16_bits>();
+    args.m = m;
+    args.weight = {device_weight.packed.data<uint8_t>(), device_weight.scales.data<uint8_t>(), w.n, w.k,
+                   Nvfp4RowOrder::Linear};
+    args.y = y_device.data<bf16_bits>();
+    args.stream = stream;
+    args.path = path;
+    auto eager_with_host_alphas = [&](float first, float second) {
+      const std::vector<cuda::Nvfp4AlphaRange> alphas = {{96, first}, {160, second}};
+      cuda::Nvfp4GemmArgs host = args;
+      host.alphas = alphas;
+      y_device.fill(0xFF);
+      cuda::nvfp4_gemm_w4a16(context, host);
+      check_cuda(cudaStreamSynchronize(stream), "eager run");
+      std::vector<bf16_bits> y(static_cast<size_t>(m * w.n));
+      y_device.download(y.data());
+      return y;
+    };
+    auto set_device_alphas = [&](float first, float second) {
+      const float values[2] = {first, second};
+      alphas_device.upload(values);
+    };
+    const std::vector<bf16_bits> before = eager_with_host_alphas(0.75f, 1.5f);
+    const std::vector<bf16_bits> after = eager_with_host_alphas(-0.3125f, 3.0f);
+    ASSERT_NE(before, after);
+
+    // Host alphas' values are ignored once device alphas are given: NaN here must not show.
+    const std::vector<cuda::Nvfp4AlphaRange> ranges = {{96, std::nanf("")}, {160, std::nanf("")}};
+    args.alphas = ranges;
+    args.device_alphas = alphas_device.data<float>();
+    set_device_alphas(0.75f, 1.5f);
+    cuda::nvfp4_gemm_w4a16(context, args);  // warm-up: workspaces are allocated outside the capture
+    check_cuda(cudaStreamSynchronize(stream), "warm-up");
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+    cuda::nvfp4_gemm_w4a16(context, args);
+    check_cuda(cudaStreamEndCapture(stream, &graph), "end capture");
+    check_cuda(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    auto replay = [&] {
+      y_device.fill(0xFF);
+      check_cuda(cudaGraphLaunch(exec, stream), "graph launch");
+      check_cuda(cudaStreamSynchronize(stream), "replay");
+      std::vector<bf16_bits> y(static_cast<size_t>(m * w.n));
+      y_device.download(y.data());
+      return y;
+    };
+    EXPECT_EQ(replay(), before);
+    set_device_alphas(-0.3125f, 3.0f);
+    EXPECT_EQ(replay(), after);
+    set_device_alphas(0.75f, 1.5f);
+    EXPECT_EQ(replay(), before);
+    EXPECT_TRUE(y_device.guards_intact());
+    check_cuda(cudaGraphExecDestroy(exec), "destroy exec");
+    check_cuda(cudaGraphDestroy(graph), "destroy graph");
+    check_cuda(cudaStreamDestroy(stream), "destroy stream");
+  }
+}
+
+// Nvfp4GemmPath::BatchInvariant (--deterministic): each token's row of a batch of m is bitwise the row of that token
+// run alone, for m on both sides of the tile's switch from 4 to 8 token tiles (32) and for weights whose fixed K split
+// is 1 or more; and it is still the GEMM (against the float64 reference).
+TEST(Nvfp4GemmCuda, BatchInvariantPathGivesEachRowTheBitsOfItsSingleRun) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    const char* name;
+    int64_t k;
+    std::vector<Shard> shards;
+  };
+  const Shape shapes[] = {{"qkv", 2048, {{4096, 0.02f}, {512, 0.05f}, {512, 0.01f}}},
+                          {"o_proj", 4096, {{2048, 0.02f}}},
+                          {"odd200", 208, {{136, 0.5f}, {64, 2.0f}}}};
+  cuda::Nvfp4GemmContext context;
+  auto run = [&context](const HostWeight& w, const DeviceWeight& weight, const bf16_bits* x, int64_t m) {
+    GuardedBuffer x_device(static_cast<size_t>(m * w.k) * sizeof(bf16_bits));
+    GuardedBuffer y_device(static_cast<size_t>(m * w.n) * sizeof(bf16_bits));
+    x_device.upload(x);
+    y_device.fill(0xFF);
+    cuda::Nvfp4GemmArgs args;
+    args.x = x_device.data<bf16_bits>();
+    args.m = m;
+    args.weight = {weight.packed.data<uint8_t>(), weight.scales.data<uint8_t>(), w.n, w.k, Nvfp4RowOrder::Linear};
+    args.alphas = w.alphas;
+    args.y = y_device.data<bf16_bits>();
+    args.path = cuda::Nvfp4GemmPath::BatchInvariant;
+    cuda::nvfp4_gemm_w4a16(context, args);
+    check_cuda(cudaDeviceSynchronize(), "batch-invariant GEMM");
+    EXPECT_TRUE(y_device.guards_intact()) << "the kernel wrote outside y";
+    std::vector<bf16_bits> y(static_cast<size_t>(m * w.n));
+    y_device.download(y.data());
+    return y;
+  };
+  for (const Shape& shape : shapes) {
+    Random random(std::hash<std::string>{}(shape.name));
+    const HostWeight w = make_weight(shape.k, shape.shards, random);
+    const DeviceWeight weight(w, Nvfp4RowOrder::Linear);
+    for (int64_t m : {1, 5, 33, 130}) {
+      const std::vector<bf16_bits> x = random_activations(m, w.k, random);
+      const std::vector<bf16_bits> y = run(w, weight, x.data(), m);
+      const std::vector<int64_t> tokens = m == 1 ? std::vector<int64_t>{0} : std::vector<int64_t>{0, m / 2, m - 1};
+      for (int64_t t : tokens) {
+        const std::vector<bf16_bits> alone = run(w, weight, x.data() + t * w.k, 1);
+        EXPECT_TRUE(std::equal(alone.begin(), alone.end(), y.begin() + t * w.n))
+            << shape.name << ", m " << m << ": token " << t << " differs from its single run";
+      }
+      expect_rows_match_reference(w, x.data(), y.data(), tokens, std::string(shape.name) + " batch-invariant");
+    }
+  }
 }
 
 // Bad arguments are rejected on the host before any launch, so these run wherever the CUDA backend is built.

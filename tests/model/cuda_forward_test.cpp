@@ -3,7 +3,8 @@
 // odd sizes with a dense layer. Logits are close, not equal: every GPU kernel sums in its own order and the two
 // sides round different intermediates to bf16, so differences grow through the layers. The bound (per row:
 // max |gpu - cpu| <= 0.03 * max |cpu| + 0.05) is several bf16 ulps of the largest logit; each test prints the
-// measured maximum. Greedy generations on the trained model must agree token for token. Reload A -> B on the GPU
+// measured maximum. A token whose router scores nearly tie may pick another expert on one side: such rows are
+// printed and exempt from the bound, and must stay under 5% of the rows. Greedy generations on the trained model must agree token for token. Reload A -> B on the GPU
 // must equal a fresh B bitwise (the GPU kernels are deterministic) and keep every device pointer. Skipped without a
 // GPU.
 #include <gtest/gtest.h>
@@ -34,8 +35,8 @@ namespace {
 const std::filesystem::path kBundled = FP4SERVE_SOURCE_DIR "/models/qwen3-moe-arith-b-nvfp4";
 const std::filesystem::path kBundledA = FP4SERVE_SOURCE_DIR "/models/qwen3-moe-arith-a-nvfp4";
 
-QuantOptions options_on(Device device, WeightLayout layout = WeightLayout::Cutlass) {
-  return {.layout = layout, .act_quant = ActQuant::None, .device = device};
+QuantOptions options_on(Device device, WeightLayout layout = WeightLayout::Cutlass, int64_t cuda_graph_max_batch = 0) {
+  return {.layout = layout, .act_quant = ActQuant::None, .device = device, .cuda_graph_max_batch = cuda_graph_max_batch};
 }
 
 // A KV cache of pages of 16 tokens on `device`.
@@ -44,12 +45,13 @@ KvCacheTensors kv_cache_on(const ModelConfig& config, int64_t n_pages, Device de
   return {Tensor::empty(shape, DType::BF16, device), Tensor::empty(shape, DType::BF16, device)};
 }
 
-// max over rows of max |a - b| / (max |b| of the row), and whether every row is within the stated bound.
+// max over rows of max |a - b| / (max |b| of the row), and whether every row is within the stated bound. Rows in
+// `exempt` (tokens the two sides routed to different experts) are reported, not bounded.
 struct Closeness {
   double worst_abs = 0.0, worst_relative = 0.0;
   bool within = true;
 };
-Closeness compare_logits(const Tensor& gpu, const Tensor& cpu) {
+Closeness compare_logits(const Tensor& gpu, const Tensor& cpu, const std::vector<bool>& exempt = {}) {
   EXPECT_EQ(gpu.shape, cpu.shape);
   Closeness c;
   const int64_t V = cpu.shape[1];
@@ -60,11 +62,44 @@ Closeness compare_logits(const Tensor& gpu, const Tensor& cpu) {
       row_max = std::max(row_max, std::abs(expected));
       diff = std::max(diff, std::isfinite(got) ? std::abs(got - expected) : INFINITY);
     }
+    const bool exempt_row = static_cast<size_t>(r) < exempt.size() && exempt[r];
+    if (exempt_row || diff > 0.03 * row_max + 0.05)
+      std::printf("[ measured ]   row %lld: max |gpu - cpu| %.4g, row max |logit| %.4g%s\n", static_cast<long long>(r),
+                  diff, row_max, exempt_row ? " (routed differently: not bounded)" : "");
+    if (exempt_row) continue;
     c.worst_abs = std::max(c.worst_abs, diff);
     c.worst_relative = std::max(c.worst_relative, diff / std::max(row_max, 1e-6));
     c.within = c.within && diff <= 0.03 * row_max + 0.05;
   }
   return c;
+}
+
+// Records each row's expert set at every MoE layer.
+struct RoutingRecorder {
+  std::map<std::pair<int, int64_t>, std::vector<int32_t>> experts;  // (layer, row) -> sorted ids
+  ForwardObserver observer() {
+    ForwardObserver o;
+    o.on_moe_routing = [this](int layer, const Tensor&, const Tensor& ids, const Tensor&) {
+      const int64_t k = ids.shape[1];
+      for (int64_t r = 0; r < ids.shape[0]; ++r) {
+        std::vector<int32_t> set(ids.data<int32_t>() + r * k, ids.data<int32_t>() + (r + 1) * k);
+        std::sort(set.begin(), set.end());
+        experts[{layer, r}] = std::move(set);
+      }
+    };
+    return o;
+  }
+};
+
+// Rows whose expert choice differs between the two sides at some layer: a near tie in the router's logits that the
+// two summation orders break differently. Such a token takes another expert's output, legitimately far apart.
+std::vector<bool> differently_routed(const RoutingRecorder& gpu, const RoutingRecorder& cpu, int64_t n_rows) {
+  std::vector<bool> rows(static_cast<size_t>(n_rows), false);
+  for (const auto& [key, set] : cpu.experts) {
+    const auto found = gpu.experts.find(key);
+    if (found == gpu.experts.end() || found->second != set) rows[static_cast<size_t>(key.second)] = true;
+  }
+  return rows;
 }
 
 // Three steps on both devices, each compared: (1) a prefill of two prompts (one crossing pages); (2) a mixed step: a
@@ -94,20 +129,39 @@ void expect_close_over_mixed_steps(const std::filesystem::path& dir, WeightLayou
       {.sequences = {{.token_ids = t1.subspan(29, 1), .start_position = 29, .page_table = pages1},
                      {.token_ids = t2.subspan(20, 1), .start_position = 20, .page_table = pages2}}},
   };
+  int64_t rows_routed_differently = 0, rows_compared = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
+    RoutingRecorder cpu_routing, gpu_routing;
+    const ForwardObserver cpu_observer = cpu_routing.observer(), gpu_observer = gpu_routing.observer();
     ForwardBatch on_cpu = steps[i], on_gpu = steps[i];
     on_cpu.kv_cache = &cpu_kv;
     on_gpu.kv_cache = &gpu_kv;
+    on_cpu.observer = &cpu_observer;
+    on_gpu.observer = &gpu_observer;
     const ForwardOutput expected = cpu->forward(on_cpu), got = gpu->forward(on_gpu);
-    const Closeness last = compare_logits(got.last_logits, expected.last_logits);
+    int64_t n_rows = 0;
+    for (const SequenceInput& seq : steps[i].sequences) n_rows += static_cast<int64_t>(seq.token_ids.size());
+    const std::vector<bool> routed_differently = differently_routed(gpu_routing, cpu_routing, n_rows);
+    rows_compared += n_rows;
+    rows_routed_differently += std::count(routed_differently.begin(), routed_differently.end(), true);
+    std::vector<bool> last_exempt;
+    int64_t row = 0;
+    for (const SequenceInput& seq : steps[i].sequences) {
+      row += static_cast<int64_t>(seq.token_ids.size());
+      last_exempt.push_back(routed_differently[static_cast<size_t>(row - 1)]);
+    }
+    const Closeness last = compare_logits(got.last_logits, expected.last_logits, last_exempt);
     std::printf("[ measured ] %s step %zu: last-token logits max |gpu - cpu| %.4g (%.3g of the row's max |logit|)\n",
                 label.c_str(), i, last.worst_abs, last.worst_relative);
     EXPECT_TRUE(last.within) << label << " step " << i << ": " << last.worst_abs;
     if (steps[i].all_logits) {
-      const Closeness all = compare_logits(got.all_logits, expected.all_logits);
+      const Closeness all = compare_logits(got.all_logits, expected.all_logits, routed_differently);
       EXPECT_TRUE(all.within) << label << " step " << i << " (all rows): " << all.worst_abs;
     }
   }
+  std::printf("[ measured ] %s: %lld of %lld rows routed to other experts than the CPU's at some layer\n",
+              label.c_str(), static_cast<long long>(rows_routed_differently), static_cast<long long>(rows_compared));
+  EXPECT_LE(rows_routed_differently * 20, rows_compared) << "more than 5% of rows routed differently";
   const Tensor cpu_k = cpu_kv.k, gpu_k = to_host(gpu_kv.k);
   double worst_k = 0.0;
   for (int64_t i = 0; i < cpu_k.numel(); ++i)
@@ -162,9 +216,11 @@ GenerateRequest greedy_request(std::vector<int32_t> prompt) {
 }
 
 // Five prompts of 10 to 38 tokens, then (once they are done) a sixth that extends the third: a prefix-cache hit.
-std::vector<GenerateResult> generate_on(Device device, const std::filesystem::path& dir, WeightLayout layout) {
+std::vector<GenerateResult> generate_on(Device device, const std::filesystem::path& dir, WeightLayout layout,
+                                        int64_t cuda_graph_max_batch = 0,
+                                        Qwen3Model::CudaGraphStats* graph_stats = nullptr) {
   // Chunked prefill of 24 tokens: later steps mix decodes with prompt chunks.
-  Engine engine(load_model(dir, options_on(device, layout)),
+  Engine engine(load_model(dir, options_on(device, layout, cuda_graph_max_batch)),
                 {.kv_cache_tokens = 2048, .scheduler = {.max_prefill_tokens = 24, .chunked_prefill_size = 24}});
   const int64_t vocab = engine.model().config().vocab_size;
   std::vector<GenerateRequest> requests;
@@ -177,6 +233,7 @@ std::vector<GenerateResult> generate_on(Device device, const std::filesystem::pa
   extended.push_back(7);
   std::vector<GenerateResult> results = engine.generate(std::move(requests));
   results.push_back(engine.generate({greedy_request(std::move(extended))})[0]);
+  if (graph_stats != nullptr) *graph_stats = engine.model().cuda_graph_stats();
   return results;
 }
 
@@ -201,6 +258,71 @@ TEST(CudaForward, GreedyGenerationsOfTheBundledModelEqualTheCpus) {
     std::printf("[ measured ] %s: %lld of %lld greedy tokens equal before any divergence; max |logprob diff| %.4g\n",
                 std::string(weight_layout_name(layout)).c_str(), static_cast<long long>(equal),
                 static_cast<long long>(total), worst_logprob);
+  }
+}
+
+// CUDA graphs replay exactly what the eager step computes: the same kernels, the same launch shapes except the
+// decode grid's extra (empty) splits; so generations with graphs equal generations without, bit for bit.
+TEST(CudaGraphs, GenerationsWithDecodeGraphsEqualEagerBitwise) {
+  SKIP_WITHOUT_GPU();
+  Qwen3Model::CudaGraphStats stats;
+  const auto eager = generate_on(Device::CUDA, kBundled, WeightLayout::Cutlass);
+  const auto graphed = generate_on(Device::CUDA, kBundled, WeightLayout::Cutlass, 8, &stats);
+  ASSERT_EQ(eager.size(), graphed.size());
+  for (size_t r = 0; r < eager.size(); ++r) {
+    EXPECT_EQ(graphed[r].output_ids, eager[r].output_ids) << "request " << r;
+    EXPECT_EQ(graphed[r].output_logprobs, eager[r].output_logprobs) << "request " << r;
+  }
+  std::printf("[ measured ] graphs: %lld captured, %lld replayed\n", static_cast<long long>(stats.captures),
+              static_cast<long long>(stats.replays));
+  EXPECT_GT(stats.captures, 0);
+  EXPECT_GT(stats.replays, stats.captures) << "decode steps should mostly replay";
+}
+
+// A decode graph captured on checkpoint A stays valid through 10 reloads (A and B alternating, ending on B): its
+// replay equals an eager model freshly loaded with B, bitwise, and no new capture happens.
+TEST(CudaGraphs, GraphCapturedBeforeTenReloadsReplaysLikeEagerAfterThem) {
+  SKIP_WITHOUT_GPU();
+  for (const WeightLayout layout : {WeightLayout::Cutlass, WeightLayout::Trtllm}) {
+    SCOPED_TRACE(std::string(weight_layout_name(layout)));
+    const ModelConfig config = load_model_config(kBundled);
+    Qwen3Model graphed(config, load_quant_config(kBundledA), options_on(Device::CUDA, layout, 4));
+    WeightUpdater updater(graphed, config);
+    updater.load(kBundledA);
+    const KvCacheTensors kv = kv_cache_on(config, 4, Device::CUDA), eager_kv = kv_cache_on(config, 4, Device::CUDA);
+    const std::vector<int32_t> s0{5, 17, 23, 99, 4, 61, 7}, s1{8, 3, 140, 12, 77, 2, 31, 9, 14, 50, 6};
+    const std::vector<int32_t> pages0{1}, pages1{2, 3};
+    auto prefill = [&](Qwen3Model& model, const KvCacheTensors& cache) {
+      model.forward({.sequences = {{.token_ids = s0, .start_position = 0, .page_table = pages0},
+                                   {.token_ids = s1, .start_position = 0, .page_table = pages1}},
+                     .kv_cache = &cache});
+    };
+    const std::vector<int32_t> next0{42}, next1{43};
+    auto decode = [&](Qwen3Model& model, const KvCacheTensors& cache, int64_t step) {
+      return model.forward({.sequences = {{.token_ids = next0,
+                                           .start_position = static_cast<int64_t>(s0.size()) + step,
+                                           .page_table = pages0},
+                                          {.token_ids = next1,
+                                           .start_position = static_cast<int64_t>(s1.size()) + step,
+                                           .page_table = pages1}},
+                            .kv_cache = &cache});
+    };
+    prefill(graphed, kv);
+    decode(graphed, kv, 0);  // eager, then captured
+    ASSERT_EQ(graphed.cuda_graph_stats().captures, 1);
+    for (int i = 0; i < 10; ++i) updater.load(i % 2 == 0 ? kBundledA : kBundled);
+
+    auto eager = load_model(kBundled, options_on(Device::CUDA, layout));
+    prefill(graphed, kv);
+    prefill(*eager, eager_kv);
+    for (int64_t step = 0; step < 3; ++step) {
+      const ForwardOutput got = decode(graphed, kv, step), expected = decode(*eager, eager_kv, step);
+      ASSERT_EQ(got.last_logits.shape, expected.last_logits.shape);
+      EXPECT_EQ(std::memcmp(got.last_logits.raw(), expected.last_logits.raw(), got.last_logits.nbytes()), 0)
+          << "decode step " << step << " replayed after 10 reloads differs from eager B";
+    }
+    EXPECT_EQ(graphed.cuda_graph_stats().captures, 1) << "the reloads should not force a new capture";
+    EXPECT_EQ(graphed.cuda_graph_stats().replays, 3);
   }
 }
 

@@ -189,6 +189,42 @@ TEST(Generate, SeededRequestIsBitwiseTheSameWhateverElseRuns) {
   EXPECT_EQ(crowded["meta_info"]["output_token_logprobs"], alone["meta_info"]["output_token_logprobs"]);
 }
 
+// serve --deterministic (SGLang's --enable-deterministic-inference), reported by /get_server_info, with prompts
+// chunked 3 tokens at a time: a request with prompt logprobs is bitwise its lone run while requests that share its
+// prefix (prefix-cache hits) and others run beside it.
+TEST(Generate, DeterministicServerKeepsARequestBitwiseWhateverRunsBesideIt) {
+  ServerProcess server(models().a, {"--deterministic", "--chunked-prefill-size", "3", "--page-size", "4"});
+  httplib::Client client = server.client();
+  EXPECT_EQ(get_json(client, "/get_server_info")["enable_deterministic_inference"], true);
+  // Prompt logprobs from position 10 on: the prefix cache may serve the two whole pages before it.
+  auto request = [](std::vector<int> prompt, int seed, int logprob_start_len) {
+    return json{{"input_ids", std::move(prompt)},
+                {"sampling_params", {{"max_new_tokens", 8}, {"temperature", 0.8}, {"seed", seed},
+                                     {"ignore_eos", true}}},
+                {"return_logprob", true},
+                {"logprob_start_len", logprob_start_len},
+                {"top_logprobs_num", 2}};
+  };
+  const json alone = post_json(client, "/generate", request(kPrompt, 99, 10));
+  ASSERT_EQ(alone["output_ids"].size(), 8u) << alone.dump();
+  std::vector<std::future<json>> others;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int> prompt(kPrompt.begin(), kPrompt.begin() + 8 + 2 * i);  // shares kPrompt's first pages
+    prompt.push_back(65 + i);
+    others.push_back(std::async(std::launch::async, [&server, &request, prompt, i] {
+      httplib::Client other = server.client();
+      return post_json(other, "/generate", request(prompt, i, -1));
+    }));
+  }
+  const json crowded = post_json(client, "/generate", request(kPrompt, 99, 10));
+  int cached = 0;
+  for (auto& other : others) cached += other.get()["meta_info"]["cached_tokens"].get<int>();
+  EXPECT_GT(cached + crowded["meta_info"]["cached_tokens"].get<int>(), 0) << "no prefix-cache hit was provoked";
+  EXPECT_EQ(crowded["output_ids"], alone["output_ids"]);
+  for (const char* key : {"output_token_logprobs", "input_token_logprobs", "output_top_logprobs"})
+    EXPECT_EQ(crowded["meta_info"][key], alone["meta_info"][key]) << key;
+}
+
 TEST(Generate, PrefixCacheReportsCachedTokensAndChangesNothing) {
   ServerProcess server(models().a);
   httplib::Client client = server.client();

@@ -142,6 +142,17 @@ void route(cublasHandle_t blas, uint32_t* done_counters, const MoeLayerShape& sh
                           done_counters, args.stream);
     return;
   }
+  if (args.batch_invariant) {
+    // The GEMV's logits of a token depend on its row only. Each chunk's own routing is overwritten below; the
+    // routing kernels compute what the fused kernel's tail does.
+    for (int32_t first = 0; first < m; first += kMoeFastRoutingMaxTokens)
+      launch_moe_fast_route(args.x + static_cast<int64_t>(first) * H, weights.router,
+                            std::min(kMoeFastRoutingMaxTokens, m - first), E, H, k, shape.norm_topk_prob,
+                            w.logits + static_cast<int64_t>(first) * E, w.routing, done_counters, args.stream);
+    launch_moe_route(w.logits, m, E, k, shape.norm_topk_prob, w.routing, args.stream);
+    launch_moe_group(m, E, k, w.routing, args.stream);
+    return;
+  }
   // Router logits [m, E] = x [m, H] . router[E, H]^T, bf16 out: column-major logits^T = router^T^T . x^T.
   check_cublas(cublasSetStream(blas, static_cast<cudaStream_t>(args.stream)), "cublasSetStream");
   const float one = 1.0f, zero = 0.0f;
@@ -206,7 +217,8 @@ void run_grouped_gemm(Nvfp4GemmContext& gemm, const MoeLayerShape& shape, const 
                               .alphas = weights.g1_alphas,
                               .alphas_per_expert = 2,
                               .y = expert_rows,
-                              .stream = args.stream};
+                              .stream = args.stream,
+                              .batch_invariant = args.batch_invariant};
   nvfp4_grouped_gemm_w4a16(gemm, gemm1);
   launch_moe_swiglu(w.expert_rows, rows, I, w.sorted_rows, args.stream);
   Nvfp4GroupedGemmArgs gemm2 = gemm1;  // x_rows now holds the activations, expert_rows receives the outputs
@@ -251,6 +263,9 @@ void moe_layer_forward(MoeLayerContext& context, const MoeLayerShape& shape, con
   FP4_CHECK(args.expert_gemm == MoeExpertGemm::Auto || args.expert_gemm == MoeExpertGemm::LayerKernels ||
                 args.expert_gemm == MoeExpertGemm::GroupedGemm,
             "moe_layer_forward: args.expert_gemm = {} is not a MoeExpertGemm", static_cast<int>(args.expert_gemm));
+  FP4_CHECK(!args.batch_invariant || args.expert_gemm != MoeExpertGemm::LayerKernels,
+            "moe_layer_forward: args.batch_invariant runs the grouped GEMM path; expert_gemm LayerKernels "
+            "contradicts it");
   if (args.m == 0) return;
   FP4_CHECK(args.x != nullptr && aligned(args.x, 16), "moe_layer_forward: x must be a 16-byte aligned device pointer");
   FP4_CHECK(args.y != nullptr && aligned(args.y, 16), "moe_layer_forward: y must be a 16-byte aligned device pointer");
@@ -261,8 +276,9 @@ void moe_layer_forward(MoeLayerContext& context, const MoeLayerShape& shape, con
   MoeLayerContext::State& state = *context.state_;
   state.ensure_created();
   route(state.blas, state.done_counters, shape, weights, args, w);
-  const MoeExpertGemm path =
-      args.expert_gemm == MoeExpertGemm::Auto ? moe_expert_gemm_for(shape, args.m) : args.expert_gemm;
+  const MoeExpertGemm path = args.batch_invariant                  ? MoeExpertGemm::GroupedGemm
+                             : args.expert_gemm == MoeExpertGemm::Auto ? moe_expert_gemm_for(shape, args.m)
+                                                                       : args.expert_gemm;
   if (path == MoeExpertGemm::LayerKernels)
     run_layer_kernels(shape, weights, args, w);
   else

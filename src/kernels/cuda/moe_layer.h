@@ -60,6 +60,10 @@ struct MoeLayerArgs {
   size_t workspace_bytes = 0;
   void* stream = nullptr;  // cudaStream_t; nullptr is the legacy default stream
   MoeExpertGemm expert_gemm = MoeExpertGemm::Auto;
+  // --deterministic: the same kernels for every m, so a token's output never depends on the other tokens: router
+  // logits always from the small-batch GEMV (in chunks of kMoeFastRoutingMaxTokens tokens), the grouped GEMM path
+  // with its batch-invariant tile (expert_gemm must be Auto or GroupedGemm).
+  bool batch_invariant = false;
 };
 
 // For Qwen3-30B-A3B (E 128, k 8, H 2048, I 768): about 2 KB + 64.4 KB per token, mostly two bf16 buffers per routed

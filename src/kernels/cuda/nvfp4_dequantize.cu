@@ -29,7 +29,18 @@ __global__ void nvfp4_dequantize_kernel(const Nvfp4LaunchArgs args, int32_t padd
   for (int word = 0; word < (full ? 4 : 2); ++word) out[word] = dequantize_word_in_order(words[word], splats[word / 2]);
 }
 
+__global__ void scaled_device_alphas_kernel(const AlphaTable table, float* scaled) {
+  const int i = static_cast<int>(threadIdx.x);
+  if (i < table.count) scaled[i] = table.device_alpha[i] * kDequantizedAlphaFactor;
+  if (i == table.count) scaled[i] = 0.0f;
+}
+
 }  // namespace
+
+void launch_scaled_device_alphas(const AlphaTable& table, float* scaled, void* stream) {
+  scaled_device_alphas_kernel<<<1, kAlphaTableSize + 1, 0, static_cast<cudaStream_t>(stream)>>>(table, scaled);
+  FP4_CUDA_CHECK(cudaGetLastError());
+}
 
 void launch_nvfp4_dequantize(const Nvfp4LaunchArgs& args, uint16_t* w) {
   const int32_t padded_scale_cols = (args.k / 16 + 3) / 4 * 4;

@@ -33,10 +33,15 @@ __device__ __forceinline__ int32_t swizzled_block_offset(int32_t block) { return
 
 // Constant indices only, so the table stays in the kernel's parameter space instead of a local-memory copy.
 __device__ __forceinline__ float alpha_of_row(const AlphaTable& table, int32_t row) {
+  int range = 0;
+#pragma unroll
+  for (int i = 1; i < kAlphaTableSize; ++i)
+    if (i < table.count && row >= table.row_end[i - 1]) range = i;
+  if (table.device_alpha != nullptr) return __ldg(table.device_alpha + range);
   float alpha = table.alpha[0];
 #pragma unroll
   for (int i = 1; i < kAlphaTableSize; ++i)
-    if (i < table.count && row >= table.row_end[i - 1]) alpha = table.alpha[i];
+    if (i == range) alpha = table.alpha[i];
   return alpha;
 }
 

@@ -28,6 +28,7 @@ const char* path_name(Nvfp4GemmPath path) {
     case Nvfp4GemmPath::Streaming: return "Streaming";
     case Nvfp4GemmPath::Fused: return "Fused";
     case Nvfp4GemmPath::DequantCublas: return "DequantCublas";
+    case Nvfp4GemmPath::BatchInvariant: return "BatchInvariant";
   }
   return "?";
 }
@@ -65,7 +66,8 @@ Nvfp4LaunchArgs validated_launch_args(const Nvfp4GemmArgs& a) {
     FP4_CHECK(range.row_end > previous_end && range.row_end <= w.n_rows,
               "nvfp4_gemm_w4a16: alphas[{}].row_end = {} must lie in ({}, {}]", i, range.row_end, previous_end,
               w.n_rows);
-    FP4_CHECK(std::isfinite(range.alpha), "nvfp4_gemm_w4a16: alphas[{}].alpha = {} is not finite", i, range.alpha);
+    FP4_CHECK(a.device_alphas != nullptr || std::isfinite(range.alpha),
+              "nvfp4_gemm_w4a16: alphas[{}].alpha = {} is not finite", i, range.alpha);
     launch.alphas.row_end[i] = static_cast<int32_t>(range.row_end);
     launch.alphas.alpha[i] = range.alpha;
     previous_end = range.row_end;
@@ -73,6 +75,9 @@ Nvfp4LaunchArgs validated_launch_args(const Nvfp4GemmArgs& a) {
   FP4_CHECK(previous_end == w.n_rows, "nvfp4_gemm_w4a16: alphas cover rows [0, {}) but the weight has {} rows",
             previous_end, w.n_rows);
   launch.alphas.count = static_cast<int32_t>(a.alphas.size());
+  FP4_CHECK(a.device_alphas == nullptr || aligned(a.device_alphas, 4),
+            "nvfp4_gemm_w4a16: device_alphas must be a 4-byte aligned device pointer");
+  launch.alphas.device_alpha = a.device_alphas;
   launch.x = a.x;
   launch.m = static_cast<int32_t>(a.m);
   launch.packed = w.packed;
@@ -85,6 +90,15 @@ Nvfp4LaunchArgs validated_launch_args(const Nvfp4GemmArgs& a) {
   return launch;
 }
 
+
+// The BatchInvariant path's launch: the split is the one the auto rule gives one token on this weight, so decode keeps
+// its parallelism and the split is a function of (n, k) alone; larger m pays for partials it would not need.
+Nvfp4FusedConfig batch_invariant_config(int64_t m, int64_t n, int64_t k) {
+  Nvfp4FusedConfig config = nvfp4_batch_invariant_tile(m);
+  config.k_splits = nvfp4_fused_splits_for(1, n, k, nvfp4_batch_invariant_tile(1));
+  return config;
+}
+
 }  // namespace
 
 struct Nvfp4GemmContext::State {
@@ -92,6 +106,7 @@ struct Nvfp4GemmContext::State {
   void* blas_workspace = nullptr;
   uint16_t* weights = nullptr;  // [n, k] bf16 dequantized weights of the DequantCublas path
   size_t weight_bytes = 0;
+  float* blas_scalars = nullptr;  // [kAlphaTableSize + 1]: device alphas and beta of the DequantCublas GEMMs
   float* partials = nullptr;     // split-K partial tiles of the Fused path
   int32_t* counters = nullptr;   // per output tile, zero between launches
   int64_t partial_floats = 0, counter_count = 0;
@@ -102,6 +117,7 @@ struct Nvfp4GemmContext::State {
     // Destructors must not throw: release what exists and ignore teardown errors (the driver may be gone).
     if (blas != nullptr) cublasDestroy(blas);
     if (blas_workspace != nullptr) cudaFree(blas_workspace);
+    if (blas_scalars != nullptr) cudaFree(blas_scalars);
     if (weights != nullptr) cudaFree(weights);
     if (partials != nullptr) cudaFree(partials);
     if (counters != nullptr) cudaFree(counters);
@@ -113,6 +129,7 @@ struct Nvfp4GemmContext::State {
     // A fixed workspace lets cuBLAS calls be captured in CUDA graphs.
     FP4_CUDA_CHECK(cudaMalloc(&blas_workspace, kBlasWorkspaceBytes));
     check_cublas(cublasSetWorkspace(blas, blas_workspace, kBlasWorkspaceBytes), "cublasSetWorkspace");
+    FP4_CUDA_CHECK(cudaMalloc(&blas_scalars, (kAlphaTableSize + 1) * sizeof(float)));
   }
 
   void ensure_weights(int64_t n_rows, int64_t k) {
@@ -157,7 +174,16 @@ void Nvfp4GemmContext::reserve_fused(int64_t max_m, int64_t n_rows, int64_t k) {
   FP4_CHECK(max_m >= 1 && n_rows >= 1 && k >= 16, "Nvfp4GemmContext::reserve_fused: shape m {} x [{}, {}] is empty",
             max_m, n_rows, k);
   for (int64_t m = 1; m <= max_m; ++m)
-    state_->ensure_split_workspace(nvfp4_fused_workspace_size(m, n_rows, nvfp4_fused_config_for(m, n_rows, k)));
+    for (const Nvfp4FusedConfig& config :
+         {nvfp4_fused_config_for(m, n_rows, k), batch_invariant_config(m, n_rows, k)})
+      state_->ensure_split_workspace(nvfp4_fused_workspace_size(m, n_rows, config));
+}
+
+Nvfp4FusedConfig nvfp4_batch_invariant_tile(int64_t tokens) {
+  // The fused kernel's summation order depends on warps_n (how a stage's K is shared between warps), on the number
+  // of accumulator chains (4 / (token_tiles * row_tiles), at least 1) and on k_splits; the token tiles only decide
+  // how many tokens a CTA carries.
+  return {.token_tiles = tokens <= 32 ? 4 : 8, .warps_n = 8, .k_splits = 1, .row_tiles = 1};
 }
 
 Nvfp4GemmPath nvfp4_gemm_auto_path(int64_t m, int64_t n, int64_t k) {
@@ -183,8 +209,10 @@ void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args) {
     return;
   }
   Nvfp4GemmContext::State& state = *context.state_;
-  if (path == Nvfp4GemmPath::Fused) {
-    const Nvfp4FusedConfig config = nvfp4_fused_config_for(args.m, args.weight.n_rows, args.weight.k);
+  if (path == Nvfp4GemmPath::Fused || path == Nvfp4GemmPath::BatchInvariant) {
+    const Nvfp4FusedConfig config = path == Nvfp4GemmPath::Fused
+                                        ? nvfp4_fused_config_for(args.m, args.weight.n_rows, args.weight.k)
+                                        : batch_invariant_config(args.m, args.weight.n_rows, args.weight.k);
     state.ensure_split_workspace(nvfp4_fused_workspace_size(args.m, args.weight.n_rows, config));
     launch_nvfp4_fused(launch, config, state.partials, state.counters);
     return;
@@ -195,14 +223,21 @@ void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args) {
   check_cublas(cublasSetStream(state.blas, static_cast<cudaStream_t>(args.stream)), "cublasSetStream");
   // Row-major y [m, n] = x [m, k] . W^T is column-major y^T [n, m] = W^T^T [n, k] . x^T [k, m]; one GEMM per
   // alpha range writes its columns of y.
+  // Device alphas reach cuBLAS as device scalars (pointer mode device), scaled on the stream first.
+  const bool device_scalars = launch.alphas.device_alpha != nullptr;
+  if (device_scalars) launch_scaled_device_alphas(launch.alphas, state.blas_scalars, args.stream);
+  check_cublas(cublasSetPointerMode(state.blas, device_scalars ? CUBLAS_POINTER_MODE_DEVICE : CUBLAS_POINTER_MODE_HOST),
+               "cublasSetPointerMode");
   const int k = launch.k, m = launch.m, n = launch.n;
   int first_row = 0;
   for (int i = 0; i < launch.alphas.count; ++i) {
     const int rows = launch.alphas.row_end[i] - first_row;
-    const float alpha = launch.alphas.alpha[i] * kDequantizedAlphaFactor, beta = 0.0f;
-    check_cublas(cublasGemmEx(state.blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, m, k, &alpha,
+    const float host_alpha = launch.alphas.alpha[i] * kDequantizedAlphaFactor, host_beta = 0.0f;
+    const float* alpha = device_scalars ? state.blas_scalars + i : &host_alpha;
+    const float* beta = device_scalars ? state.blas_scalars + launch.alphas.count : &host_beta;
+    check_cublas(cublasGemmEx(state.blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, m, k, alpha,
                               state.weights + static_cast<int64_t>(first_row) * k, CUDA_R_16BF, k, args.x,
-                              CUDA_R_16BF, k, &beta, args.y + first_row, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                              CUDA_R_16BF, k, beta, args.y + first_row, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx");
     first_row = launch.alphas.row_end[i];

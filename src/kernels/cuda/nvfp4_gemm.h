@@ -26,6 +26,9 @@ enum class Nvfp4GemmPath : uint8_t {
   Streaming,      // m <= kNvfp4StreamingMaxTokens: weight rows streamed once with 16-byte loads, tensor-core dot
   Fused,          // any m: packed weights pipelined through shared memory, dequantized into mma.sync fragments
   DequantCublas,  // any m: weights dequantized to a bf16 workspace, then cuBLAS bf16 GEMM (one per alpha range)
+  // any m (--deterministic): the fused kernel with one tile shape for every m and a K split fixed by the weight's
+  // shape, so each output's summation order, hence its bits, never depend on m or on the other rows
+  BatchInvariant,
 };
 inline constexpr int64_t kNvfp4StreamingMaxTokens = 32;
 inline constexpr int64_t kMaxNvfp4Rows = int64_t{1} << 21;  // the fused kernel's grid covers n / 32 <= 65535 tiles
@@ -35,6 +38,9 @@ struct Nvfp4GemmArgs {
   int64_t m = 0;
   Nvfp4WeightView weight{};  // device pointers; block-scale padding may hold anything (it is never used)
   std::span<const Nvfp4AlphaRange> alphas;  // host memory; row_end strictly increasing, last == weight.n_rows
+  // Optional device [alphas.size()]: alpha i is read here when the kernels run (alphas[i].alpha is then unused), so
+  // a CUDA graph captured around this call stays right when a reload rewrites the alphas in place.
+  const float* device_alphas = nullptr;
   bf16_bits* y = nullptr;                   // [m, weight.n_rows] bf16, row-major
   void* stream = nullptr;                   // cudaStream_t; nullptr is the legacy default stream
   Nvfp4GemmPath path = Nvfp4GemmPath::Auto;
@@ -53,7 +59,7 @@ class Nvfp4GemmContext {
   // Allocates now what the DequantCublas path needs for weights up to n_rows x k, so that later calls allocate
   // nothing (a CUDA graph capture may not allocate).
   void reserve_dequant(int64_t n_rows, int64_t k);
-  // The same for the Fused path's split-K workspace, for every m <= max_m.
+  // The same for the split-K workspace of the Fused and BatchInvariant paths, for every m <= max_m.
   void reserve_fused(int64_t max_m, int64_t n_rows, int64_t k);
 
  private:

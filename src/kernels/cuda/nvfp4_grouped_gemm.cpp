@@ -59,7 +59,9 @@ void nvfp4_grouped_gemm_w4a16(Nvfp4GemmContext& /*context*/, const Nvfp4GroupedG
                                       static_cast<int32_t>(a.alphas_per_expert),
                                       a.y,
                                       a.stream};
-  launch_nvfp4_grouped(launch, nvfp4_grouped_config_for(a.max_rows, a.n_experts, a.n, a.k));
+  const int64_t rows_per_expert = (a.max_rows + a.n_experts - 1) / a.n_experts;
+  launch_nvfp4_grouped(launch, a.batch_invariant ? nvfp4_batch_invariant_tile(rows_per_expert)
+                                                 : nvfp4_grouped_config_for(a.max_rows, a.n_experts, a.n, a.k));
 }
 
 }  // namespace fp4serve::cuda

@@ -27,6 +27,9 @@ struct Nvfp4GroupedGemmArgs {
   int64_t alphas_per_expert = 1;
   bf16_bits* y = nullptr;  // [max_rows, n] bf16; rows past expert_offsets[n_experts] are not written
   void* stream = nullptr;  // cudaStream_t
+  // --deterministic: one tile shape whatever max_rows (nvfp4_batch_invariant_tile), so a row's outputs do not depend
+  // on how many rows the experts received; otherwise the tile follows the expected rows per expert.
+  bool batch_invariant = false;
 };
 
 // Validates the arguments on the host (throws fp4serve::Error naming the field), then launches asynchronously.

@@ -10,11 +10,14 @@
 namespace fp4serve::cuda {
 
 inline constexpr int kAlphaTableSize = static_cast<int>(kMaxNvfp4AlphaRanges);
-// Output rows [row_end[i - 1], row_end[i]) are multiplied by alpha[i]; passed to kernels by value.
+// Output rows [row_end[i - 1], row_end[i]) are multiplied by alpha[i]; passed to kernels by value. With
+// device_alpha set, alpha[i] is read from device memory at run time instead (values in `alpha` are unused), so that a
+// captured CUDA graph follows a reload that changes the alphas in place.
 struct AlphaTable {
   int32_t count;
   int32_t row_end[kAlphaTableSize];
   float alpha[kAlphaTableSize];
+  const float* device_alpha;  // nullptr, or device [count]
 };
 
 struct Nvfp4LaunchArgs {
@@ -43,6 +46,10 @@ struct Nvfp4FusedConfig {
   int row_tiles;    // 1 or 2: m16 weight tiles per warp
 };
 Nvfp4FusedConfig nvfp4_fused_config_for(int64_t m, int64_t n, int64_t k);
+// The tile of Nvfp4GemmPath::BatchInvariant and of the grouped GEMM's batch_invariant mode (nvfp4_gemm.cpp): 8 warps
+// over the rows (each warp adds a stage's whole K), 4 or 8 token tiles by `tokens` (one accumulator chain either
+// way), one row tile, k_splits 1. Every output then adds the same products in the same order for any token count.
+Nvfp4FusedConfig nvfp4_batch_invariant_tile(int64_t tokens);
 // The rule's K split for `tile`'s token_tiles, warps_n and row_tiles (its k_splits is ignored).
 int nvfp4_fused_splits_for(int64_t m, int64_t n, int64_t k, const Nvfp4FusedConfig& tile);
 int nvfp4_fused_max_splits(int64_t k, int warps_n);
@@ -82,6 +89,9 @@ void launch_nvfp4_streaming(const Nvfp4LaunchArgs& args, int warps_per_cta);
 // w [n, k] bf16 = e2m1 * scale * 2^-8 in logical row order (multiply products by kDequantizedAlphaFactor * alpha).
 // Reads args.packed, block_scales, n, k, order, stream.
 inline constexpr float kDequantizedAlphaFactor = 256.0f;
+// scaled[i] = kDequantizedAlphaFactor * alpha_i for i < count (from device_alpha), then scaled[count] = 0: the alpha
+// and beta of the DequantCublas path's GEMMs in cuBLAS's device pointer mode.
+void launch_scaled_device_alphas(const AlphaTable& table, float* scaled, void* stream);
 void launch_nvfp4_dequantize(const Nvfp4LaunchArgs& args, uint16_t* w);
 
 }  // namespace fp4serve::cuda
