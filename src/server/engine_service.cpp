@@ -271,8 +271,9 @@ std::string memory_message(std::string_view done, std::string_view already, cons
   std::vector<std::string> parts;
   if (!outcome.changed.empty()) parts.push_back(fmt::format("{} {}", done, tag_list(outcome.changed)));
   if (!outcome.unchanged.empty()) parts.push_back(fmt::format("{}: {}", already, tag_list(outcome.unchanged)));
-  if (!outcome.nothing_captured.empty())
-    parts.push_back(fmt::format("nothing to do for {}: no CUDA graphs are captured", tag_list(outcome.nothing_captured)));
+  if (!outcome.nothing_to_do.empty())
+    parts.push_back(fmt::format("nothing to do for {}: captured graphs hold no weights or KV of their own and stay "
+                                "valid, what they point at keeping its addresses", tag_list(outcome.nothing_to_do)));
   std::string message;
   for (const std::string& part : parts) message += (message.empty() ? "" : "; ") + part;
   return message.empty() ? "no tags given: nothing to do" : message;
@@ -299,7 +300,7 @@ MemoryOutcome EngineService::release_memory(const std::vector<MemoryTag>& tags) 
     try {
       for (MemoryTag tag : tags) {
         if (tag == MemoryTag::CudaGraph) {
-          outcome.nothing_captured.push_back(tag);
+          outcome.nothing_to_do.push_back(tag);
         } else if (memory_released(tag)) {
           outcome.unchanged.push_back(tag);
         } else if (tag == MemoryTag::Weights) {
@@ -334,7 +335,7 @@ MemoryOutcome EngineService::resume_memory(const std::vector<MemoryTag>& tags) {
     try {
       for (MemoryTag tag : tags) {
         if (tag == MemoryTag::CudaGraph) {
-          outcome.nothing_captured.push_back(tag);
+          outcome.nothing_to_do.push_back(tag);
         } else if (!memory_released(tag)) {
           outcome.unchanged.push_back(tag);
         } else {
@@ -587,7 +588,7 @@ bool EngineService::memory_released(MemoryTag tag) const {
   switch (tag) {
     case MemoryTag::Weights: return engine_->weights_released();
     case MemoryTag::KvCache: return engine_->kv_cache_released();
-    case MemoryTag::CudaGraph: return false;  // none captured
+    case MemoryTag::CudaGraph: return false;  // never released (README: what release does with graphs)
   }
   return false;
 }

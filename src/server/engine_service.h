@@ -96,7 +96,7 @@ struct MemoryOutcome {
   std::string message;
   std::vector<MemoryTag> changed;    // released (resumed) by this call
   std::vector<MemoryTag> unchanged;  // already released (not released): nothing to do
-  std::vector<MemoryTag> nothing_captured;  // cuda_graph: this server captures no CUDA graphs yet
+  std::vector<MemoryTag> nothing_to_do;  // cuda_graph: graphs hold no weights or KV and stay valid (README)
 };
 
 // A consistent snapshot for /metrics and /get_server_info.

@@ -357,7 +357,7 @@ void HttpServer::memory_occupation(const httplib::Request& request, httplib::Res
              {"message", outcome.message},
              {release ? "released" : "resumed", memory_tags_json(outcome.changed)},
              {release ? "already_released" : "not_released", memory_tags_json(outcome.unchanged)},
-             {"nothing_to_do", memory_tags_json(outcome.nothing_captured)},
+             {"nothing_to_do", memory_tags_json(outcome.nothing_to_do)},
              {"released_memory", memory_tags_json(stats.released_memory)},
              {"weights_need_reload", stats.weights_need_reload}},
             outcome.success ? 200 : outcome.refused_busy ? 409 : 500);
