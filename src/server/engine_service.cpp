@@ -49,6 +49,11 @@ EngineService::EngineService(EngineServiceOptions options)
   kv_cache_tokens_ = engine_->kv_cache().token_capacity();
   updater_ = std::make_unique<WeightUpdater>(engine_->model(), model_config_, options_.load);
   updater_->load(options_.model_path);
+  // Reloads write into these storages, so the sizes are fixed from here on.
+  const ParameterSet& params = engine_->model().params();
+  weights_bytes_ = params.total_bytes();
+  for (const ParameterSet::StorageUse& use : params.storage_uses())
+    for (const std::string& name : use.names) weights_bytes_without_aliasing_ += params.get(name).nbytes();
   weight_version_ = engine_->weight_version();
   model_path_ = options_.model_path.string();
   publish_stats();

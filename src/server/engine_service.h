@@ -152,6 +152,9 @@ class EngineService {
 
   const ModelConfig& model_config() const { return model_config_; }
   int64_t kv_cache_tokens() const { return kv_cache_tokens_; }
+  // Parameter memory, each storage once (aliases share one), and what it would be if every name had its own.
+  size_t weights_bytes() const { return weights_bytes_; }
+  size_t weights_bytes_without_aliasing() const { return weights_bytes_without_aliasing_; }
   std::string weight_version() const;
   std::string model_path() const;
   // False once the engine failed or a failed reload left the weights inconsistent: requests are refused.
@@ -183,6 +186,7 @@ class EngineService {
   EngineServiceOptions options_;
   ModelConfig model_config_;
   int64_t kv_cache_tokens_ = 0;
+  size_t weights_bytes_ = 0, weights_bytes_without_aliasing_ = 0;
   std::unique_ptr<Engine> engine_;           // engine thread only (after construction)
   std::unique_ptr<WeightUpdater> updater_;   // engine thread only
 

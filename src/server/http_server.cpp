@@ -398,7 +398,9 @@ nlohmann::json HttpServer::server_info() const {
   nlohmann::json info = to_json(options_);
   info["weight_version"] = service_.weight_version();
   info["max_total_num_tokens"] = service_.kv_cache_tokens();
-  info["memory"] = {{"kv_cache_bytes", static_cast<int64_t>(geometry.bytes_per_token()) * service_.kv_cache_tokens()},
+  info["memory"] = {{"weights_bytes", service_.weights_bytes()},
+                    {"weights_bytes_without_aliasing", service_.weights_bytes_without_aliasing()},
+                    {"kv_cache_bytes", static_cast<int64_t>(geometry.bytes_per_token()) * service_.kv_cache_tokens()},
                     {"kv_cache_bytes_per_token", geometry.bytes_per_token()},
                     {"kv_cache_pages", stats.kv_pages_total},
                     {"kv_cache_pages_used", stats.kv_pages_used}};

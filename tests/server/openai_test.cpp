@@ -125,6 +125,14 @@ TEST(Info, ModelsModelInfoServerInfoHealthAndMetrics) {
   const json server_info = get_json(client, "/get_server_info");
   EXPECT_EQ(server_info["max_total_num_tokens"], 16384);
   EXPECT_EQ(server_info["memory"]["kv_cache_bytes_per_token"], 2 * 4 * 2 * 32 * 2);  // K+V, layers, heads, dim, bf16
+  // Aliases are counted once: never more than every name on its own buffer; every checkpoint tensor lives in a
+  // parameter, so the total is near the checkpoint's file size or above (loosely: more than half of it).
+  const uint64_t weights = server_info["memory"]["weights_bytes"];
+  EXPECT_LE(weights, server_info["memory"]["weights_bytes_without_aliasing"].get<uint64_t>());
+  uint64_t checkpoint_bytes = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(models().a))
+    if (entry.path().extension() == ".safetensors") checkpoint_bytes += entry.file_size();
+  EXPECT_GT(weights, checkpoint_bytes / 2);
   EXPECT_EQ(server_info["api_key"], "");
   get_json(client, "/health", &status);
   EXPECT_EQ(status, 200);
