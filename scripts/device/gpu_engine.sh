@@ -74,6 +74,8 @@ stamp "sources at ${source_dir:-?} -> $PWD"
 
 # GPU_ENGINE_STEPS picks steps (default all): e.g. GPU_ENGINE_STEPS="4" runs only the 30B benchmark; BENCH_30B_MODES
 # overrides its --device/--deterministic lists.
+source "$(dirname "$0")/serve_util.sh"
+export -f serve_on_free_port
 want() { [[ " ${GPU_ENGINE_STEPS:-0 1 1b 1c 2 3 4} " == *" $1 "* ]]; }
 bench="$prebuilt/bench_cpu_generate"
 
@@ -95,19 +97,12 @@ fi
 if want 1b; then
 stamp "1b. HTTP end to end: serve --device cuda, /generate, reload B -> A -> B, against generate --device cpu"
 http_e2e() {
-  local b=models/qwen3-moe-arith-b-nvfp4 a=models/qwen3-moe-arith-a-nvfp4 ids=3,14,15,92,65,35,89,79 port="" server
+  local b=models/qwen3-moe-arith-b-nvfp4 a=models/qwen3-moe-arith-a-nvfp4 ids=3,14,15,92,65,35,89,79
   local request='{"input_ids": [3,14,15,92,65,35,89,79], "sampling_params": {"temperature": 0, "max_new_tokens": 16}}'
   "$FP4SERVE_BIN" generate --model-path "$b" --device cpu --act-quant none --input-ids $ids --max-new-tokens 16 \
     --json > "$OUT/logs/http_cpu.json" || return 1
-  "$FP4SERVE_BIN" serve --model-path "$b" --device cuda --act-quant none --port 0 > "$OUT/logs/serve.log" 2>&1 &
-  server=$!
-  for _ in $(seq 60); do
-    port=$(grep -o -m1 'listening on http://[0-9.]*:[0-9]*' "$OUT/logs/serve.log" | sed 's/.*://')
-    [ -n "$port" ] && break
-    sleep 0.5
-  done
-  [ -n "$port" ] || { kill "$server"; return 1; }
-  local url=http://127.0.0.1:$port status=0
+  serve_on_free_port "$FP4SERVE_BIN" "$OUT/logs/serve.log" 30 --model-path "$b" --device cuda --act-quant none || return 1
+  local url=$SERVER_URL server=$SERVER_PID status=0
   generate() { curl -s -X POST "$url/generate" -H 'Content-Type: application/json' -d "$request"; }
   reload() { curl -s -X POST "$url/update_weights_from_disk" -H 'Content-Type: application/json' -d "{\"model_path\": \"$1\"}"; }
   generate > "$OUT/logs/http_b1.json"
@@ -141,18 +136,11 @@ fi
 if want 1c; then
 stamp "1c. memory release over HTTP on the GPU: release all, resume weights, reload, resume kv_cache"
 memory_e2e() {
-  local b=models/qwen3-moe-arith-b-nvfp4 port="" server
+  local b=models/qwen3-moe-arith-b-nvfp4
   local request='{"input_ids": [3,14,15,92,65,35,89,79], "sampling_params": {"temperature": 0, "max_new_tokens": 16}, "return_logprob": true}'
-  "$FP4SERVE_BIN" serve --model-path "$b" --device cuda --act-quant none --port 0 --max-total-tokens 200000 \
-    > "$OUT/logs/memory_serve.log" 2>&1 &
-  server=$!
-  for _ in $(seq 60); do
-    port=$(grep -o -m1 'listening on http://[0-9.]*:[0-9]*' "$OUT/logs/memory_serve.log" | sed 's/.*://')
-    [ -n "$port" ] && break
-    sleep 0.5
-  done
-  [ -n "$port" ] || { kill "$server"; return 1; }
-  local url=http://127.0.0.1:$port
+  serve_on_free_port "$FP4SERVE_BIN" "$OUT/logs/memory_serve.log" 30 --model-path "$b" --device cuda \
+    --act-quant none --max-total-tokens 200000 || return 1
+  local url=$SERVER_URL server=$SERVER_PID
   post() { curl -s -X POST "$url/$1" -H 'Content-Type: application/json' -d "$2"; echo; }
   used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
   post generate "$request" > "$OUT/logs/mem_before.json"

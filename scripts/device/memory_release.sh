@@ -35,21 +35,15 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 timeout 120 "$bin/test_kernels_cuda" --gtest_filter='CudaMemoryRelease*' 2>&1 | tee "$OUT/logs/range_test.log"
 record "test_kernels_cuda CudaMemoryRelease*" "${PIPESTATUS[0]}"
 
+source "$(dirname "$0")/serve_util.sh"
 gpu_used_mib() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
 # A server on $1 with release mode $2: an answer, then (unless $3 is fresh_b) the RL flow with the GPU memory in use
 # at each stage, then the answer again; everything into $OUT/logs/$3_*.
 rl_flow() {
-  local model=$1 mode=$2 name=$3 port="" server log="$OUT/logs/serve_$3.log"
-  "$bin/fp4serve" serve --model-path "$model" --device cuda --act-quant none --port 0 --max-total-tokens 1000000 \
-    --weights-release-mode "$mode" > "$log" 2>&1 &
-  server=$!
-  for _ in $(seq 120); do
-    port=$(grep -o -m1 'listening on http://[0-9.]*:[0-9]*' "$log" | sed 's/.*://')
-    [ -n "$port" ] && break
-    sleep 0.5
-  done
-  [ -n "$port" ] || { kill "$server"; return 1; }
-  local url=http://127.0.0.1:$port
+  local model=$1 mode=$2 name=$3
+  serve_on_free_port "$bin/fp4serve" "$OUT/logs/serve_$3.log" 60 --model-path "$model" --device cuda \
+    --act-quant none --max-total-tokens 1000000 --weights-release-mode "$mode" || return 1
+  local url=$SERVER_URL server=$SERVER_PID
   post() { curl -s -X POST "$url/$1" -H 'Content-Type: application/json' -d "$2"; echo; }
   local request='{"input_ids": [3,14,15,92,65,35,89,79], "return_logprob": true,
                   "sampling_params": {"temperature": 0, "max_new_tokens": 24, "ignore_eos": true}}'

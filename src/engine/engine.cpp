@@ -182,9 +182,9 @@ std::optional<float> Engine::normalizer_of(const std::vector<float>& normalizers
 // the first position still needed.
 void Engine::record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, const ForwardOutput& output,
                                    int64_t first_row) const {
-  const float* chunk_logits = output.all_logits.data<float>() + first_row * model_->config().vocab_size;
-  const int64_t n_wanted = seq.n_input_logprobs_wanted();
   const int64_t vocab = model_->config().vocab_size;
+  const float* chunk_logits = output.all_logits.data<float>() + first_row * vocab;
+  const int64_t n_wanted = seq.n_input_logprobs_wanted();
   const int64_t end = std::min(chunk.start + chunk.n_tokens, seq.n_prompt_tokens - 1);
   for (int64_t p = seq.request.logprob_start_len + static_cast<int64_t>(seq.input_logprobs.size());
        static_cast<int64_t>(seq.input_logprobs.size()) < n_wanted && p < end; ++p) {
