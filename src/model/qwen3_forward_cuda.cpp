@@ -128,7 +128,16 @@ struct CapturedStepKey {
 // Graphs kept at most; the least recently used goes first (each holds a few hundred kernel nodes).
 constexpr size_t kMaxCapturedSteps = 64;
 
-int64_t grown(int64_t needed, int64_t current) { return std::max({needed, 2 * current, int64_t{16}}); }
+// --deterministic runs bf16 linears (cuBLAS) in chunks of this many rows, the last one padded: cuBLAS picks its
+// kernel by the shape, and a fixed M gives every row the same kernel and summation order whatever the batch.
+constexpr int64_t kBatchInvariantBlasRows = 64;
+
+// Activation buffers grow geometrically, in whole chunks of kBatchInvariantBlasRows: a padded chunk reads and
+// writes rows past the batch but inside the buffer.
+int64_t grown(int64_t needed, int64_t current) {
+  const int64_t rows = std::max({needed, 2 * current, int64_t{16}});
+  return (rows + kBatchInvariantBlasRows - 1) / kBatchInvariantBlasRows * kBatchInvariantBlasRows;
+}
 
 }  // namespace
 
@@ -227,11 +236,10 @@ struct Qwen3Model::CudaForward {
                                                           : cuda::Nvfp4GemmPath::Auto});
       return;
     }
-    // cuBLAS picks its kernel (tile, split-K) by the shape, so the bits of a row depend on m: deterministic runs
-    // give every row its own m = 1 GEMM (the same call as in a batch of one).
     if (deterministic) {
-      for (int64_t row = 0; row < m; ++row)
-        run_bf16_linear(linear, x + row * linear.k, 1, y + row * linear.n, stream);
+      // x and y are activation buffers sized in whole chunks (grown()); rows past m are computed and ignored.
+      for (int64_t row = 0; row < m; row += kBatchInvariantBlasRows)
+        run_bf16_linear(linear, x + row * linear.k, kBatchInvariantBlasRows, y + row * linear.n, stream);
       return;
     }
     run_bf16_linear(linear, x, m, y, stream);
@@ -281,8 +289,8 @@ void Qwen3Model::prepare_cuda_forward() {
     linear.k = spec.in_features;
     if (!linear.nvfp4) {
       FP4_CHECK(!options_.deterministic || (linear.n % 8 == 0 && linear.k % 8 == 0),
-                "--deterministic --device cuda: {} is a bf16 linear of {} x {}; its one-row cuBLAS GEMMs need both "
-                "sizes multiples of 8 (every row 16-byte aligned, so cuBLAS picks the kernel of a batch of one)",
+                "--deterministic --device cuda: {} is a bf16 linear of {} x {}; its fixed-size cuBLAS GEMMs need "
+                "both sizes multiples of 8 (every chunk 16-byte aligned, so cuBLAS picks the same kernel for each)",
                 spec.name, linear.n, linear.k);
       linear.bf16_weight = bf16_param(spec.name + ".weight");
       return linear;
