@@ -103,7 +103,7 @@ DecodeRow bench_decode(int64_t batch, int64_t context, cudaStream_t stream, std:
   bf16_bits* q = device_alloc<bf16_bits>(activations);
   bf16_bits* out = device_alloc<bf16_bits>(activations);
   check(cudaMemset(q, 0x3c, activations * 2), "memset");
-  cuda::DecodeWorkspace workspace(batch, kHeads, kHeadDim, context);
+  cuda::DecodeWorkspace workspace(batch, kHeads, kKvHeads, kHeadDim, context);
   const double us = bench::median_graph_us(stream, std::max(copies, 4), [&](int i) {
     cuda::paged_decode_attention_cuda(cache.layer(), cache.view(i % copies, 1), {q, kHeads * kHeadDim}, kHeads,
                                       workspace, {out, kHeads * kHeadDim}, stream);

@@ -435,7 +435,7 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   const bool grow_metadata = meta.values.size() > gpu.metadata_capacity;
   const cuda::DecodeWorkspace* decode = gpu.decode_workspace.get();
   const bool grow_decode = split_decode && (!decode || M > decode->max_rows() ||
-                                            decode_context > decode->max_splits() * cuda::kDecodeSplitTokens);
+                                            decode_context > decode->max_context());
   if (grow_rows || grow_logits || grow_metadata || grow_decode) {
     FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
     gpu.captured.clear();
@@ -476,7 +476,8 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     int64_t context = cuda::kDecodeSplitTokens;
     while (context < decode_context) context *= 2;
     gpu.decode_workspace.reset();
-    gpu.decode_workspace = std::make_unique<cuda::DecodeWorkspace>(grown(max_rows, 0), n_heads, head_dim, context);
+    gpu.decode_workspace = std::make_unique<cuda::DecodeWorkspace>(grown(max_rows, 0), n_heads, n_kv_heads, head_dim,
+                                                                   context);
   }
 
   // bf16 logits are exact in f32, as the CPU's bf16-rounded logits are.
