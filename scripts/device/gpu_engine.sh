@@ -80,10 +80,10 @@ want() { [[ " ${GPU_ENGINE_STEPS:-0 1 1b 1c 2 3 4} " == *" $1 "* ]]; }
 bench="$prebuilt/bench_cpu_generate"
 
 if want 0; then
-stamp "0. NVFP4 GEMM kernel tests (host and device alphas, graph capture)"
-timeout "$(budget 60)" "$prebuilt/test_kernels_cuda" --gtest_filter='Nvfp4Gemm*:LogitsNormalizer*:CudaMemoryRelease*' \
+stamp "0. kernel tests: NVFP4 GEMM (host and device alphas, graph capture), normalizer, memory release, attention"
+timeout "$(budget 60)" "$prebuilt/test_kernels_cuda" --gtest_filter='Nvfp4Gemm*:LogitsNormalizer*:CudaMemoryRelease*:AttentionCuda*' \
   > "$OUT/logs/gemm_tests.log" 2>&1
-record "tests Nvfp4Gemm*, LogitsNormalizer*, CudaMemoryRelease*" "$?"
+record "tests Nvfp4Gemm*, LogitsNormalizer*, CudaMemoryRelease*, AttentionCuda*" "$?"
 tail -3 "$OUT/logs/gemm_tests.log"; grep -E "^\[  FAILED  \]" "$OUT/logs/gemm_tests.log" | head
 fi
 
