@@ -3,9 +3,12 @@
 // prefill and decode tokens/s and the OpenMP thread count as a table. The prefix cache is off so every prompt
 // token is computed. --device cuda runs the GPU forward (NVFP4 layers only as W4A16: act none) with decode steps
 // replaying CUDA graphs; cuda-eager runs it without graphs. --deterministic on runs the batch-invariant kernels
-// (QuantOptions::deterministic), off,on measures both.
+// (QuantOptions::deterministic), off,on measures both. --gpu-sampling on (the default) samples on the GPU with a
+// cuda device, off copies every logits row to the host sampler (EngineOptions::gpu_sampling); on,off compares them.
+// Requests are greedy unless --temperature is given (then seeded, with --top-p).
 //   bench_cpu_generate [--device cpu,cuda,cuda-eager] [--batch N] [--prompt-tokens N] [--new-tokens N]
-//                      [--act-quant none,per-token,...] [--deterministic off,on] DIR...
+//                      [--act-quant none,per-token,...] [--deterministic off,on] [--gpu-sampling on,off]
+//                      [--temperature T] [--top-p P] DIR...
 #include <omp.h>
 
 #include <chrono>
@@ -31,6 +34,8 @@ struct BenchOptions {
   std::vector<std::string> act_quant{"none"};
   std::vector<std::string> devices{"cpu"};
   std::vector<std::string> deterministic{"off"};
+  std::vector<std::string> gpu_sampling{"on"};
+  SamplingParams sampling{.temperature = 0.0f, .seed = 1};
   std::vector<std::string> model_dirs;
 };
 
@@ -63,13 +68,23 @@ BenchOptions parse(int argc, char** argv) {
       options.deterministic = split(value());
       for (const std::string& mode : options.deterministic)
         FP4_CHECK(mode == "off" || mode == "on", "--deterministic takes off, on or off,on; got '{}'", mode);
+    } else if (arg == "--gpu-sampling") {
+      options.gpu_sampling = split(value());
+      for (const std::string& mode : options.gpu_sampling)
+        FP4_CHECK(mode == "off" || mode == "on", "--gpu-sampling takes on, off or on,off; got '{}'", mode);
+    } else if (arg == "--temperature") {
+      options.sampling.temperature = std::stof(value());
+    } else if (arg == "--top-p") {
+      options.sampling.top_p = std::stof(value());
     } else {
       options.model_dirs.push_back(arg);
     }
   }
   FP4_CHECK(!options.model_dirs.empty(),
             "usage: bench_cpu_generate [--device cpu,cuda,cuda-eager] [--batch N] [--prompt-tokens N] "
-            "[--new-tokens N] [--act-quant none,static,per-token] [--deterministic off,on] MODEL_DIR...");
+            "[--new-tokens N] [--act-quant none,static,per-token] [--deterministic off,on] [--gpu-sampling on,off] "
+            "[--temperature T] [--top-p P] MODEL_DIR...");
+  options.sampling.validate("bench_cpu_generate");
   return options;
 }
 
@@ -78,7 +93,8 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }
 
 void bench_one(const BenchOptions& options, const std::string& dir, const std::string& device,
-               const std::string& act_quant, const std::string& deterministic) {
+               const std::string& act_quant, const std::string& deterministic, const std::string& gpu_sampling) {
+  if (device == "cpu" && gpu_sampling != options.gpu_sampling.front()) return;  // the CPU samples on the host
   const ModelConfig config = load_model_config(dir);
   const QuantConfig quant = load_quant_config(dir);
   if (quant.algo == QuantAlgo::None && act_quant != options.act_quant.front()) return;  // bf16: modes do not apply
@@ -96,7 +112,8 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
                                    .scheduler = {.max_running_sequences = options.batch,
                                                  .max_prefill_tokens = options.batch * options.prompt_tokens,
                                                  .chunked_prefill_size = -1},  // the whole batch in one step
-                                   .enable_prefix_cache = false});
+                                   .enable_prefix_cache = false,
+                                   .gpu_sampling = gpu_sampling == "on"});
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> token(0, config.vocab_size - 1);
   // Warm-up, untimed: first launches load kernels and create library handles and workspaces.
@@ -104,8 +121,8 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
   for (int t = 0; t < 16; ++t) warm_up.input_ids.push_back(token(rng));
   engine.generate({std::move(warm_up)});
   for (int64_t b = 0; b < options.batch; ++b) {
-    GenerateRequest request{
-        .sampling = {.temperature = 0.0f}, .max_new_tokens = options.new_tokens, .ignore_eos = true};
+    GenerateRequest request{.sampling = options.sampling, .max_new_tokens = options.new_tokens, .ignore_eos = true};
+    request.sampling.seed += static_cast<uint64_t>(b);
     for (int64_t t = 0; t < options.prompt_tokens; ++t) request.input_ids.push_back(token(rng));
     engine.add_request(std::move(request));
   }
@@ -117,9 +134,9 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
   while (engine.has_unfinished()) decoded += static_cast<int64_t>(engine.step().size());
   const double decode_seconds = seconds_since(start);
 
-  std::printf("| %-28s | %-10s | %-5s | %-9s | %-3s | %5lld | %6lld | %13.1f | %12.1f | %7d |\n",
+  std::printf("| %-28s | %-10s | %-5s | %-9s | %-3s | %-10s | %5lld | %6lld | %13.1f | %12.1f | %7d |\n",
               std::filesystem::path(dir).filename().c_str(), device.c_str(), format.c_str(), act.c_str(),
-              deterministic.c_str(),
+              deterministic.c_str(), device != "cpu" && gpu_sampling == "on" ? "gpu" : "host",
               static_cast<long long>(options.batch), static_cast<long long>(options.prompt_tokens),
               static_cast<double>(options.batch * options.prompt_tokens) / prefill_seconds,
               static_cast<double>(decoded) / decode_seconds, omp_get_max_threads());
@@ -132,16 +149,17 @@ int main(int argc, char** argv) {
   try {
     const fp4serve::BenchOptions options = fp4serve::parse(argc, argv);
     std::printf(
-        "| model                        | device     | fmt   | act       | det | batch | prompt | prefill tok/s | "
-        "decode tok/s | threads |\n");
+        "| model                        | device     | fmt   | act       | det | sampling   | batch | prompt | "
+        "prefill tok/s | decode tok/s | threads |\n");
     std::printf(
-        "|------------------------------|------------|-------|-----------|-----|-------|--------|---------------|"
-        "--------------|---------|\n");
+        "|------------------------------|------------|-------|-----------|-----|------------|-------|--------|"
+        "---------------|--------------|---------|\n");
     for (const std::string& dir : options.model_dirs)
       for (const std::string& device : options.devices)
         for (const std::string& act : options.act_quant)
           for (const std::string& deterministic : options.deterministic)
-            fp4serve::bench_one(options, dir, device, act, deterministic);
+            for (const std::string& gpu_sampling : options.gpu_sampling)
+              fp4serve::bench_one(options, dir, device, act, deterministic, gpu_sampling);
   } catch (const fp4serve::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
