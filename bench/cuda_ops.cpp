@@ -157,11 +157,12 @@ std::vector<SamplingRow> bench_sampling(cudaStream_t stream, std::mt19937& rng) 
       const std::vector<SamplingParams> all(static_cast<size_t>(batch), params);
       std::vector<int64_t> indices(static_cast<size_t>(batch));
       std::iota(indices.begin(), indices.end(), 0);
-      sampler.sample(logits, all, indices, stream);  // warm-up
+      const cuda::SamplingBatch sampling{.logits = logits, .params = all, .token_indices = indices, .stream = stream};
+      sampler.sample(sampling);  // warm-up
       std::vector<double> times;
       for (int r = 0; r < bench::kTimedReplays; ++r) {
         const auto start = std::chrono::steady_clock::now();
-        sampler.sample(logits, all, indices, stream);
+        sampler.sample(sampling);
         times.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
       }
       std::sort(times.begin(), times.end());

@@ -48,7 +48,7 @@ EngineService::EngineService(EngineServiceOptions options)
   engine_ = std::make_unique<Engine>(std::move(model), options_.engine);
   kv_cache_tokens_ = engine_->kv_cache().token_capacity();
   updater_ = std::make_unique<WeightUpdater>(engine_->model(), model_config_, options_.load);
-  updater_->load(options_.model_path);
+  stats_.staging_bytes = updater_->load(options_.model_path).peak_staging_bytes;
   // Reloads write into these storages, so the sizes are fixed from here on.
   const ParameterSet& params = engine_->model().params();
   weights_bytes_ = params.total_bytes();
@@ -531,7 +531,11 @@ void EngineService::finish_reload_if_drained() {
   ReloadOutcome outcome{.success = false, .message = {}, .num_paused_requests = static_cast<int64_t>(held_.size())};
   const Clock::time_point load_start = Clock::now();
   try {
-    updater_->load(request.model_path);
+    const LoadResult loaded = updater_->load(request.model_path);
+    {
+      std::lock_guard lock(stats_mutex_);
+      stats_.staging_bytes = loaded.peak_staging_bytes;
+    }
     if (request.flush_cache) engine_->flush_prefix_cache();
     if (!request.flush_cache && !request.weight_version)
       spdlog::warn("weights updated with flush_cache=false under the same weight_version {}: cached prefixes are "
@@ -583,6 +587,7 @@ void EngineService::publish_stats() {
   stats_.held_requests = static_cast<int64_t>(held_.size());
   stats_.kv_pages_total = pages.n_pages();
   stats_.kv_pages_used = pages.n_pages() - pages.n_free_pages();
+  stats_.workspace_bytes = engine_->model().device_workspace_bytes();
   stats_.paused = paused_.has_value();
   stats_.released_memory = released_memory();
   stats_.weights_need_reload = weights_discarded_;
