@@ -21,6 +21,8 @@ void memset_zero_sync(void*, size_t) { no_cuda(); }
 void* pinned_host_alloc(size_t) { no_cuda(); }
 void pinned_host_free(void*) noexcept {}
 DeviceMemoryInfo device_memory_info() { no_cuda(); }
+void* ipc_open(const uint8_t*) { no_cuda(); }
+void ipc_close(void*) { no_cuda(); }
 size_t vm_granularity() { no_cuda(); }
 void* vm_reserve(size_t) { no_cuda(); }
 void vm_free_reservation(void*, size_t) noexcept {}
