@@ -530,8 +530,16 @@ void EngineService::finish_reload_if_drained() {
   const ReloadRequest& request = reload_->request;
   ReloadOutcome outcome{.success = false, .message = {}, .num_paused_requests = static_cast<int64_t>(held_.size())};
   const Clock::time_point load_start = Clock::now();
+  const std::string source = request.tensors.empty()
+                                 ? request.model_path.string()
+                                 : fmt::format("update_weights_from_tensor ({} tensors)", request.tensors.size());
   try {
-    const LoadResult loaded = updater_->load(request.model_path);
+    std::vector<NamedTensor> tensors;
+    for (const HostTensor& t : request.tensors) tensors.push_back({t.name, t.dtype, t.shape, t.bytes});
+    // Discarded weights hold nothing to keep: an update from tensors must then replace every tensor.
+    const LoadResult loaded = request.tensors.empty()
+                                  ? updater_->load(request.model_path)
+                                  : updater_->update(tensors, source, /*replace_all=*/weights_discarded_);
     {
       std::lock_guard lock(stats_mutex_);
       stats_.staging_bytes = loaded.peak_staging_bytes;
@@ -544,8 +552,8 @@ void EngineService::finish_reload_if_drained() {
     if (request.weight_version) engine_->set_weight_version(*request.weight_version);
     weights_discarded_ = false;
     outcome.success = true;
-    outcome.message = fmt::format("Succeeded to update model weights from {}; weight_version {}",
-                                  request.model_path.string(), engine_->weight_version());
+    outcome.message =
+        fmt::format("Succeeded to update model weights from {}; weight_version {}", source, engine_->weight_version());
     serving_ = true;
   } catch (const std::exception& e) {
     outcome.message = fmt::format("Failed to update model weights: {}", e.what());
@@ -566,7 +574,7 @@ void EngineService::finish_reload_if_drained() {
     stats_.last_reload_seconds = load_seconds;
     stats_.last_reload_pause_seconds = seconds_since(reload_->requested_at);
     weight_version_ = engine_->weight_version();
-    if (outcome.success) model_path_ = request.model_path.string();
+    if (outcome.success && request.tensors.empty()) model_path_ = request.model_path.string();
   }
   publish_stats();  // whoever waits on the outcome then reads stats that include it (weights_need_reload)
   reload_->promise.set_value(std::move(outcome));

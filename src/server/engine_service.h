@@ -48,8 +48,19 @@ class ServiceBusy : public Error {
   using Error::Error;
 };
 
+// A named tensor in host memory that an update request owns (update_weights_from_tensor).
+struct HostTensor {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  std::vector<uint8_t> bytes;  // C order, little-endian
+};
+
+// One weight update: from a checkpoint directory, or from tensors (then model_path is empty). Both take the same
+// path through the engine thread: the same pause, abort, version and prefix-cache rules.
 struct ReloadRequest {
   std::filesystem::path model_path;
+  std::vector<HostTensor> tensors;  // any subset of the checkpoint's tensors (WeightUpdater::update)
   // false keeps cached prefixes (SGLang's semantics): only right when the new weights are the same, else later
   // requests would reuse keys/values the old weights computed.
   bool flush_cache = true;

@@ -1,5 +1,6 @@
 #include <cuda.h>
 
+#include <cstring>
 #include <string>
 
 #include "common/error.h"
@@ -86,6 +87,17 @@ DeviceMemoryInfo device_memory_info() {
   FP4_CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));
   return info;
 }
+
+void* ipc_open(const uint8_t* handle) {
+  static_assert(sizeof(cudaIpcMemHandle_t) == kIpcHandleBytes);
+  cudaIpcMemHandle_t ipc_handle;
+  std::memcpy(&ipc_handle, handle, kIpcHandleBytes);
+  void* base = nullptr;
+  FP4_CUDA_CHECK(cudaIpcOpenMemHandle(&base, ipc_handle, cudaIpcMemLazyEnablePeerAccess));
+  return base;
+}
+
+void ipc_close(void* base) { FP4_CUDA_CHECK(cudaIpcCloseMemHandle(base)); }
 
 namespace {
 

@@ -48,6 +48,12 @@ struct DeviceMemoryInfo {
 };
 DeviceMemoryInfo device_memory_info();
 
+// CUDA IPC: another process's device allocation (the 64-byte cudaIpcMemHandle_t it exported), mapped into this
+// process on the current device (cudaIpcMemLazyEnablePeerAccess) until ipc_close(base).
+inline constexpr size_t kIpcHandleBytes = 64;
+void* ipc_open(const uint8_t* handle);
+void ipc_close(void* base);
+
 // The virtual memory management API of the driver (reached through the runtime's entry point, so nothing links
 // libcuda), for tensor/virtual_memory.h. Sizes and addresses must be multiples of vm_granularity().
 size_t vm_granularity();                                  // of device memory on the current device

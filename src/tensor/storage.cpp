@@ -26,6 +26,8 @@ uint8_t* PinnedUploader::buffer() { no_cuda(); }
 void PinnedUploader::upload(void*, size_t) { no_cuda(); }
 void PinnedUploader::finish() { no_cuda(); }
 DeviceMemoryInfo device_memory_info() { no_cuda(); }
+void* ipc_open(const uint8_t*) { no_cuda(); }
+void ipc_close(void*) { no_cuda(); }
 size_t vm_granularity() { no_cuda(); }
 void* vm_reserve(size_t) { no_cuda(); }
 void vm_free_reservation(void*, size_t) noexcept {}
