@@ -99,7 +99,9 @@ TEST(CudaEngineSampling, GpuSampledGenerationsEqualHostSampledOnes) {
     for (size_t r = 0; r < on.results.size(); ++r) {
       const GenerateResult &gpu = on.results[r], &host = off.results[r];
       const std::string where = label + ", request " + std::to_string(r);
-      if (requests[r].sampling.is_greedy()) EXPECT_EQ(gpu.output_ids, host.output_ids) << where;
+      if (requests[r].sampling.is_greedy()) {
+        EXPECT_EQ(gpu.output_ids, host.output_ids) << where;
+      }
       if (gpu.output_ids != host.output_ids) ++diverged;
       for (size_t t = 0; t < gpu.output_ids.size() && t < host.output_ids.size(); ++t) {
         if (gpu.output_ids[t] != host.output_ids[t]) break;
