@@ -144,6 +144,8 @@ memory_e2e() {
   used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
   post generate "$request" > "$OUT/logs/mem_before.json"
   echo "GPU memory used (MiB): serving $(used)"
+  curl -s "$url/get_server_info" | python3 -c 'import json, sys; m = json.load(sys.stdin)["memory"]
+print("get_server_info memory:", {k: m[k] for k in ("weights_bytes", "kv_cache_bytes", "workspace_bytes", "staging_bytes")})'
   post release_memory_occupation '{"tags": null}'
   echo "GPU memory used (MiB): released $(used)"
   post resume_memory_occupation '{"tags": ["weights"]}'

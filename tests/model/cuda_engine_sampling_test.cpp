@@ -5,7 +5,8 @@
 // of fp32 partial sums, the host sequentially or takes the forward's; over 512 tokens either is within a few 1e-5),
 // ranks and top-logprob ids equal. Host-only outputs (token_ids_logprob, prompt logprobs) are bitwise the same in
 // both. One forward step mixes device- and host-sampled rows (with and without all logits, and a replayed decode
-// graph). --deterministic stays batch-invariant with GPU sampling. Skipped without a GPU.
+// graph). --deterministic stays batch-invariant with GPU sampling. The CLI's --gpu-sampling on and off agree.
+// Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -259,6 +261,27 @@ TEST(CudaEngineSampling, DeterministicRequestsAreBitwiseAloneAndInABatch) {
         EXPECT_TRUE(same_bits(together[r].output_top_logprobs[t][i].second, single.output_top_logprobs[t][i].second))
             << "request " << r;
   }
+}
+
+// Through the CLI: `generate --device cuda` with seeded top-p sampling gives the same tokens with --gpu-sampling on and
+// off, and logprobs within the tolerance.
+TEST(CudaEngineSamplingCli, GenerateWithGpuSamplingOnEqualsOff) {
+  SKIP_WITHOUT_GPU();
+  const std::string common = fmt::format(
+      "generate --model-path '{}' --device cuda --act-quant none --input-ids 3,14,15,92,65,35,89,79 "
+      "--max-new-tokens 20 --temperature 0.8 --top-p 0.9 --seed 3 --json",
+      kBundled.string());
+  const CommandResult on = run_fp4serve(common + " --gpu-sampling on");
+  const CommandResult off = run_fp4serve(common + " --gpu-sampling off");
+  ASSERT_EQ(on.exit_code, 0) << on.output;
+  ASSERT_EQ(off.exit_code, 0) << off.output;
+  const nlohmann::json gpu = nlohmann::json::parse(on.output), host = nlohmann::json::parse(off.output);
+  EXPECT_EQ(gpu.at("output_ids"), host.at("output_ids")) << on.output << "\nvs host sampling\n" << off.output;
+  EXPECT_FALSE(gpu.at("output_ids").empty());
+  const nlohmann::json &gpu_logprobs = gpu.at("output_token_logprobs"), &host_logprobs = host.at("output_token_logprobs");
+  ASSERT_EQ(gpu_logprobs.size(), host_logprobs.size());
+  for (size_t t = 0; t < host_logprobs.size(); ++t)
+    EXPECT_TRUE(near(gpu_logprobs[t][0].get<float>(), host_logprobs[t][0].get<float>())) << "token " << t;
 }
 
 }  // namespace
