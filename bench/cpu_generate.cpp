@@ -6,9 +6,12 @@
 // runs the batch-invariant kernels (QuantOptions::deterministic), off,on measures both. --long-prompt-tokens N adds
 // a row that prefills one N-token prompt alone. --floor-gbs G adds each decode row's floor: the bytes a decode step
 // must read (decode_step_bytes) over G GB/s, e.g. the device-to-device copy bandwidth of bench_bandwidth.
+// --gpu-sampling on (the default) samples on the GPU with a cuda device, off copies every logits row to the host
+// sampler (EngineOptions::gpu_sampling); on,off compares them. Requests are greedy unless --temperature is given
+// (then seeded, with --top-p).
 //   bench_cpu_generate [--device cpu,cuda,cuda-eager] [--batch 1,16,...] [--prompt-tokens N] [--new-tokens N]
 //                      [--act-quant none,per-token,...] [--deterministic off,on] [--long-prompt-tokens N]
-//                      [--floor-gbs G] DIR...
+//                      [--floor-gbs G] [--gpu-sampling on,off] [--temperature T] [--top-p P] DIR...
 #include <omp.h>
 
 #include <algorithm>
@@ -39,6 +42,8 @@ struct BenchOptions {
   std::vector<std::string> act_quant{"none"};
   std::vector<std::string> devices{"cpu"};
   std::vector<std::string> deterministic{"off"};
+  std::vector<std::string> gpu_sampling{"on"};
+  SamplingParams sampling{.temperature = 0.0f, .seed = 1};
   std::vector<std::string> model_dirs;
 };
 
@@ -76,6 +81,14 @@ BenchOptions parse(int argc, char** argv) {
       options.deterministic = split(value());
       for (const std::string& mode : options.deterministic)
         FP4_CHECK(mode == "off" || mode == "on", "--deterministic takes off, on or off,on; got '{}'", mode);
+    } else if (arg == "--gpu-sampling") {
+      options.gpu_sampling = split(value());
+      for (const std::string& mode : options.gpu_sampling)
+        FP4_CHECK(mode == "off" || mode == "on", "--gpu-sampling takes on, off or on,off; got '{}'", mode);
+    } else if (arg == "--temperature") {
+      options.sampling.temperature = std::stof(value());
+    } else if (arg == "--top-p") {
+      options.sampling.top_p = std::stof(value());
     } else {
       options.model_dirs.push_back(arg);
     }
@@ -83,8 +96,9 @@ BenchOptions parse(int argc, char** argv) {
   FP4_CHECK(!options.model_dirs.empty(),
             "usage: bench_cpu_generate [--device cpu,cuda,cuda-eager] [--batch 1,16,...] [--prompt-tokens N] "
             "[--new-tokens N] [--act-quant none,static,per-token] [--deterministic off,on] [--long-prompt-tokens N] "
-            "[--floor-gbs G] MODEL_DIR...");
+            "[--floor-gbs G] [--gpu-sampling on,off] [--temperature T] [--top-p P] MODEL_DIR...");
   for (int64_t batch : options.batches) FP4_CHECK(batch > 0, "--batch: sizes must be positive, got {}", batch);
+  options.sampling.validate("bench_cpu_generate");
   return options;
 }
 
@@ -128,15 +142,15 @@ StepBytes decode_step_bytes(const std::string& dir, const ModelConfig& config, i
 }
 
 struct Row {
-  std::string model, device, format, act, deterministic;
+  std::string model, device, format, act, deterministic, sampling;
   int64_t batch = 0, prompt = 0;
   double prefill_tps = 0, decode_tps = 0;  // decode < 0: prefill only
   double floor_tps = 0, step_gb = 0;       // with --floor-gbs
 };
 
 void print_row(const Row& row, bool floor_columns) {
-  std::printf("| %-28s | %-10s | %-5s | %-9s | %-3s | %5lld | %6lld | %13.1f | ", row.model.c_str(),
-              row.device.c_str(), row.format.c_str(), row.act.c_str(), row.deterministic.c_str(),
+  std::printf("| %-28s | %-10s | %-5s | %-9s | %-3s | %-8s | %5lld | %6lld | %13.1f | ", row.model.c_str(),
+              row.device.c_str(), row.format.c_str(), row.act.c_str(), row.deterministic.c_str(), row.sampling.c_str(),
               static_cast<long long>(row.batch), static_cast<long long>(row.prompt), row.prefill_tps);
   if (row.decode_tps < 0) std::printf("%12s | ", "-");
   else std::printf("%12.1f | ", row.decode_tps);
@@ -152,10 +166,11 @@ void print_row(const Row& row, bool floor_columns) {
 // Prefills `batch` random prompts of `prompt_tokens` in one step, then decodes them to the end; returns
 // {prefill tokens/s, decode output tokens/s (-1 when nothing was decoded)}.
 std::pair<double, double> time_batch(Engine& engine, std::mt19937& rng, int32_t vocab_size, int64_t batch,
-                                     int64_t prompt_tokens, int64_t new_tokens) {
+                                     int64_t prompt_tokens, int64_t new_tokens, const SamplingParams& sampling) {
   std::uniform_int_distribution<int32_t> token(0, vocab_size - 1);
   for (int64_t b = 0; b < batch; ++b) {
-    GenerateRequest request{.sampling = {.temperature = 0.0f}, .max_new_tokens = new_tokens, .ignore_eos = true};
+    GenerateRequest request{.sampling = sampling, .max_new_tokens = new_tokens, .ignore_eos = true};
+    request.sampling.seed += static_cast<uint64_t>(b);
     for (int64_t t = 0; t < prompt_tokens; ++t) request.input_ids.push_back(token(rng));
     engine.add_request(std::move(request));
   }
@@ -171,7 +186,8 @@ std::pair<double, double> time_batch(Engine& engine, std::mt19937& rng, int32_t 
 }
 
 void bench_one(const BenchOptions& options, const std::string& dir, const std::string& device,
-               const std::string& act_quant, const std::string& deterministic) {
+               const std::string& act_quant, const std::string& deterministic, const std::string& gpu_sampling) {
+  if (device == "cpu" && gpu_sampling != options.gpu_sampling.front()) return;  // the CPU samples on the host
   const ModelConfig config = load_model_config(dir);
   const QuantConfig quant = load_quant_config(dir);
   if (quant.algo == QuantAlgo::None && act_quant != options.act_quant.front()) return;  // bf16: modes do not apply
@@ -187,7 +203,8 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
           .device = device,
           .format = model->is_nvfp4() ? "NVFP4" : "bf16",
           .act = model->is_nvfp4() ? act_quant : "-",
-          .deterministic = deterministic};
+          .deterministic = deterministic,
+          .sampling = device != "cpu" && gpu_sampling == "on" ? "gpu" : "host"};
 
   const int64_t per_sequence = options.prompt_tokens + options.new_tokens;
   const int64_t max_prefill = std::max(max_batch * options.prompt_tokens, options.long_prompt_tokens);
@@ -196,13 +213,14 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
                  .scheduler = {.max_running_sequences = max_batch,
                                .max_prefill_tokens = max_prefill,
                                .chunked_prefill_size = -1},  // the whole batch in one step
-                 .enable_prefix_cache = false});
+                 .enable_prefix_cache = false,
+                 .gpu_sampling = gpu_sampling == "on"});
   std::mt19937 rng(1);
   // Warm-up, untimed: first launches load kernels and create library handles and workspaces.
-  time_batch(engine, rng, config.vocab_size, 1, 16, 2);
+  time_batch(engine, rng, config.vocab_size, 1, 16, 2, options.sampling);
   for (int64_t batch : options.batches) {
     std::tie(row.prefill_tps, row.decode_tps) =
-        time_batch(engine, rng, config.vocab_size, batch, options.prompt_tokens, options.new_tokens);
+        time_batch(engine, rng, config.vocab_size, batch, options.prompt_tokens, options.new_tokens, options.sampling);
     row.batch = batch, row.prompt = options.prompt_tokens;
     if (options.floor_gbs > 0) {
       const StepBytes bytes = decode_step_bytes(
@@ -214,7 +232,7 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
   }
   if (options.long_prompt_tokens > 0) {
     std::tie(row.prefill_tps, row.decode_tps) =
-        time_batch(engine, rng, config.vocab_size, 1, options.long_prompt_tokens, 1);
+        time_batch(engine, rng, config.vocab_size, 1, options.long_prompt_tokens, 1, options.sampling);
     row.batch = 1, row.prompt = options.long_prompt_tokens;
     print_row(row, options.floor_gbs > 0);
   }
@@ -228,18 +246,19 @@ int main(int argc, char** argv) {
     const fp4serve::BenchOptions options = fp4serve::parse(argc, argv);
     const bool floor = options.floor_gbs > 0;
     std::printf(
-        "| model                        | device     | fmt   | act       | det | batch | prompt | prefill tok/s | "
+        "| model                        | device     | fmt   | act       | det | sampling | batch | prompt | prefill tok/s | "
         "decode tok/s | threads |%s\n",
         floor ? " step GB | floor tok/s | % floor |" : "");
     std::printf(
-        "|------------------------------|------------|-------|-----------|-----|-------|--------|---------------|"
+        "|------------------------------|------------|-------|-----------|-----|----------|-------|--------|---------------|"
         "--------------|---------|%s\n",
         floor ? "---------|-------------|---------|" : "");
     for (const std::string& dir : options.model_dirs)
       for (const std::string& device : options.devices)
         for (const std::string& act : options.act_quant)
           for (const std::string& deterministic : options.deterministic)
-            fp4serve::bench_one(options, dir, device, act, deterministic);
+            for (const std::string& gpu_sampling : options.gpu_sampling)
+              fp4serve::bench_one(options, dir, device, act, deterministic, gpu_sampling);
   } catch (const fp4serve::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

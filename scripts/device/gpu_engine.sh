@@ -7,14 +7,16 @@
 # and source_dir.txt (the source path compiled into test_model, where the tests look for the bundled models).
 # scripts/device/e2e_30b.sh runs from the same DIR.
 # Steps on the device, each under `timeout`, the whole within about 400 s so that results come back in one call:
-#   0. the NVFP4 GEMM kernel tests (device alphas under graph capture among them);
-#   1. the GPU forward tests (CudaForward*: against the CPU forward, reload, observers, refusals) and the CLI
-#      end-to-end test (CudaForwardCli*), with FP4SERVE_BIN pointing at the carried fp4serve;
+#   0. the NVFP4 GEMM kernel tests (device alphas under graph capture among them) and the GPU sampler's (SamplingCuda*);
+#   1. the GPU forward tests (CudaForward*: against the CPU forward, reload, observers, refusals), the CLI
+#      end-to-end test (CudaForwardCli*) and the engine's GPU sampling against its host sampling
+#      (CudaEngineSampling*), with FP4SERVE_BIN pointing at the carried fp4serve;
 #   1b. HTTP end to end: `serve --device cuda`, /generate, /update_weights_from_disk B -> A -> B: the same tokens as
 #      `generate --device cpu`, and B again after the round trip;
 #   2. throughput: bench_cpu_generate on the bundled model, cpu and cuda, decode at batch 1, 16, 64 and prefill;
 #   3. compute-sanitizer memcheck on one mixed-step comparison;
-#   4. throughput on a synthetic qwen3-30b-a3b preset with 2 layers, quantized to NVFP4 here by the carried fp4serve.
+#   4. throughput on a synthetic qwen3-30b-a3b preset with 2 layers, quantized to NVFP4 here by the carried fp4serve;
+#      then decode with GPU sampling against host sampling (--gpu-sampling on,off) on its 151936-token vocabulary.
 # Writes to $OUT: summary.txt, tests.log, memcheck.log, bench.md and logs.tar (everything else).
 set -uo pipefail
 if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
@@ -75,17 +77,19 @@ want() { [[ " ${GPU_ENGINE_STEPS:-0 1 1b 1c 2 3 4} " == *" $1 "* ]]; }
 bench="$prebuilt/bench_cpu_generate"
 
 if want 0; then
-stamp "0. NVFP4 GEMM kernel tests (host and device alphas, graph capture)"
-timeout "$(budget 60)" "$prebuilt/test_kernels_cuda" --gtest_filter='Nvfp4Gemm*:LogitsNormalizer*:CudaMemoryRelease*' \
+stamp "0. kernel tests: NVFP4 GEMM (host and device alphas, graph capture), normalizer, memory release, attention, sampling"
+timeout "$(budget 60)" "$prebuilt/test_kernels_cuda" \
+  --gtest_filter='Nvfp4Gemm*:LogitsNormalizer*:CudaMemoryRelease*:AttentionCuda*:SamplingCuda*' \
   > "$OUT/logs/gemm_tests.log" 2>&1
-record "tests Nvfp4Gemm*, LogitsNormalizer*, CudaMemoryRelease*" "$?"
+record "tests Nvfp4Gemm*, LogitsNormalizer*, CudaMemoryRelease*, AttentionCuda*, SamplingCuda*" "$?"
 tail -3 "$OUT/logs/gemm_tests.log"; grep -E "^\[  FAILED  \]" "$OUT/logs/gemm_tests.log" | head
 fi
 
 if want 1; then
 stamp "1. GPU forward tests and the CLI end-to-end test"
-timeout "$(budget 170)" "$prebuilt/test_model" --gtest_filter='CudaForward*:CudaGraphs*:CudaDeterministic*' > "$OUT/tests.log" 2>&1
-record "tests CudaForward*, CudaForwardCli*" "$?"
+timeout "$(budget 170)" "$prebuilt/test_model" \
+  --gtest_filter='CudaForward*:CudaGraphs*:CudaDeterministic*:CudaEngineSampling*' > "$OUT/tests.log" 2>&1
+record "tests CudaForward*, CudaForwardCli*, CudaEngineSampling*" "$?"
 grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|measured|Failure|PASSED|FAILED TEST" "$OUT/tests.log" | head -60
 fi
 
@@ -210,6 +214,15 @@ if [ -f "$quantized/config.json" ]; then
     done
   } | awk '!seen[$0]++' | tee -a "$OUT/bench.md"
   record "bench 30b-a3b ($layers layers)" "$?"
+  {
+    echo
+    echo "## qwen3-30b-a3b sizes, $layers layers: GPU sampling vs host sampling, temperature 0.8 top_p 0.95, cuda"
+    for batch in 1 64 256; do
+      timeout "$(budget 60)" "$bench" --device cuda --gpu-sampling on,off --temperature 0.8 --top-p 0.95 \
+        --batch "$batch" --prompt-tokens 512 --new-tokens 64 "$quantized" 2>> "$OUT/logs/bench.err"
+    done
+  } | awk '!seen[$0]++' | tee -a "$OUT/bench.md"
+  record "bench 30b-a3b gpu vs host sampling" "$?"
 fi
 tail -5 "$OUT/logs/bench.err"
 fi

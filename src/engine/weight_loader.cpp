@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <optional>
 #include <set>
 #include <unordered_map>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "io/checkpoint.h"
 #include "io/xxhash64.h"
 #include "quant/group_quant.h"
+#include "tensor/cuda_memory.h"
 
 namespace fp4serve {
 
@@ -24,11 +27,27 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-std::string where(const CheckpointTensor& t) { return fmt::format("{}: tensor '{}'", t.shard->path(), t.info->name); }
+// One tensor of a load source: in a checkpoint shard, or in host memory the caller holds.
+struct SourceTensor {
+  std::string location;  // the shard file, or the in-memory source's name
+  TensorInfo info;       // offset unused for in-memory tensors
+  const SafetensorsFile* shard = nullptr;
+  std::span<const uint8_t> memory;
+
+  // Copies dst.size() bytes starting `offset` bytes into the tensor.
+  void read(uint64_t offset, std::span<uint8_t> dst) const {
+    if (shard != nullptr)
+      shard->read(info, offset, dst);
+    else
+      std::memcpy(dst.data(), memory.data() + offset, dst.size());
+  }
+};
+
+std::string where(const SourceTensor& t) { return fmt::format("{}: tensor '{}'", t.location, t.info.name); }
 
 // Rejects values a served model must never hold; raw e2m1 bytes can hold anything.
-void check_values(const CheckpointTensor& t, BindingRole role, std::span<const uint8_t> bytes) {
-  switch (t.info->dtype) {
+void check_values(const SourceTensor& t, BindingRole role, std::span<const uint8_t> bytes) {
+  switch (t.info.dtype) {
     case DType::F32:
       if (role == BindingRole::GlobalScale || role == BindingRole::InputScale) {
         for (size_t i = 0; i + 4 <= bytes.size(); i += 4) {
@@ -58,19 +77,20 @@ void check_values(const CheckpointTensor& t, BindingRole role, std::span<const u
 
 }  // namespace
 
-// A validated checkpoint: which tensor goes where, and the digest of every staging-sized chunk of it.
+// A validated source: which tensor goes where, and the digest of every staging-sized chunk of it.
 struct WeightLoader::Plan {
-  std::filesystem::path dir;
+  std::string source;  // the directory, or the in-memory source's name
   SourceFormat format;
-  Checkpoint checkpoint;  // keeps the shard files open between validation and commit, and for rollback
+  std::optional<Checkpoint> checkpoint;  // directories: keeps the shard files open until commit, and for rollback
+  std::map<std::string, SourceTensor, std::less<>> tensors;  // every tensor of the source
   struct Copy {
     CheckpointBinding binding;
-    const CheckpointTensor* tensor;
+    const SourceTensor* tensor;
     std::vector<uint64_t> chunk_digests;
   };
   struct Group {
     OnlineQuantGroup group;
-    std::vector<const CheckpointTensor*> members;
+    std::vector<const SourceTensor*> members;
     std::vector<std::vector<uint64_t>> chunk_digests;  // per member
   };
   std::vector<Copy> copies;
@@ -78,9 +98,9 @@ struct WeightLoader::Plan {
 
   uint64_t largest_tensor_bytes() const {
     uint64_t largest = 0;
-    for (const auto& c : copies) largest = std::max(largest, c.tensor->info->nbytes);
+    for (const auto& c : copies) largest = std::max(largest, c.tensor->info.nbytes);
     for (const auto& g : groups)
-      for (const auto* t : g.members) largest = std::max(largest, t->info->nbytes);
+      for (const auto* t : g.members) largest = std::max(largest, t->info.nbytes);
     return largest;
   }
   // One online quantization group at a time: its bf16 members, then its packed weights and block scales.
@@ -96,13 +116,20 @@ struct WeightLoader::Plan {
   }
 };
 
-// All the memory a load stages through, taken before any live byte changes: a chunk buffer and a group buffer.
+// All the memory a load stages through, taken before any live byte changes: a chunk buffer and a group buffer. For
+// a model on the GPU the chunk buffer is the current one of two page-locked buffers: a chunk is read from disk into
+// one while the other's copy to the device runs.
 struct WeightLoader::Staging {
   std::unique_ptr<uint8_t[]> memory;
+  std::unique_ptr<cuda::PinnedUploader> uploader;
   uint64_t chunk_bytes = 0, group_bytes = 0;
 
-  std::span<uint8_t> chunk() { return {memory.get(), chunk_bytes}; }
-  std::span<uint8_t> group() { return {memory.get() + chunk_bytes, group_bytes}; }
+  std::span<uint8_t> chunk() {
+    return {uploader ? uploader->buffer() : memory.get(), chunk_bytes};
+  }
+  std::span<uint8_t> group() { return {memory.get() + (uploader ? 0 : chunk_bytes), group_bytes}; }
+  uint64_t total_bytes() const { return chunk_bytes * (uploader ? kUploadBuffers : 1) + group_bytes; }
+  static constexpr int kUploadBuffers = 2;
 };
 
 std::unique_ptr<uint8_t[]> allocate_staging_memory(size_t bytes) {
@@ -115,50 +142,83 @@ WeightLoader::WeightLoader(LoadableModel& model, LoadOptions options) : model_(m
 
 WeightLoader::~WeightLoader() = default;
 
-std::string WeightLoader::current_source() const { return current_ ? current_->dir.string() : ""; }
+std::string WeightLoader::current_source() const { return current_source_; }
 
 namespace {
 
-// Reads a tensor in chunks of `chunk_bytes` (the unit of the recorded digests) through `staging`, which holds
-// at least min(chunk_bytes, the tensor's size); `visit(chunk_index, bytes)` sees each chunk.
-template <typename Visit>
-void for_each_chunk(const CheckpointTensor& t, uint64_t chunk_bytes, std::span<uint8_t> staging, Visit&& visit) {
-  uint64_t n = t.info->nbytes;
+// Reads a tensor in chunks of `chunk_bytes` (the unit of the recorded digests) through staging.chunk(), which
+// holds at least min(chunk_bytes, the tensor's size) and may move on after each chunk; `visit(chunk_index, bytes)`
+// sees each chunk.
+template <typename Staging, typename Visit>
+void for_each_chunk(const SourceTensor& t, uint64_t chunk_bytes, Staging& staging, Visit&& visit) {
+  uint64_t n = t.info.nbytes;
   uint64_t chunk = 0;
   for (uint64_t done = 0; done < n; done += chunk_bytes, ++chunk) {
-    std::span<uint8_t> dst = staging.first(std::min(chunk_bytes, n - done));
-    t.shard->read(*t.info, done, dst);
+    std::span<uint8_t> dst = staging.chunk().first(std::min(chunk_bytes, n - done));
+    t.read(done, dst);
     visit(chunk, std::span<const uint8_t>(dst));
   }
 }
 
 }  // namespace
 
-std::unique_ptr<WeightLoader::Plan> WeightLoader::resolve(const std::filesystem::path& dir, SourceFormat format) const {
-  auto plan = std::unique_ptr<Plan>(
-      new Plan{dir, format, Checkpoint::open(dir, {.map = false, .open_file = options_.open_file}), {}, {}});
-  const Checkpoint& ckpt = plan->checkpoint;
+std::unique_ptr<WeightLoader::Plan> WeightLoader::plan_directory(const std::filesystem::path& dir,
+                                                                 SourceFormat format) const {
+  auto plan = std::unique_ptr<Plan>(new Plan{dir.string(), format, {}, {}, {}, {}});
+  plan->checkpoint = Checkpoint::open(dir, {.map = false, .open_file = options_.open_file});
+  for (const std::string& name : plan->checkpoint->tensor_names()) {
+    const CheckpointTensor& t = plan->checkpoint->tensor(name);
+    plan->tensors.emplace(name, SourceTensor{.location = t.shard->path(), .info = *t.info, .shard = t.shard, .memory = {}});
+  }
+  resolve(*plan);
+  return plan;
+}
+
+std::unique_ptr<WeightLoader::Plan> WeightLoader::plan_memory(std::string_view source,
+                                                              std::span<const NamedTensor> tensors) const {
+  auto plan = std::unique_ptr<Plan>(new Plan{std::string(source), SourceFormat::Native, {}, {}, {}, {}});
+  for (const NamedTensor& t : tensors) {
+    const uint64_t nbytes = static_cast<uint64_t>(shape_numel(t.shape, t.name)) * dtype_size(t.dtype);
+    FP4_CHECK(nbytes == t.bytes.size(), "{}: tensor '{}' holds {} bytes, its dtype {} and shape {} need {}", source,
+              t.name, t.bytes.size(), dtype_name(t.dtype), shape_to_string(t.shape), nbytes);
+    const bool inserted =
+        plan->tensors
+            .emplace(t.name, SourceTensor{.location = std::string(source),
+                                          .info = {.name = t.name, .dtype = t.dtype, .shape = t.shape, .offset = 0,
+                                                   .nbytes = nbytes},
+                                          .shard = nullptr,
+                                          .memory = t.bytes})
+            .second;
+    FP4_CHECK(inserted, "{}: tensor '{}' is given twice", source, t.name);
+  }
+  resolve(*plan);
+  return plan;
+}
+
+void WeightLoader::resolve(Plan& plan) const {
+  const std::string& source = plan.source;
+  const SourceFormat format = plan.format;
   ParameterSet& params = model_.params();
 
   std::vector<CheckpointBinding> bindings = model_.checkpoint_bindings();
   std::set<std::string> quantized_params;
   if (format == SourceFormat::Bf16Online) {
-    FP4_CHECK(model_.is_nvfp4(), "{}: a bf16 checkpoint can be quantized on load only into an NVFP4 model",
-              dir.string());
+    FP4_CHECK(model_.is_nvfp4(), "{}: a bf16 checkpoint can be quantized on load only into an NVFP4 model", source);
     for (auto& g : model_.online_quant_groups()) {
       quantized_params.insert({g.weight_param, g.block_scale_param, g.global_scale_param});
-      plan->groups.push_back({std::move(g), {}, {}});
+      plan.groups.push_back({std::move(g), {}, {}});
     }
   }
 
   std::set<std::string, std::less<>> consumed;
-  auto resolve_tensor = [&](const std::string& name, DType dtype, const Shape& shape) -> const CheckpointTensor* {
+  auto resolve_tensor = [&](const std::string& name, DType dtype, const Shape& shape) -> const SourceTensor* {
     FP4_CHECK(consumed.insert(name).second, "internal error: checkpoint tensor '{}' is bound twice", name);
-    const CheckpointTensor* t = ckpt.find(name);
-    if (t == nullptr) return nullptr;
-    FP4_CHECK(t->info->dtype == dtype, "{}: dtype is {}, expected {}", where(*t), dtype_name(t->info->dtype),
+    const auto it = plan.tensors.find(name);
+    if (it == plan.tensors.end()) return nullptr;
+    const SourceTensor* t = &it->second;
+    FP4_CHECK(t->info.dtype == dtype, "{}: dtype is {}, expected {}", where(*t), dtype_name(t->info.dtype),
               dtype_name(dtype));
-    FP4_CHECK(t->info->shape == shape, "{}: shape is {}, expected {}", where(*t), shape_to_string(t->info->shape),
+    FP4_CHECK(t->info.shape == shape, "{}: shape is {}, expected {}", where(*t), shape_to_string(t->info.shape),
               shape_to_string(shape));
     return t;
   };
@@ -166,55 +226,65 @@ std::unique_ptr<WeightLoader::Plan> WeightLoader::resolve(const std::filesystem:
   for (auto& b : bindings) {
     if (quantized_params.contains(b.param)) continue;  // written by online quantization instead
     bool optional = b.optional || (format == SourceFormat::Bf16Online && b.role == BindingRole::InputScale);
-    const CheckpointTensor* t = resolve_tensor(b.checkpoint_name, b.dtype, b.shape);
+    const SourceTensor* t = resolve_tensor(b.checkpoint_name, b.dtype, b.shape);
     if (t == nullptr) {
-      FP4_CHECK(optional, "{}: tensor '{}' is missing (expected {} {})", dir.string(), b.checkpoint_name,
+      FP4_CHECK(optional, "{}: tensor '{}' is missing (expected {} {})", source, b.checkpoint_name,
                 dtype_name(b.dtype), shape_to_string(b.shape));
       continue;
     }
     const Tensor& param = params.get(b.param);
-    FP4_CHECK(b.byte_offset + t->info->nbytes <= param.nbytes(),
+    FP4_CHECK(b.byte_offset + t->info.nbytes <= param.nbytes(),
               "internal error: binding of '{}' overruns parameter '{}'", b.checkpoint_name, b.param);
-    plan->copies.push_back({std::move(b), t, {}});
+    plan.copies.push_back({std::move(b), t, {}});
   }
-  for (auto& g : plan->groups) {
+  for (auto& g : plan.groups) {
     for (size_t i = 0; i < g.group.checkpoint_names.size(); ++i) {
       const std::string& name = g.group.checkpoint_names[i];
-      const CheckpointTensor* t = resolve_tensor(name, DType::BF16, {g.group.n_rows[i], g.group.in_features});
-      FP4_CHECK(t != nullptr, "{}: tensor '{}' is missing (expected BF16 [{}, {}])", dir.string(), name,
+      const SourceTensor* t = resolve_tensor(name, DType::BF16, {g.group.n_rows[i], g.group.in_features});
+      FP4_CHECK(t != nullptr, "{}: tensor '{}' is missing (expected BF16 [{}, {}])", source, name,
                 g.group.n_rows[i], g.group.in_features);
       g.members.push_back(t);
     }
   }
 
   std::vector<std::string> unknown;
-  for (const auto& name : ckpt.tensor_names())
+  for (const auto& [name, t] : plan.tensors)
     if (!consumed.contains(name)) unknown.push_back(name);
   if (!unknown.empty()) {
+    const size_t n_unknown = unknown.size();
     if (unknown.size() > 5) unknown.resize(5), unknown.push_back("...");
-    fail("{}: tensors not part of this model ({} in all): {}", dir.string(), ckpt.num_tensors() - consumed.size(),
-         fmt::join(unknown, ", "));
+    fail("{}: tensors not part of this model ({} in all): {}", source, n_unknown, fmt::join(unknown, ", "));
   }
-  return plan;
 }
 
 // Sized for the new plan and for the rollback one, so a failed commit can restore without allocating.
-WeightLoader::Staging WeightLoader::allocate_staging(const Plan& plan) const {
+WeightLoader::Staging WeightLoader::allocate_staging(const Plan& plan, const Plan* restore) const {
   Staging staging;
   uint64_t largest_tensor = plan.largest_tensor_bytes(), largest_group = plan.largest_group_bytes();
-  if (current_) {
-    largest_tensor = std::max(largest_tensor, current_->largest_tensor_bytes());
-    largest_group = std::max(largest_group, current_->largest_group_bytes());
+  if (restore != nullptr) {
+    largest_tensor = std::max(largest_tensor, restore->largest_tensor_bytes());
+    largest_group = std::max(largest_group, restore->largest_group_bytes());
   }
   // Rounded up so the group buffer after it stays aligned for bf16 values.
   staging.chunk_bytes = (std::min<uint64_t>(options_.staging_bytes, largest_tensor) + 63) / 64 * 64;
   staging.group_bytes = largest_group;
-  const uint64_t total = staging.chunk_bytes + staging.group_bytes;
+  auto on_device = [&](const Plan::Copy& c) { return model_.params().get(c.binding.param).device() == Device::CUDA; };
+  const bool to_device =
+      std::ranges::any_of(plan.copies, on_device) || (restore && std::ranges::any_of(restore->copies, on_device));
+  if (to_device) {
+    try {
+      staging.uploader = std::make_unique<cuda::PinnedUploader>(staging.chunk_bytes, Staging::kUploadBuffers);
+    } catch (const Error& e) {
+      fail("{}: cannot allocate {} x {} bytes of page-locked staging memory for the load ({}); nothing was changed",
+           plan.source, Staging::kUploadBuffers, staging.chunk_bytes, e.what());
+    }
+  }
+  const uint64_t pageable = staging.total_bytes() - (to_device ? Staging::kUploadBuffers * staging.chunk_bytes : 0);
   try {
-    staging.memory = options_.allocate_staging(total);
+    staging.memory = options_.allocate_staging(pageable);
   } catch (const std::bad_alloc&) {
     fail("{}: cannot allocate {} bytes of staging memory for the load (out of memory); nothing was changed",
-         plan.dir.string(), total);
+         plan.source, pageable);
   }
   return staging;
 }
@@ -223,12 +293,12 @@ WeightLoader::Staging WeightLoader::allocate_staging(const Plan& plan) const {
 // checks that no file changed while it was read (a shard rewritten after an earlier one was read would otherwise
 // give digests of a mix of two checkpoints, which the commit would faithfully load).
 void WeightLoader::read_and_digest(Plan& plan, Staging& staging, LoadResult& result) const {
-  auto digest_tensor = [&](const CheckpointTensor& t, BindingRole role, std::vector<uint64_t>& digests) {
-    for_each_chunk(t, options_.staging_bytes, staging.chunk(), [&](uint64_t, std::span<const uint8_t> bytes) {
+  auto digest_tensor = [&](const SourceTensor& t, BindingRole role, std::vector<uint64_t>& digests) {
+    for_each_chunk(t, options_.staging_bytes, staging, [&](uint64_t, std::span<const uint8_t> bytes) {
       check_values(t, role, bytes);
       digests.push_back(xxh64(bytes));
     });
-    result.bytes += t.info->nbytes;
+    result.bytes += t.info.nbytes;
     ++result.tensors;
   };
   for (auto& c : plan.copies) digest_tensor(*c.tensor, c.binding.role, c.chunk_digests);
@@ -236,7 +306,8 @@ void WeightLoader::read_and_digest(Plan& plan, Staging& staging, LoadResult& res
     g.chunk_digests.resize(g.members.size());
     for (size_t i = 0; i < g.members.size(); ++i) digest_tensor(*g.members[i], BindingRole::Weight, g.chunk_digests[i]);
   }
-  for (const auto& shard : plan.checkpoint.shards()) {
+  if (!plan.checkpoint) return;
+  for (const auto& shard : plan.checkpoint->shards()) {
     if (auto change = shard.change_since_open())
       fail("{}: {} while the reload read the checkpoint; nothing was changed: reload once the checkpoint is written "
            "completely (write a new directory, or replace files by rename)", shard.path(), *change);
@@ -246,20 +317,24 @@ void WeightLoader::read_and_digest(Plan& plan, Staging& staging, LoadResult& res
 void WeightLoader::commit(const Plan& plan, Staging& staging) {
   ParameterSet& params = model_.params();
   const uint64_t chunk_bytes = options_.staging_bytes;
-  auto check_digest = [](const CheckpointTensor& t, const std::vector<uint64_t>& digests, uint64_t chunk,
+  auto check_digest = [](const SourceTensor& t, const std::vector<uint64_t>& digests, uint64_t chunk,
                          std::span<const uint8_t> bytes) {
     FP4_CHECK(chunk < digests.size() && xxh64(bytes) == digests[chunk],
-              "{}: bytes changed on disk after validation (chunk {})", where(t), chunk);
+              "{}: bytes changed after validation (chunk {})", where(t), chunk);
   };
 
   for (const auto& c : plan.copies) {
     const Tensor& param = params.get(c.binding.param);
-    for_each_chunk(*c.tensor, chunk_bytes, staging.chunk(), [&](uint64_t chunk, std::span<const uint8_t> bytes) {
+    for_each_chunk(*c.tensor, chunk_bytes, staging, [&](uint64_t chunk, std::span<const uint8_t> bytes) {
       check_digest(*c.tensor, c.chunk_digests, chunk, bytes);
-      copy_bytes(param.device(), param.raw() + c.binding.byte_offset + chunk * chunk_bytes, Device::CPU,
-                 bytes.data(), bytes.size());
+      uint8_t* dst = param.raw() + c.binding.byte_offset + chunk * chunk_bytes;
+      if (param.device() == Device::CUDA)
+        staging.uploader->upload(dst, bytes.size());  // bytes lie in the uploader's current buffer
+      else
+        copy_bytes(param.device(), dst, Device::CPU, bytes.data(), bytes.size());
     });
   }
+  if (staging.uploader) staging.uploader->finish();
 
   // Online quantization: a group's bf16 members, then its NVFP4 output, in the group buffer.
   for (const auto& g : plan.groups) {
@@ -268,14 +343,14 @@ void WeightLoader::commit(const Plan& plan, Staging& staging) {
     std::vector<GroupMember> members;
     int64_t rows = 0;
     for (size_t i = 0; i < g.members.size(); ++i) {
-      const CheckpointTensor& t = *g.members[i];
+      const SourceTensor& t = *g.members[i];
       uint8_t* out = next;
-      for_each_chunk(t, chunk_bytes, staging.chunk(), [&](uint64_t chunk, std::span<const uint8_t> bytes) {
+      for_each_chunk(t, chunk_bytes, staging, [&](uint64_t chunk, std::span<const uint8_t> bytes) {
         check_digest(t, g.chunk_digests[i], chunk, bytes);
         std::memcpy(out + chunk * chunk_bytes, bytes.data(), bytes.size());
       });
-      members.push_back({{reinterpret_cast<const bf16_bits*>(out), t.info->nbytes / 2}, g.group.n_rows[i]});
-      next += t.info->nbytes;
+      members.push_back({{reinterpret_cast<const bf16_bits*>(out), t.info.nbytes / 2}, g.group.n_rows[i]});
+      next += t.info.nbytes;
       rows += g.group.n_rows[i];
     }
     uint8_t* packed = next;
@@ -293,13 +368,28 @@ void WeightLoader::commit(const Plan& plan, Staging& staging) {
 }
 
 LoadResult WeightLoader::load(const std::filesystem::path& dir, SourceFormat format) {
-  LoadResult result{.source = dir.string(), .format = format};
+  std::unique_ptr<Plan> plan = plan_directory(dir, format);
+  LoadResult result = validate_and_commit(*plan, current_.get());
+  current_ = std::move(plan);
+  return result;
+}
+
+LoadResult WeightLoader::load(std::string_view source, std::span<const NamedTensor> tensors,
+                              std::span<const NamedTensor> restore) {
+  std::unique_ptr<Plan> plan = plan_memory(source, tensors);
+  std::unique_ptr<Plan> restore_plan = plan_memory(fmt::format("{} (the weights served before it)", source), restore);
+  LoadResult result = validate_and_commit(*plan, restore_plan.get());
+  current_.reset();  // its bytes are the caller's: nothing to re-read for a later rollback
+  return result;
+}
+
+// Validation throws with the parameters untouched; a failed write restores `restore` where there is one.
+LoadResult WeightLoader::validate_and_commit(Plan& plan, const Plan* restore) {
+  LoadResult result{.source = plan.source, .format = plan.format};
   auto start = std::chrono::steady_clock::now();
-  // Validation throws with the parameters untouched.
-  std::unique_ptr<Plan> plan = resolve(dir, format);
-  Staging staging = allocate_staging(*plan);
-  result.peak_staging_bytes = staging.chunk_bytes + staging.group_bytes;
-  read_and_digest(*plan, staging, result);
+  Staging staging = allocate_staging(plan, restore);
+  result.peak_staging_bytes = staging.total_bytes();
+  read_and_digest(plan, staging, result);
   result.validate_seconds = seconds_since(start);
   if (options_.between_validate_and_commit) options_.between_validate_and_commit();
 
@@ -313,32 +403,35 @@ LoadResult WeightLoader::load(const std::filesystem::path& dir, SourceFormat for
   };
   // Anything thrown here (an Error, std::bad_alloc from post-processing) has left a partly written model.
   try {
-    write_and_derive(*plan, result);
+    write_and_derive(plan, result);
   } catch (const std::exception& e) {
     std::string reason = e.what();
-    if (!current_) {
+    if (restore == nullptr) {
       state_ = State::Inconsistent;
-      fail("loading {} failed while writing parameters: {}; no previous weights to restore, the model cannot serve "
-           "until a load succeeds", dir.string(), reason);
+      current_.reset();
+      current_source_.clear();
+      fail("loading {} failed while writing parameters: {}; no previous weights to restore (none were loaded, or "
+           "they came from tensors in memory), the model cannot serve until a load succeeds",
+           plan.source, reason);
     }
-    spdlog::warn("loading {} failed while writing parameters ({}); restoring {}", dir.string(), reason,
-                 current_->dir.string());
+    spdlog::warn("loading {} failed while writing parameters ({}); restoring {}", plan.source, reason,
+                 restore->source);
     try {
-      LoadResult restore{.source = current_->dir.string(), .format = current_->format};
-      write_and_derive(*current_, restore);
+      LoadResult restored{.source = restore->source, .format = restore->format};
+      write_and_derive(*restore, restored);
     } catch (const std::exception& restore_error) {
       state_ = State::Inconsistent;
-      std::string previous = current_->dir.string();
       current_.reset();
+      current_source_.clear();
       fail("loading {} failed while writing parameters: {}; restoring the previous weights from {} failed too: {}; "
            "the model is inconsistent and will not serve until a load succeeds",
-           dir.string(), reason, previous, restore_error.what());
+           plan.source, reason, restore->source, restore_error.what());
     }
     state_ = State::Loaded;
-    fail("loading {} failed while writing parameters: {}; the previous weights from {} were restored", dir.string(),
-         reason, current_->dir.string());
+    fail("loading {} failed while writing parameters: {}; the previous weights from {} were restored", plan.source,
+         reason, restore->source);
   }
-  current_ = std::move(plan);
+  current_source_ = plan.source;
   state_ = State::Loaded;
   return result;
 }

@@ -1,5 +1,6 @@
-// Loads checkpoint directories into a model's EXISTING parameters, transactionally, for the first load and for
-// every reload alike (so a reload of B gives the same bytes as a fresh start on B):
+// Loads checkpoint directories, or complete sets of named tensors held in memory, into a model's EXISTING
+// parameters, transactionally, for the first load and for every reload alike (so a reload of B gives the same
+// bytes as a fresh start on B):
 //   1. validate: every binding resolves to exactly one checkpoint tensor of the right dtype and shape, no unknown
 //      tensors; the staging memory of the whole load (rollback included) is allocated; every byte is read once,
 //      scales finite and > 0, chunk digests recorded; no shard may have been modified in place or replaced since
@@ -8,14 +9,18 @@
 //      parameters (pointers never change), then post-process once.
 // A failure in 1 (running out of memory included) leaves the parameters byte-identical. A failure in 2 (a file
 // rewritten or unreadable after validation, memory exhausted while post-processing) restores the previous source,
-// whose files stay open from its own load; only if that fails too is the model Inconsistent (and must not serve)
-// until a load succeeds. Not thread-safe: the engine thread owns it.
+// whose files stay open from its own load (for an in-memory load: the `restore` set the caller passes); only if
+// that fails too, or there is nothing to restore from, is the model Inconsistent (and must not serve) until a load
+// succeeds. An in-memory load keeps nothing after the call, so after one the next load's write phase has nothing to
+// restore. Not thread-safe: the engine thread owns it.
 #pragma once
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 
 #include "io/file_reader.h"
 #include "quant/loadable.h"
@@ -38,12 +43,20 @@ struct LoadOptions {
   std::function<void()> between_validate_and_commit{};  // tests change files here
 };
 
+// A tensor the caller holds in host memory, named, typed and shaped as a checkpoint of the model's format holds it.
+struct NamedTensor {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  std::span<const uint8_t> bytes;  // C order, little-endian, prod(shape) * dtype_size(dtype); outlives the load
+};
+
 struct LoadResult {
-  std::string source;            // the directory loaded
+  std::string source;            // the directory loaded, or the in-memory source's name
   SourceFormat format;
   uint64_t tensors = 0;          // checkpoint tensors loaded
   uint64_t bytes = 0;            // checkpoint bytes loaded (each read twice: validate and commit)
-  uint64_t peak_staging_bytes = 0;  // allocated for this load: chunk buffer + one quantization group, rollback's too
+  uint64_t peak_staging_bytes = 0;  // allocated for this load: chunk buffer(s: two page-locked ones for a GPU model) + one quantization group, rollback's too
   double validate_seconds = 0, commit_seconds = 0, post_process_seconds = 0;
 };
 
@@ -56,6 +69,9 @@ class WeightLoader {
 
   // Throws Error naming the file and tensor on failure; see the header comment for the state afterwards.
   LoadResult load(const std::filesystem::path& dir, SourceFormat format);
+  // Every tensor the model needs, in its own format (Native), named `source` in errors; `restore` (the same
+  // contract: the served weights, exported) is written back if the write phase fails.
+  LoadResult load(std::string_view source, std::span<const NamedTensor> tensors, std::span<const NamedTensor> restore);
 
   State state() const { return state_; }
   std::string current_source() const;  // "" before the first successful load
@@ -63,15 +79,20 @@ class WeightLoader {
  private:
   struct Plan;
   struct Staging;
-  std::unique_ptr<Plan> resolve(const std::filesystem::path& dir, SourceFormat format) const;
-  Staging allocate_staging(const Plan& plan) const;
+  std::unique_ptr<Plan> plan_directory(const std::filesystem::path& dir, SourceFormat format) const;
+  std::unique_ptr<Plan> plan_memory(std::string_view source, std::span<const NamedTensor> tensors) const;
+  void resolve(Plan& plan) const;
+  Staging allocate_staging(const Plan& plan, const Plan* restore) const;
   void read_and_digest(Plan& plan, Staging& staging, LoadResult& result) const;
   void commit(const Plan& plan, Staging& staging);
+  // Validates, then writes `plan`; on a failed write restores `restore` (null: nothing to restore from).
+  LoadResult validate_and_commit(Plan& plan, const Plan* restore);
 
   LoadableModel& model_;
   LoadOptions options_;
   State state_ = State::Empty;
-  std::unique_ptr<Plan> current_;  // the plan of the weights now served: the rollback source
+  std::unique_ptr<Plan> current_;  // the plan of the weights now served when it can be read again: the rollback source
+  std::string current_source_;
 };
 
 }  // namespace fp4serve

@@ -48,7 +48,7 @@ EngineService::EngineService(EngineServiceOptions options)
   engine_ = std::make_unique<Engine>(std::move(model), options_.engine);
   kv_cache_tokens_ = engine_->kv_cache().token_capacity();
   updater_ = std::make_unique<WeightUpdater>(engine_->model(), model_config_, options_.load);
-  updater_->load(options_.model_path);
+  stats_.staging_bytes = updater_->load(options_.model_path).peak_staging_bytes;
   // Reloads write into these storages, so the sizes are fixed from here on.
   const ParameterSet& params = engine_->model().params();
   weights_bytes_ = params.total_bytes();
@@ -530,8 +530,20 @@ void EngineService::finish_reload_if_drained() {
   const ReloadRequest& request = reload_->request;
   ReloadOutcome outcome{.success = false, .message = {}, .num_paused_requests = static_cast<int64_t>(held_.size())};
   const Clock::time_point load_start = Clock::now();
+  const std::string source = request.tensors.empty()
+                                 ? request.model_path.string()
+                                 : fmt::format("update_weights_from_tensor ({} tensors)", request.tensors.size());
   try {
-    updater_->load(request.model_path);
+    std::vector<NamedTensor> tensors;
+    for (const HostTensor& t : request.tensors) tensors.push_back({t.name, t.dtype, t.shape, t.bytes});
+    // Discarded weights hold nothing to keep: an update from tensors must then replace every tensor.
+    const LoadResult loaded = request.tensors.empty()
+                                  ? updater_->load(request.model_path)
+                                  : updater_->update(tensors, source, /*replace_all=*/weights_discarded_);
+    {
+      std::lock_guard lock(stats_mutex_);
+      stats_.staging_bytes = loaded.peak_staging_bytes;
+    }
     if (request.flush_cache) engine_->flush_prefix_cache();
     if (!request.flush_cache && !request.weight_version)
       spdlog::warn("weights updated with flush_cache=false under the same weight_version {}: cached prefixes are "
@@ -540,8 +552,8 @@ void EngineService::finish_reload_if_drained() {
     if (request.weight_version) engine_->set_weight_version(*request.weight_version);
     weights_discarded_ = false;
     outcome.success = true;
-    outcome.message = fmt::format("Succeeded to update model weights from {}; weight_version {}",
-                                  request.model_path.string(), engine_->weight_version());
+    outcome.message =
+        fmt::format("Succeeded to update model weights from {}; weight_version {}", source, engine_->weight_version());
     serving_ = true;
   } catch (const std::exception& e) {
     outcome.message = fmt::format("Failed to update model weights: {}", e.what());
@@ -562,7 +574,7 @@ void EngineService::finish_reload_if_drained() {
     stats_.last_reload_seconds = load_seconds;
     stats_.last_reload_pause_seconds = seconds_since(reload_->requested_at);
     weight_version_ = engine_->weight_version();
-    if (outcome.success) model_path_ = request.model_path.string();
+    if (outcome.success && request.tensors.empty()) model_path_ = request.model_path.string();
   }
   publish_stats();  // whoever waits on the outcome then reads stats that include it (weights_need_reload)
   reload_->promise.set_value(std::move(outcome));
@@ -583,6 +595,7 @@ void EngineService::publish_stats() {
   stats_.held_requests = static_cast<int64_t>(held_.size());
   stats_.kv_pages_total = pages.n_pages();
   stats_.kv_pages_used = pages.n_pages() - pages.n_free_pages();
+  stats_.workspace_bytes = engine_->model().device_workspace_bytes();
   stats_.paused = paused_.has_value();
   stats_.released_memory = released_memory();
   stats_.weights_need_reload = weights_discarded_;

@@ -48,8 +48,19 @@ class ServiceBusy : public Error {
   using Error::Error;
 };
 
+// A named tensor in host memory that an update request owns (update_weights_from_tensor).
+struct HostTensor {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  std::vector<uint8_t> bytes;  // C order, little-endian
+};
+
+// One weight update: from a checkpoint directory, or from tensors (then model_path is empty). Both take the same
+// path through the engine thread: the same pause, abort, version and prefix-cache rules.
 struct ReloadRequest {
   std::filesystem::path model_path;
+  std::vector<HostTensor> tensors;  // any subset of the checkpoint's tensors (WeightUpdater::update)
   // false keeps cached prefixes (SGLang's semantics): only right when the new weights are the same, else later
   // requests would reuse keys/values the old weights computed.
   bool flush_cache = true;
@@ -104,6 +115,8 @@ struct ServiceStats {
   int64_t running_requests = 0;  // in the engine (its waiting queue included)
   int64_t held_requests = 0;     // admitted but held back by a reload or a pause
   int64_t kv_pages_total = 0, kv_pages_used = 0;
+  size_t workspace_bytes = 0;  // the GPU forward's device workspaces now (Qwen3Model::device_workspace_bytes)
+  size_t staging_bytes = 0;    // host staging the last successful load or reload allocated (freed after it)
   int64_t requests_finished_stop = 0, requests_finished_length = 0, requests_finished_abort = 0;
   int64_t requests_rejected_busy = 0;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0, cached_tokens_total = 0;

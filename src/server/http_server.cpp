@@ -15,6 +15,7 @@
 #include "server/metrics.h"
 #include "server/native_api.h"
 #include "server/openai_api.h"
+#include "server/tensor_update.h"
 
 namespace fp4serve {
 
@@ -64,6 +65,7 @@ nlohmann::json to_json(const ServerOptions& o) {
           {"enable_return_routed_experts", o.enable_return_routed_experts},
           {"logprobs_mode", o.logprobs_mode},
           {"enable_deterministic_inference", o.deterministic},
+          {"gpu_sampling", o.gpu_sampling},
           {"weights_release_mode", o.weights_release_mode},
           {"api_key", secret(o.api_key)},
           {"admin_api_key", secret(o.admin_api_key)},
@@ -205,6 +207,8 @@ void HttpServer::add_routes() {
   http_.Get("/v1/models", guarded(false, api(handle_models)));
 
   http_.Post("/update_weights_from_disk", guarded(true, [this](auto& q, auto& r) { update_weights(q, r); }));
+  http_.Post("/update_weights_from_tensor",
+             guarded(true, [this](auto& q, auto& r) { update_weights_from_tensor(q, r); }));
   http_.Post("/flush_cache", guarded(true, [this](auto&, auto& r) {
     const FlushOutcome outcome = service_.flush_cache();
     send_json(r, {{"success", outcome.success}, {"message", outcome.message}}, outcome.success ? 200 : 400);
@@ -263,6 +267,7 @@ void HttpServer::add_routes() {
 ReloadRequest parse_update_weights_request(const nlohmann::json& body) {
   const std::string where = "request body";
   ReloadRequest reload{.model_path = required_string(body, "model_path", where),
+                       .tensors = {},
                        .flush_cache = optional_bool(body, "flush_cache", where).value_or(true),
                        .abort_all_requests = optional_bool(body, "abort_all_requests", where).value_or(false),
                        .weight_version = optional_string(body, "weight_version", where)};
@@ -286,15 +291,35 @@ std::filesystem::path HttpServer::allowed_model_path(const std::string& model_pa
                                    model_path));
 }
 
-// Every outcome but an authentication failure answers in the reload's own shape, as SGLang clients expect.
 void HttpServer::update_weights(const httplib::Request& request, httplib::Response& response) {
+  apply_weight_update(response, [&] {
+    ReloadRequest reload = parse_update_weights_request(parse_body(request));
+    reload.model_path = allowed_model_path(reload.model_path.string());
+    return reload;
+  });
+}
+
+// The tensors are copied to host memory here, on the HTTP thread, while the engine still generates; the engine
+// thread then applies them like a directory (README, "Weight update from tensors").
+void HttpServer::update_weights_from_tensor(const httplib::Request& request, httplib::Response& response) {
+  apply_weight_update(response, [&] {
+    TensorUpdateRequest parsed = parse_update_weights_from_tensor_request(parse_body(request));
+    return ReloadRequest{.model_path = {},
+                         .tensors = copy_to_host(std::move(parsed.tensors), options_.device == "cuda"),
+                         .flush_cache = parsed.flush_cache,
+                         .abort_all_requests = parsed.abort_all_requests,
+                         .weight_version = std::move(parsed.weight_version)};
+  });
+}
+
+// Every outcome but an authentication failure answers in the reload's own shape, as SGLang clients expect.
+void HttpServer::apply_weight_update(httplib::Response& response, const std::function<ReloadRequest()>& build) {
   const auto answer = [&response](int status, bool success, const std::string& message, int64_t paused) {
     send_json(response, {{"success", success}, {"message", message}, {"num_paused_requests", paused}}, status);
   };
   ReloadRequest reload;
   try {
-    reload = parse_update_weights_request(parse_body(request));
-    reload.model_path = allowed_model_path(reload.model_path.string());
+    reload = build();
   } catch (const HttpError& e) {
     answer(e.status(), false, e.what(), 0);
     return;
@@ -403,7 +428,9 @@ nlohmann::json HttpServer::server_info() const {
                     {"kv_cache_bytes", static_cast<int64_t>(geometry.bytes_per_token()) * service_.kv_cache_tokens()},
                     {"kv_cache_bytes_per_token", geometry.bytes_per_token()},
                     {"kv_cache_pages", stats.kv_pages_total},
-                    {"kv_cache_pages_used", stats.kv_pages_used}};
+                    {"kv_cache_pages_used", stats.kv_pages_used},
+                    {"workspace_bytes", stats.workspace_bytes},
+                    {"staging_bytes", stats.staging_bytes}};
   info["released_memory"] = memory_tags_json(stats.released_memory);
   info["weights_need_reload"] = stats.weights_need_reload;
   info["version"] = "fp4serve 0.1";

@@ -6,6 +6,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,6 +45,9 @@ class HttpServer {
   std::filesystem::path allowed_model_path(const std::string& model_path) const;
 
   void update_weights(const httplib::Request& request, httplib::Response& response);
+  void update_weights_from_tensor(const httplib::Request& request, httplib::Response& response);
+  // Builds the update (an Error or HttpError there is answered in the update's shape, nothing applied) and runs it.
+  void apply_weight_update(httplib::Response& response, const std::function<ReloadRequest()>& build);
   void abort_request(const httplib::Request& request, httplib::Response& response);
   void pause_generation(const httplib::Request& request, httplib::Response& response);
   void update_weight_version(const httplib::Request& request, httplib::Response& response);

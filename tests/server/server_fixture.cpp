@@ -96,13 +96,13 @@ const Models& models() {
     m.a = m.root / "a";
     m.b = m.root / "b";
     m.corrupt = m.root / "corrupt";
-    const fs::path b_bf16 = m.root / "b_bf16";
+    m.b_bf16 = m.root / "b_bf16";
     std::string log;
     for (const auto& args : std::vector<std::vector<std::string>>{
              {"synth", "--preset", "tiny", "--seed", "0", "--out", m.a_bf16.string()},
-             {"synth", "--preset", "tiny", "--seed", "1", "--out", b_bf16.string()},
+             {"synth", "--preset", "tiny", "--seed", "1", "--out", m.b_bf16.string()},
              {"quantize", "--in", m.a_bf16.string(), "--out", m.a.string()},
-             {"quantize", "--in", b_bf16.string(), "--out", m.b.string()}}) {
+             {"quantize", "--in", m.b_bf16.string(), "--out", m.b.string()}}) {
       if (run_cli(args, &log) != 0) throw std::runtime_error("making the test models failed:\n" + log);
     }
     fs::copy(m.b, m.corrupt, fs::copy_options::recursive);

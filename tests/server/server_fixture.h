@@ -25,6 +25,7 @@ struct Models {
   std::filesystem::path a;        // NVFP4 from synth --seed 0
   std::filesystem::path b;        // NVFP4 from synth --seed 1
   std::filesystem::path a_bf16;   // the bf16 checkpoint `a` was quantized from
+  std::filesystem::path b_bf16;   // the bf16 checkpoint `b` was quantized from
   std::filesystem::path corrupt;  // `b` with a truncated shard: fails validation
 };
 const Models& models();
