@@ -65,7 +65,8 @@ struct ShardPlan {
 std::vector<ShardPlan> plan_shards(const std::vector<TensorDecl>& tensors, uint64_t max_shard_bytes);
 
 // Writes a sharded checkpoint in two passes: add() declares every tensor, write() then asks `produce` for each
-// tensor's bytes in order, so memory holds one tensor at a time (a buffer the size of the largest tensor).
+// tensor's bytes in order, so memory holds two tensors at a time (two buffers the size of the largest tensor: one
+// being written to disk by a helper thread while `produce` fills the other).
 // Shards appear via rename when complete; the index is written last, so a reader that sees the index sees all.
 class CheckpointWriter {
  public:
