@@ -94,6 +94,7 @@ struct WeightLoader::Plan {
   };
   std::vector<Copy> copies;
   std::vector<Group> groups;
+  bool digested = false;  // read_and_digest() has recorded the chunk digests the commit checks
 
   uint64_t largest_tensor_bytes() const {
     uint64_t largest = 0;
@@ -286,6 +287,7 @@ void WeightLoader::read_and_digest(Plan& plan, Staging& staging, LoadResult& res
     g.chunk_digests.resize(g.members.size());
     for (size_t i = 0; i < g.members.size(); ++i) digest_tensor(*g.members[i], BindingRole::Weight, g.chunk_digests[i]);
   }
+  plan.digested = true;
   if (!plan.checkpoint) return;
   for (const auto& shard : plan.checkpoint->shards()) {
     if (auto change = shard.change_since_open())
@@ -299,8 +301,8 @@ void WeightLoader::commit(const Plan& plan, Staging& staging) {
   const uint64_t chunk_bytes = options_.staging_bytes;
   auto check_digest = [](const SourceTensor& t, const std::vector<uint64_t>& digests, uint64_t chunk,
                          std::span<const uint8_t> bytes) {
-    FP4_CHECK(chunk < digests.size() && xxh64(bytes) == digests[chunk],
-              "{}: bytes changed after validation (chunk {})", where(t), chunk);
+    FP4_CHECK(chunk < digests.size() && xxh64(bytes) == digests[chunk], "{}: bytes changed {} after validation "
+              "(chunk {})", where(t), t.shard != nullptr ? "on disk" : "in memory", chunk);
   };
 
   for (const auto& c : plan.copies) {
@@ -360,12 +362,16 @@ LoadResult WeightLoader::load(std::string_view source, std::span<const NamedTens
 }
 
 // Validation throws with the parameters untouched; a failed write restores `restore` where there is one.
-LoadResult WeightLoader::validate_and_commit(Plan& plan, const Plan* restore) {
+LoadResult WeightLoader::validate_and_commit(Plan& plan, Plan* restore) {
   LoadResult result{.source = plan.source, .format = plan.format};
   auto start = std::chrono::steady_clock::now();
   Staging staging = allocate_staging(plan, restore);
   result.peak_staging_bytes = staging.chunk_bytes + staging.group_bytes;
   read_and_digest(plan, staging, result);
+  if (restore != nullptr && !restore->digested) {  // an in-memory restore set, read here for the first time
+    LoadResult restore_read{.source = restore->source, .format = restore->format};
+    read_and_digest(*restore, staging, restore_read);
+  }
   result.validate_seconds = seconds_since(start);
   if (options_.between_validate_and_commit) options_.between_validate_and_commit();
 
