@@ -14,6 +14,9 @@ namespace fp4serve {
 
 namespace {
 
+// The newest version byte of torch's IPC handles whose 'c' payload is known (torch 2.13 writes 3, 2.12 and older 2).
+constexpr uint8_t kTorchIpcHandleVersion = 3;
+
 // torch's dtype names (str(tensor.dtype) without "torch.") of the dtypes a checkpoint of ours can hold.
 DType parse_torch_dtype(const std::string& name, std::string_view where) {
   static const std::map<std::string, DType, std::less<>> dtypes{{"bfloat16", DType::BF16},
@@ -46,6 +49,25 @@ uint64_t non_negative(const nlohmann::json& object, std::string_view field, std:
   return static_cast<uint64_t>(value);
 }
 
+// torch's handle bytes (c10's CUDACachingAllocator::shareIpcHandle): [version][type]['c': the 64-byte
+// cudaIpcMemHandle_t], or the bare 64 bytes before torch versioned them. 'e' (an expandable segment) carries a
+// handle of the driver's virtual memory API that only a process given its file descriptor can import.
+const uint8_t* cuda_ipc_mem_handle(const std::vector<uint8_t>& handle, const std::string& where) {
+  constexpr size_t kBare = cuda::kIpcHandleBytes, kVersioned = 2 + cuda::kIpcHandleBytes;
+  if (handle.size() == kBare) return handle.data();
+  FP4_CHECK(handle.size() >= 2 && handle[1] != 'e',
+            "{}: field 'handle' is an expandable-segment handle (the trainer runs with "
+            "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True), which cudaIpcOpenMemHandle cannot open: allocate the "
+            "pushed tensors with expandable segments off, or send them inline", where);
+  FP4_CHECK(handle.size() == kVersioned && handle[1] == 'c' && handle[0] <= kTorchIpcHandleVersion,
+            "{}: field 'handle' holds {} bytes{}; expected storage._share_cuda_()[1]: {} bytes (version <= {}, type "
+            "'c', the cudaIpcMemHandle_t) or the bare {}-byte cudaIpcMemHandle_t",
+            where, handle.size(),
+            handle.size() >= 2 ? fmt::format(" (version {}, type 0x{:02X})", handle[0], handle[1]) : "", kVersioned,
+            kTorchIpcHandleVersion, kBare);
+  return handle.data() + 2;
+}
+
 CudaIpcStorage parse_cuda_ipc(const nlohmann::json& ipc, const std::string& where) {
   const std::string ipc_where = where + ".cuda_ipc";
   FP4_CHECK(ipc.is_object(), "{}: must be an object, got {}", ipc_where, json_type_name(ipc));
@@ -55,10 +77,7 @@ CudaIpcStorage parse_cuda_ipc(const nlohmann::json& ipc, const std::string& wher
                          .storage_offset_bytes = non_negative(ipc, "storage_offset_bytes", ipc_where)};
   const std::vector<uint8_t> handle =
       base64_decode(required_string(ipc, "handle", ipc_where), ipc_where + ": field 'handle'");
-  FP4_CHECK(handle.size() == storage.handle.size(),
-            "{}: field 'handle' holds {} bytes; a cudaIpcMemHandle_t has {} (base64 of storage._share_cuda_()[1])",
-            ipc_where, handle.size(), storage.handle.size());
-  std::memcpy(storage.handle.data(), handle.data(), handle.size());
+  std::memcpy(storage.handle.data(), cuda_ipc_mem_handle(handle, ipc_where), storage.handle.size());
   return storage;
 }
 
