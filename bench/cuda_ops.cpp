@@ -103,7 +103,7 @@ DecodeRow bench_decode(int64_t batch, int64_t context, cudaStream_t stream, std:
   bf16_bits* q = device_alloc<bf16_bits>(activations);
   bf16_bits* out = device_alloc<bf16_bits>(activations);
   check(cudaMemset(q, 0x3c, activations * 2), "memset");
-  cuda::DecodeWorkspace workspace(batch, kHeads, kHeadDim, context);
+  cuda::DecodeWorkspace workspace(batch, kHeads, kKvHeads, kHeadDim, context);
   const double us = bench::median_graph_us(stream, std::max(copies, 4), [&](int i) {
     cuda::paged_decode_attention_cuda(cache.layer(), cache.view(i % copies, 1), {q, kHeads * kHeadDim}, kHeads,
                                       workspace, {out, kHeads * kHeadDim}, stream);
@@ -157,11 +157,12 @@ std::vector<SamplingRow> bench_sampling(cudaStream_t stream, std::mt19937& rng) 
       const std::vector<SamplingParams> all(static_cast<size_t>(batch), params);
       std::vector<int64_t> indices(static_cast<size_t>(batch));
       std::iota(indices.begin(), indices.end(), 0);
-      sampler.sample(logits, all, indices, stream);  // warm-up
+      const cuda::SamplingBatch sampling{.logits = logits, .params = all, .token_indices = indices, .stream = stream};
+      sampler.sample(sampling);  // warm-up
       std::vector<double> times;
       for (int r = 0; r < bench::kTimedReplays; ++r) {
         const auto start = std::chrono::steady_clock::now();
-        sampler.sample(logits, all, indices, stream);
+        sampler.sample(sampling);
         times.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
       }
       std::sort(times.begin(), times.end());

@@ -36,6 +36,7 @@ struct GenerateFlags {
   bool logprobs = false, json = false, deterministic = false;
   int64_t cuda_graph_max_bs = 256;
   bool disable_cuda_graph = false;
+  std::string gpu_sampling = "on";
 };
 
 void run_generate(const GenerateFlags& flags) {
@@ -67,7 +68,8 @@ void run_generate(const GenerateFlags& flags) {
   Engine engine(std::move(model), {.kv_cache_tokens = std::max<int64_t>(
                                        1, static_cast<int64_t>(request.input_ids.size()) + flags.max_new_tokens),
                                    .eos_token_ids = eos,
-                                   .weight_version = flags.weight_version});
+                                   .weight_version = flags.weight_version,
+                                   .gpu_sampling = flags.gpu_sampling == "on"});
   const auto generate_start = std::chrono::steady_clock::now();
   const GenerateResult result = engine.generate({std::move(request)})[0];
   spdlog::info("{} prompt + {} new tokens in {:.2f} s, finish reason {}", result.prompt_tokens,
@@ -119,6 +121,7 @@ void register_generate(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   add_cuda_graph_flags(cmd, flags->cuda_graph_max_bs, flags->disable_cuda_graph);
+  add_gpu_sampling_flag(cmd, flags->gpu_sampling);
   cmd->add_option("--act-quant", flags->act_quant, "NVFP4 activations: none (W4A16), static, per-token")
       ->check(CLI::IsMember({"none", "static", "per-token"}))
       ->capture_default_str();

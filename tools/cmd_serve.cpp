@@ -93,7 +93,8 @@ void run_serve(ServerOptions options) {
                  .weight_version = options.weight_version,
                  .enable_prefix_cache = !options.disable_radix_cache,
                  .record_routed_experts = options.enable_return_routed_experts,
-                 .logprobs_mode = options.logprobs_mode == "raw" ? LogprobsMode::Raw : LogprobsMode::Processed},
+                 .logprobs_mode = options.logprobs_mode == "raw" ? LogprobsMode::Raw : LogprobsMode::Processed,
+                 .gpu_sampling = options.gpu_sampling == "on"},
       .max_queued_requests = options.max_queued_requests,
       .max_prompt_tokens = options.max_prompt_tokens,
       .load = {},
@@ -130,6 +131,7 @@ void register_serve(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   add_cuda_graph_flags(cmd, options->cuda_graph_max_bs, options->disable_cuda_graph);
+  add_gpu_sampling_flag(cmd, options->gpu_sampling);
   cmd->add_option("--tp", options->tp, "Tensor parallel size (1 only, for now)")->capture_default_str();
   cmd->add_option("--moe-backend", options->moe_backend, "NVFP4 weight layout: cutlass or trtllm")
       ->check(CLI::IsMember({"cutlass", "trtllm"}))

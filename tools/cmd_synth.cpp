@@ -1,20 +1,25 @@
-// fp4serve synth: writes a random-weight bf16 HF checkpoint (Qwen3-MoE or Qwen3 dense) with config, tokenizer and
-// generation config. Streaming by design: tensors are declared first, then generated one at a time into a single
-// buffer the size of the largest tensor (the 622 MB embedding for qwen3-30b-a3b), whatever the model's total size.
-// Every element is a pure function of (seed, tensor name, element index): output is byte-identical across runs,
-// thread counts and tensor orders.
+// fp4serve synth: writes a random-weight HF checkpoint (Qwen3-MoE or Qwen3 dense) with config, tokenizer and
+// generation config, in bf16 or (--format nvfp4) directly in ModelOpt NVFP4. Streaming by design: tensors are
+// declared first, then generated one at a time (NVFP4: one fused group at a time) into a buffer the size of the
+// largest tensor (the 622 MB embedding for qwen3-30b-a3b), whatever the model's total size. Every bf16 element is a
+// pure function of (seed, tensor name, element index): output is byte-identical across runs, thread counts and
+// tensor orders. The NVFP4 checkpoint is `fp4serve quantize` of the bf16 one, byte for byte: the same code
+// (write_quantized_checkpoint) quantizes the same values as they are generated, without the 61 GB bf16 detour.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <numbers>
+#include <vector>
 
 #include "common/error.h"
 #include "format/bf16.h"
 #include "io/checkpoint.h"
 #include "io/json_file.h"
 #include "io/model_config.h"
+#include "quant/quantize_checkpoint.h"
 #include "tools/commands.h"
 
 namespace fp4serve::tools {
@@ -32,6 +37,7 @@ struct SynthOptions {
   std::string preset;
   int layers = 0;  // 0: the preset's
   uint64_t seed = 0;
+  std::string format = "bf16";
   std::string out;
 };
 
@@ -119,28 +125,48 @@ void store_bf16(std::span<uint8_t> out, size_t index, float value) {
   std::memcpy(out.data() + 2 * index, &bits, 2);
 }
 
-// Norm weights are 1.0; everything else N(0, 0.02) by Box-Muller on counter-based uniforms: element pair j uses
-// the hashes of (key, 2j) and (key, 2j + 1), where key mixes the seed with the tensor name.
+// bf16(0.02 * x) for the standard normal quantile x at (u + 0.5) / 65536 of each 16-bit u: a 16-bit uniform
+// indexes a normal sample, rounded to bf16 as every stored weight is anyway. Tails cut at 4.3 sigma.
+const std::vector<bf16_bits>& normal_bf16_by_uniform16() {
+  static const std::vector<bf16_bits> table = [] {
+    constexpr int kSize = 1 << 16;
+    std::vector<bf16_bits> values(kSize);
+    for (int u = 0; u < kSize / 2; ++u) {
+      // Bisection on the CDF 0.5 * erfc(-x / sqrt 2), below the median; the upper half mirrors it.
+      const double p = (u + 0.5) / kSize;
+      double low = -10.0, high = 0.0;
+      for (int step = 0; step < 48; ++step) {
+        const double mid = 0.5 * (low + high);
+        (0.5 * std::erfc(-mid / std::numbers::sqrt2) < p ? low : high) = mid;
+      }
+      const float weight = static_cast<float>(kWeightStd * 0.5 * (low + high));
+      values[u] = float_to_bf16(weight);
+      values[kSize - 1 - u] = float_to_bf16(-weight);
+    }
+    return values;
+  }();
+  return table;
+}
+
+// Norm weights are 1.0; everything else N(0, 0.02): element i is the normal sample of 16-bit field i % 4 of the
+// hash of (key, i / 4), where key mixes the seed with the tensor name. A lookup rather than Box-Muller's log and
+// cos, because `synth --format nvfp4` must generate 30 billion of them quickly.
 void fill_tensor(const TensorDecl& tensor, uint64_t seed, std::span<uint8_t> out) {
   const size_t n = out.size() / 2;
   if (tensor.name.ends_with("norm.weight")) {
     for (size_t i = 0; i < n; ++i) store_bf16(out, i, 1.0f);
     return;
   }
+  const std::vector<bf16_bits>& normal = normal_bf16_by_uniform16();
   const uint64_t key = splitmix64(seed ^ splitmix64(fnv1a64(tensor.name)));
-  const int64_t pairs = static_cast<int64_t>((n + 1) / 2);
+  const int64_t quads = static_cast<int64_t>((n + 3) / 4);
 #pragma omp parallel for schedule(static)
-  for (int64_t j = 0; j < pairs; ++j) {
-    const uint64_t a = splitmix64(key + 2 * static_cast<uint64_t>(j));
-    const uint64_t b = splitmix64(key + 2 * static_cast<uint64_t>(j) + 1);
-    // float precision is plenty for bf16 output; 24-bit uniforms cut the tails at 5.8 sigma.
-    const float u1 = static_cast<float>((a >> 40) + 1) * 0x1p-24f;  // (0, 1]: log stays finite
-    const float u2 = static_cast<float>(b >> 40) * 0x1p-24f;
-    const float radius = kWeightStd * std::sqrt(-2.0f * std::log(u1));
-    const float angle = 2.0f * std::numbers::pi_v<float> * u2;
-    const size_t i = 2 * static_cast<size_t>(j);
-    store_bf16(out, i, radius * std::cos(angle));
-    if (i + 1 < n) store_bf16(out, i + 1, radius * std::sin(angle));
+  for (int64_t j = 0; j < quads; ++j) {
+    const uint64_t bits = splitmix64(key + static_cast<uint64_t>(j));
+    bf16_bits values[4];
+    for (int k = 0; k < 4; ++k) values[k] = normal[(bits >> (16 * k)) & 0xffff];
+    const size_t first = 4 * static_cast<size_t>(j);
+    std::memcpy(out.data() + 2 * first, values, 2 * std::min<size_t>(4, n - first));
   }
 }
 
@@ -196,17 +222,7 @@ constexpr std::string_view kChatTemplate =
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
-void run_synth(const SynthOptions& options) {
-  const ModelConfig config = preset_config(options);
-  const std::filesystem::path out = options.out;
-  CheckpointWriter writer(out, kMaxShardBytes);  // creates `out`, refuses an existing checkpoint
-  const std::vector<TensorDecl> tensors = model_tensors(config);
-  uint64_t total_bytes = 0;
-  for (const TensorDecl& t : tensors) {
-    total_bytes += t.nbytes();
-    writer.add(t);
-  }
-  write_json_file(out / "config.json", to_json(config));
+void write_tokenizer_and_generation_config(const std::filesystem::path& out, const ModelConfig& config) {
   write_json_file(out / "generation_config.json",
                   nlohmann::ordered_json{{"bos_token_id", kEndOfText},
                                          {"eos_token_id", {kImEnd, kEndOfText}},
@@ -222,18 +238,40 @@ void run_synth(const SynthOptions& options) {
                                          {"pad_token", "<|endoftext|>"},
                                          {"chat_template", kChatTemplate},
                                          {"model_max_length", config.max_position_embeddings}});
-  spdlog::info("synth: {} {} ({} layers): {} tensors, {:.2f} GB bf16 -> {}", architecture_name(config.architecture),
-               options.preset, config.num_hidden_layers, tensors.size(), static_cast<double>(total_bytes) / 1e9,
-               out.string());
+}
+
+void run_synth(const SynthOptions& options) {
+  const ModelConfig config = preset_config(options);
+  const std::filesystem::path out = options.out;
+  const std::vector<TensorDecl> tensors = model_tensors(config);
+  uint64_t total_bytes = 0;
+  for (const TensorDecl& t : tensors) total_bytes += t.nbytes();
+  spdlog::info("synth: {} {} ({} layers): {} tensors, {:.2f} GB bf16 -> {} {}",
+               architecture_name(config.architecture), options.preset, config.num_hidden_layers, tensors.size(),
+               static_cast<double>(total_bytes) / 1e9, options.format, out.string());
+  auto fill = [&options](const TensorDecl& tensor, std::span<uint8_t> bytes) {
+    fill_tensor(tensor, options.seed, bytes);
+  };
+  if (options.format == "nvfp4") {
+    write_quantized_checkpoint({.source = "synth", .tensors = tensors, .read = fill, .model_config = to_json(config)},
+                               {.output_dir = out, .max_shard_bytes = kMaxShardBytes});
+    write_tokenizer_and_generation_config(out, config);
+    return;
+  }
+  CheckpointWriter writer(out, kMaxShardBytes);  // creates `out`, refuses an existing checkpoint
+  for (const TensorDecl& t : tensors) writer.add(t);
+  write_json_file(out / "config.json", to_json(config));
+  write_tokenizer_and_generation_config(out, config);
   // Weights last: the index, written at the very end, marks the checkpoint complete.
-  writer.write([&](const TensorDecl& tensor, std::span<uint8_t> bytes) { fill_tensor(tensor, options.seed, bytes); });
+  writer.write(fill);
 }
 
 }  // namespace
 
 void register_synth(CLI::App& app) {
   auto options = std::make_shared<SynthOptions>();
-  CLI::App* cmd = app.add_subcommand("synth", "Write a random-weight bf16 HF checkpoint (config, tokenizer, shards)");
+  CLI::App* cmd =
+      app.add_subcommand("synth", "Write a random-weight HF checkpoint, bf16 or NVFP4 (config, tokenizer, shards)");
   cmd->add_option("--arch", options->arch, "Architecture")
       ->check(CLI::IsMember({"qwen3-moe", "qwen3"}))
       ->capture_default_str();
@@ -241,6 +279,10 @@ void register_synth(CLI::App& app) {
       ->check(CLI::IsMember({"tiny", "small", "qwen3-30b-a3b"}))
       ->required();
   cmd->add_option("--layers", options->layers, "Override the preset's number of layers")->check(CLI::PositiveNumber);
+  cmd->add_option("--format", options->format,
+                  "bf16, or nvfp4: the checkpoint `fp4serve quantize` makes of the bf16 one, written directly")
+      ->check(CLI::IsMember({"bf16", "nvfp4"}))
+      ->capture_default_str();
   cmd->add_option("--seed", options->seed, "Random seed (same seed, same bytes)")->capture_default_str();
   cmd->add_option("--out", options->out, "Output directory (created; must not hold a checkpoint)")->required();
   cmd->callback([options] { run_synth(*options); });

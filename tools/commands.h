@@ -20,4 +20,14 @@ inline void add_cuda_graph_flags(CLI::App* cmd, int64_t& max_bs, bool& disable) 
   cmd->add_flag("--disable-cuda-graph", disable, "Run every GPU step eagerly");
 }
 
+// --gpu-sampling on|off (EngineOptions::gpu_sampling): with --device cuda, sample on the GPU (off: every logits row
+// goes to the host sampler, for comparison).
+inline void add_gpu_sampling_flag(CLI::App* cmd, std::string& value) {
+  cmd->add_option("--gpu-sampling", value,
+                  "With --device cuda: sample on the GPU (off: copy the logits and sample on the host; requests with "
+                  "token_ids_logprob or prompt logprobs always read host logits)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+}
+
 }  // namespace fp4serve::tools

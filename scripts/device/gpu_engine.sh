@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
 # On the GPU device machine, from the repository root: the GPU engine (--device cuda) of issue 8's first slice, from
 # binaries built on the workstation (--prebuilt DIR). On the workstation, `gpu_engine.sh --pack BUILD DIR` fills DIR
-# (git-ignored, e.g. .carry/gpu; pass it in `carry`) with bundle.tar.xz (stripped fp4serve, test_model and
-# bench_cpu_generate from the CUDA build BUILD, and lib/ with the shared libraries they link beyond glibc, the driver
-# and the CUDA toolkit: a bare device machine lacks libfmt9 and the like) and source_dir.txt (the source path compiled
-# into test_model, where the tests look for the bundled models).
+# (git-ignored, e.g. .carry/gpu; pass it in `carry`) with bundle.tar.xz (stripped fp4serve, test_model,
+# test_kernels_cuda, bench_cpu_generate and bench_bandwidth from the CUDA build BUILD, and lib/ with the shared
+# libraries they link beyond glibc, the driver and the CUDA toolkit: a bare device machine lacks libfmt9 and the like)
+# and source_dir.txt (the source path compiled into test_model, where the tests look for the bundled models).
+# scripts/device/e2e_30b.sh runs from the same DIR.
 # Steps on the device, each under `timeout`, the whole within about 400 s so that results come back in one call:
-#   0. the NVFP4 GEMM kernel tests (device alphas under graph capture among them);
-#   1. the GPU forward tests (CudaForward*: against the CPU forward, reload, observers, refusals) and the CLI
-#      end-to-end test (CudaForwardCli*), with FP4SERVE_BIN pointing at the carried fp4serve;
+#   0. the NVFP4 GEMM kernel tests (device alphas under graph capture among them) and the GPU sampler's (SamplingCuda*);
+#   1. the GPU forward tests (CudaForward*: against the CPU forward, reload, observers, refusals), the CLI
+#      end-to-end test (CudaForwardCli*) and the engine's GPU sampling against its host sampling
+#      (CudaEngineSampling*), with FP4SERVE_BIN pointing at the carried fp4serve;
 #   1b. HTTP end to end: `serve --device cuda`, /generate, /update_weights_from_disk B -> A -> B: the same tokens as
 #      `generate --device cpu`, and B again after the round trip;
 #   2. throughput: bench_cpu_generate on the bundled model, cpu and cuda, decode at batch 1, 16, 64 and prefill;
 #   3. compute-sanitizer memcheck on one mixed-step comparison;
-#   4. throughput on a synthetic qwen3-30b-a3b preset with 2 layers, quantized to NVFP4 here by the carried fp4serve.
+#   4. throughput on a synthetic qwen3-30b-a3b preset with 2 layers, quantized to NVFP4 here by the carried fp4serve;
+#      then decode with GPU sampling against host sampling (--gpu-sampling on,off) on its 151936-token vocabulary.
 # Writes to $OUT: summary.txt, tests.log, memcheck.log, bench.md and logs.tar (everything else).
 set -uo pipefail
 if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
   build=$2 dir=$3
   rm -rf "$dir" && mkdir -p "$dir/lib"
-  for binary in fp4serve tests/test_model tests/test_kernels_cuda bench/bench_cpu_generate; do
+  binaries="fp4serve test_model test_kernels_cuda bench_cpu_generate bench_bandwidth"
+  for binary in fp4serve tests/test_model tests/test_kernels_cuda bench/bench_cpu_generate bench/bench_bandwidth; do
     strip -o "$dir/$(basename "$binary")" "$build/$binary" || exit 1
   done
-  ldd "$dir"/fp4serve "$dir"/test_model "$dir"/test_kernels_cuda "$dir"/bench_cpu_generate | awk '/=> \// {print $3}' | sort -u |
+  # shellcheck disable=SC2086 # a list of file names
+  (cd "$dir" && ldd $binaries) | awk '/=> \// {print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvrtc)\.so' |
     while read -r lib; do cp -L "$lib" "$dir/lib/"; done
   # Libraries every distribution has (and newer there): used on the device only where it lacks them, since
@@ -31,19 +36,16 @@ if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
   for lib in libstdc++ libgcc_s libgomp libssl libcrypto libz; do mv "$dir/lib/$lib".so.* "$dir/lib/fallback/"; done
   grep -m1 -o 'FP4SERVE_SOURCE_DIR=\\"[^\\]*' "$build/build.ninja" | sed 's/.*"//' > "$dir/source_dir.txt"
   # Compressed, the binaries and libraries travel in about a fifth of their 65 MB (libicudata alone is 31 MB).
-  (cd "$dir" && tar -cf - fp4serve test_model test_kernels_cuda bench_cpu_generate lib | xz -6 -T2 > bundle.tar.xz) || exit 1
-  (cd "$dir" && rm -rf fp4serve test_model test_kernels_cuda bench_cpu_generate lib)
+  # shellcheck disable=SC2086 # a list of file names
+  (cd "$dir" && tar -cf - $binaries lib | xz -6 -T2 > bundle.tar.xz && rm -rf $binaries lib) || exit 1
   ls -l "$dir" && cat "$dir/source_dir.txt"
   exit 0
 fi
 [ "${1:-}" = "--prebuilt" ] && [ -n "${2:-}" ] || { echo "usage: $0 --prebuilt DIR" >&2; exit 2; }
 start=$(date +%s)
-prebuilt=$(cd "$2" && pwd)
-source_dir=$(cat "$prebuilt/source_dir.txt" 2> /dev/null)
-if [ -f "$prebuilt/bundle.tar.xz" ]; then
-  mkdir -p /tmp/fp4serve-prebuilt && tar -xJf "$prebuilt/bundle.tar.xz" -C /tmp/fp4serve-prebuilt || exit 1
-  prebuilt=/tmp/fp4serve-prebuilt
-fi
+source "$(dirname "$0")/prebuilt.sh"
+use_prebuilt "$2" || exit 1
+prebuilt=$PREBUILT source_dir=$SOURCE_DIR
 OUT=${OUT:-/tmp/fp4serve-device-out}
 mkdir -p "$OUT/logs"
 deadline=$((start + ${GPU_ENGINE_SECONDS:-400}))
@@ -53,11 +55,6 @@ record() { summary+=("$(printf '%-44s exit %s' "$1" "$2")"); }
 # Seconds left for a step: its own cap, or less when the overall deadline is nearer (at least 5).
 budget() { local left=$((deadline - $(date +%s))); [ "$left" -lt "$1" ] && echo $((left > 5 ? left : 5)) || echo "$1"; }
 
-for lib in "$prebuilt"/lib/fallback/*; do
-  ldconfig -p | grep -q "$(basename "$lib")" || cp "$lib" "$prebuilt/lib/"
-done
-export LD_LIBRARY_PATH="$prebuilt/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export OMP_WAIT_POLICY=passive FP4SERVE_BIN="$prebuilt/fp4serve"
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   echo "commit $(git rev-parse --short HEAD 2> /dev/null)"
@@ -80,17 +77,19 @@ want() { [[ " ${GPU_ENGINE_STEPS:-0 1 1b 1c 2 3 4} " == *" $1 "* ]]; }
 bench="$prebuilt/bench_cpu_generate"
 
 if want 0; then
-stamp "0. NVFP4 GEMM kernel tests (host and device alphas, graph capture)"
-timeout "$(budget 60)" "$prebuilt/test_kernels_cuda" --gtest_filter='Nvfp4Gemm*:LogitsNormalizer*:CudaMemoryRelease*' \
+stamp "0. kernel tests: NVFP4 GEMM (host and device alphas, graph capture), normalizer, memory release, attention, sampling"
+timeout "$(budget 60)" "$prebuilt/test_kernels_cuda" \
+  --gtest_filter='Nvfp4Gemm*:LogitsNormalizer*:CudaMemoryRelease*:AttentionCuda*:SamplingCuda*' \
   > "$OUT/logs/gemm_tests.log" 2>&1
-record "tests Nvfp4Gemm*, LogitsNormalizer*, CudaMemoryRelease*" "$?"
+record "tests Nvfp4Gemm*, LogitsNormalizer*, CudaMemoryRelease*, AttentionCuda*, SamplingCuda*" "$?"
 tail -3 "$OUT/logs/gemm_tests.log"; grep -E "^\[  FAILED  \]" "$OUT/logs/gemm_tests.log" | head
 fi
 
 if want 1; then
 stamp "1. GPU forward tests and the CLI end-to-end test"
-timeout "$(budget 170)" "$prebuilt/test_model" --gtest_filter='CudaForward*:CudaGraphs*:CudaDeterministic*' > "$OUT/tests.log" 2>&1
-record "tests CudaForward*, CudaForwardCli*" "$?"
+timeout "$(budget 170)" "$prebuilt/test_model" \
+  --gtest_filter='CudaForward*:CudaGraphs*:CudaDeterministic*:CudaEngineSampling*' > "$OUT/tests.log" 2>&1
+record "tests CudaForward*, CudaForwardCli*, CudaEngineSampling*" "$?"
 grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|measured|Failure|PASSED|FAILED TEST" "$OUT/tests.log" | head -60
 fi
 
@@ -145,6 +144,8 @@ memory_e2e() {
   used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
   post generate "$request" > "$OUT/logs/mem_before.json"
   echo "GPU memory used (MiB): serving $(used)"
+  curl -s "$url/get_server_info" | python3 -c 'import json, sys; m = json.load(sys.stdin)["memory"]
+print("get_server_info memory:", {k: m[k] for k in ("weights_bytes", "kv_cache_bytes", "workspace_bytes", "staging_bytes")})'
   post release_memory_occupation '{"tags": null}'
   echo "GPU memory used (MiB): released $(used)"
   post resume_memory_occupation '{"tags": ["weights"]}'
@@ -215,6 +216,15 @@ if [ -f "$quantized/config.json" ]; then
     done
   } | awk '!seen[$0]++' | tee -a "$OUT/bench.md"
   record "bench 30b-a3b ($layers layers)" "$?"
+  {
+    echo
+    echo "## qwen3-30b-a3b sizes, $layers layers: GPU sampling vs host sampling, temperature 0.8 top_p 0.95, cuda"
+    for batch in 1 64 256; do
+      timeout "$(budget 60)" "$bench" --device cuda --gpu-sampling on,off --temperature 0.8 --top-p 0.95 \
+        --batch "$batch" --prompt-tokens 512 --new-tokens 64 "$quantized" 2>> "$OUT/logs/bench.err"
+    done
+  } | awk '!seen[$0]++' | tee -a "$OUT/bench.md"
+  record "bench 30b-a3b gpu vs host sampling" "$?"
 fi
 tail -5 "$OUT/logs/bench.err"
 fi

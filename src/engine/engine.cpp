@@ -19,6 +19,22 @@ std::string_view finish_reason_name(FinishReason reason) {
   return "?";
 }
 
+bool samples_next_token(const ScheduledChunk& chunk) {
+  const Sequence& seq = *chunk.sequence;
+  return chunk.completes_prefill() && seq.n_output_tokens() < seq.request.max_new_tokens;
+}
+
+std::vector<DeviceSamplingRow> device_sampling_rows(std::span<const ScheduledChunk> chunks) {
+  std::vector<DeviceSamplingRow> rows;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const Sequence& seq = *chunks[i].sequence;
+    if (samples_next_token(chunks[i]) && can_sample_on_device(seq.request.sampling))
+      rows.push_back(
+          {.sequence = static_cast<int64_t>(i), .params = &seq.request.sampling, .token_index = seq.n_output_tokens()});
+  }
+  return rows;
+}
+
 namespace {
 KvCacheGeometry geometry_of(const ModelConfig& config) {
   return {.n_layers = config.num_hidden_layers, .n_kv_heads = config.num_key_value_heads, .head_dim = config.head_dim};
@@ -120,6 +136,10 @@ std::vector<StepOutput> Engine::step() {
     batch.sequences.push_back({.token_ids = tokens, .start_position = chunk.start, .page_table = seq.pages.pages});
     batch.all_logits |= static_cast<int64_t>(seq.input_logprobs.size()) < seq.n_input_logprobs_wanted();
   }
+  if (options_.gpu_sampling && model_->options().device == Device::CUDA) {
+    batch.device_sampling = device_sampling_rows(scheduled.chunks);
+    batch.logprobs_mode = options_.logprobs_mode;
+  }
   std::vector<int64_t> row_slots;
   const std::optional<ForwardObserver> recorder = routing_recorder(batch, row_slots);
   if (recorder) batch.observer = &*recorder;
@@ -127,11 +147,21 @@ std::vector<StepOutput> Engine::step() {
   ++n_steps_;
 
   // Sampling and logprobs read only their own sequence's logits: sequences run in parallel (a log-softmax over a
-  // 152k vocabulary costs about a millisecond of one core), each with the same arithmetic as alone.
+  // 152k vocabulary costs about a millisecond of one core), each with the same arithmetic as alone. Chunk i's token
+  // comes from output.device_sampled[device_results[i]], or from its row host_rows[i] of output.last_logits.
   const int64_t vocab = model_->config().vocab_size;
   const auto n_chunks = static_cast<int64_t>(scheduled.chunks.size());
   std::vector<int64_t> first_rows(static_cast<size_t>(n_chunks), 0);
   for (int64_t i = 1; i < n_chunks; ++i) first_rows[i] = first_rows[i - 1] + scheduled.chunks[i - 1].n_tokens;
+  std::vector<int64_t> host_rows(static_cast<size_t>(n_chunks), -1), device_results(static_cast<size_t>(n_chunks), -1);
+  for (int64_t i = 0, next_device = 0, next_host = 0; i < n_chunks; ++i) {
+    const bool on_device = next_device < static_cast<int64_t>(batch.device_sampling.size()) &&
+                           batch.device_sampling[static_cast<size_t>(next_device)].sequence == i;
+    if (on_device)
+      device_results[i] = next_device++;
+    else
+      host_rows[i] = next_host++;
+  }
   std::vector<std::optional<SampledToken>> sampled(static_cast<size_t>(n_chunks));
   std::vector<std::exception_ptr> errors(static_cast<size_t>(n_chunks));
 #pragma omp parallel for schedule(dynamic) if (n_chunks > 1)
@@ -140,9 +170,13 @@ std::vector<StepOutput> Engine::step() {
     Sequence& seq = *chunk.sequence;
     try {
       if (batch.all_logits) record_input_logprobs(seq, chunk, output, first_rows[i]);
-      if (chunk.completes_prefill() && seq.n_output_tokens() < seq.request.max_new_tokens)
-        sampled[i] = choose_next(seq, {output.last_logits.data<float>() + i * vocab, static_cast<size_t>(vocab)},
-                                 normalizer_of(output.last_log_normalizers, i));
+      if (samples_next_token(chunk))
+        sampled[i] =
+            device_results[i] >= 0
+                ? output.device_sampled[static_cast<size_t>(device_results[i])]
+                : choose_next(seq,
+                              {output.last_logits.data<float>() + host_rows[i] * vocab, static_cast<size_t>(vocab)},
+                              normalizer_of(output.last_log_normalizers, host_rows[i]));
     } catch (...) {
       errors[i] = std::current_exception();
     }
@@ -198,8 +232,8 @@ void Engine::record_input_logprobs(Sequence& seq, const ScheduledChunk& chunk, c
   }
 }
 
-Engine::SampledToken Engine::choose_next(const Sequence& seq, std::span<const float> logits,
-                                         std::optional<float> raw_log_normalizer) const {
+SampledToken Engine::choose_next(const Sequence& seq, std::span<const float> logits,
+                                 std::optional<float> raw_log_normalizer) const {
   const SamplingParams& sampling = seq.request.sampling;
   const int32_t token = sample_token(logits, sampling, seq.n_output_tokens());
   return {.token = token,

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,8 @@ struct EngineOptions {
   bool enable_prefix_cache = true;  // reuse the KV pages of earlier prompts' common prefixes
   bool record_routed_experts = false;  // keep every KV slot's routing (MoE models), for return_routed_experts
   LogprobsMode logprobs_mode = LogprobsMode::Processed;  // what every reported logprob is of (sampler.h)
+  // With the model on cuda: sample on the GPU (device_sampling_rows) instead of copying every logits row to the host.
+  bool gpu_sampling = true;
 };
 
 struct GenerateResult {
@@ -70,6 +73,17 @@ struct StepOutput {
   std::vector<PositionLogprobs> input_logprobs;  // on its first completed prefill, when it asked for them
   bool finished;
 };
+
+// Whether a scheduled chunk samples its sequence's next token this step: it completes the prefill (or decodes) and the
+// request still generates.
+bool samples_next_token(const ScheduledChunk& chunk);
+
+// Where each sampled token of a step comes from when the model runs on cuda with gpu_sampling: the chunks that sample
+// (samples_next_token) and whose request the GPU sampler serves (can_sample_on_device: all but token_ids_logprob)
+// are sampled on the device; the others, and every row of a step that also computes prompt logprobs, have their
+// logits copied to the host, where the CPU sampler reads them. The choice depends on each request alone, never on the
+// rest of the batch, so --deterministic keeps a request's tokens and logprobs independent of its batch.
+std::vector<DeviceSamplingRow> device_sampling_rows(std::span<const ScheduledChunk> chunks);
 
 class Engine {
  public:
@@ -134,10 +148,6 @@ class Engine {
                              int64_t first_row) const;
   // Row `row`'s raw log-normalizer where the forward computed them (GPU), else none.
   static std::optional<float> normalizer_of(const std::vector<float>& normalizers, int64_t row);
-  struct SampledToken {
-    int32_t token;
-    PositionLogprobs logprobs;
-  };
   // The next token of `seq` and its logprobs from its logits row; reads only `seq` (safe in parallel).
   SampledToken choose_next(const Sequence& seq, std::span<const float> logits,
                            std::optional<float> raw_log_normalizer) const;

@@ -141,13 +141,18 @@ int32_t sample_token(std::span<const float> logits, const SamplingParams& params
   return candidates.back();  // rounding can leave target at the kept mass
 }
 
+float logprob_scale(const SamplingParams& params, LogprobsMode mode) {
+  return mode == LogprobsMode::Processed && params.temperature > 0.0f ? 1.0f / params.temperature : 1.0f;
+}
+
+bool can_sample_on_device(const SamplingParams& params) { return params.token_ids_logprob.empty(); }
+
 PositionLogprobs position_logprobs(std::span<const float> logits, int32_t token, const SamplingParams& params,
                                    LogprobsMode mode, std::optional<float> raw_log_normalizer) {
   const int64_t vocab = static_cast<int64_t>(logits.size());
   const float max_logit = checked_max_logit(logits);
   // Scaling by 1 leaves the raw values bit for bit; the sum accumulates in fp32 like torch's log_softmax.
-  const float scale =
-      mode == LogprobsMode::Processed && params.temperature > 0.0f ? 1.0f / params.temperature : 1.0f;
+  const float scale = logprob_scale(params, mode);
   auto computed_log_normalizer = [&] {
     float sum_exp = 0.0f;
     for (float l : logits) sum_exp += std::exp(l * scale - max_logit * scale);

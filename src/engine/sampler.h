@@ -48,6 +48,14 @@ struct PositionLogprobs {
 // Throws on NaN logits or when every logit is -inf.
 int32_t sample_token(std::span<const float> logits, const SamplingParams& params, int64_t token_index);
 
+// What logits are multiplied by before the log-softmax of reported logprobs: 1 / temperature in Processed mode with a
+// positive temperature, else 1 (which leaves the raw values bit for bit).
+float logprob_scale(const SamplingParams& params, LogprobsMode mode);
+
+// Whether the GPU sampler (kernels/cuda/sampling.h) serves a request's next token and its logprobs: every sampling
+// mode, top logprobs and both LogprobsModes, but not token_ids_logprob, which the host computes from the logits row.
+bool can_sample_on_device(const SamplingParams& params);
+
 // Logprobs of `token`, the n_top_logprobs most probable tokens and token_ids_logprob under `mode`, in fp32:
 // logprob(t) = s_t - (s_max + log(sum_j exp(s_j - s_max))) with s = logits (raw) or logits / temperature.
 // raw_log_normalizer: that normalizer of the raw logits when the forward already computed it (the GPU does); used

@@ -17,6 +17,7 @@
 #include "io/checkpoint.h"
 #include "io/xxhash64.h"
 #include "quant/group_quant.h"
+#include "tensor/cuda_memory.h"
 
 namespace fp4serve {
 
@@ -116,13 +117,20 @@ struct WeightLoader::Plan {
   }
 };
 
-// All the memory a load stages through, taken before any live byte changes: a chunk buffer and a group buffer.
+// All the memory a load stages through, taken before any live byte changes: a chunk buffer and a group buffer. For
+// a model on the GPU the chunk buffer is the current one of two page-locked buffers: a chunk is read from disk into
+// one while the other's copy to the device runs.
 struct WeightLoader::Staging {
   std::unique_ptr<uint8_t[]> memory;
+  std::unique_ptr<cuda::PinnedUploader> uploader;
   uint64_t chunk_bytes = 0, group_bytes = 0;
 
-  std::span<uint8_t> chunk() { return {memory.get(), chunk_bytes}; }
-  std::span<uint8_t> group() { return {memory.get() + chunk_bytes, group_bytes}; }
+  std::span<uint8_t> chunk() {
+    return {uploader ? uploader->buffer() : memory.get(), chunk_bytes};
+  }
+  std::span<uint8_t> group() { return {memory.get() + (uploader ? 0 : chunk_bytes), group_bytes}; }
+  uint64_t total_bytes() const { return chunk_bytes * (uploader ? kUploadBuffers : 1) + group_bytes; }
+  static constexpr int kUploadBuffers = 2;
 };
 
 std::unique_ptr<uint8_t[]> allocate_staging_memory(size_t bytes) {
@@ -139,14 +147,15 @@ std::string WeightLoader::current_source() const { return current_source_; }
 
 namespace {
 
-// Reads a tensor in chunks of `chunk_bytes` (the unit of the recorded digests) through `staging`, which holds
-// at least min(chunk_bytes, the tensor's size); `visit(chunk_index, bytes)` sees each chunk.
-template <typename Visit>
-void for_each_chunk(const SourceTensor& t, uint64_t chunk_bytes, std::span<uint8_t> staging, Visit&& visit) {
+// Reads a tensor in chunks of `chunk_bytes` (the unit of the recorded digests) through staging.chunk(), which
+// holds at least min(chunk_bytes, the tensor's size) and may move on after each chunk; `visit(chunk_index, bytes)`
+// sees each chunk.
+template <typename Staging, typename Visit>
+void for_each_chunk(const SourceTensor& t, uint64_t chunk_bytes, Staging& staging, Visit&& visit) {
   uint64_t n = t.info.nbytes;
   uint64_t chunk = 0;
   for (uint64_t done = 0; done < n; done += chunk_bytes, ++chunk) {
-    std::span<uint8_t> dst = staging.first(std::min(chunk_bytes, n - done));
+    std::span<uint8_t> dst = staging.chunk().first(std::min(chunk_bytes, n - done));
     t.read(done, dst);
     visit(chunk, std::span<const uint8_t>(dst));
   }
@@ -260,12 +269,23 @@ WeightLoader::Staging WeightLoader::allocate_staging(const Plan& plan, const Pla
   // Rounded up so the group buffer after it stays aligned for bf16 values.
   staging.chunk_bytes = (std::min<uint64_t>(options_.staging_bytes, largest_tensor) + 63) / 64 * 64;
   staging.group_bytes = largest_group;
-  const uint64_t total = staging.chunk_bytes + staging.group_bytes;
+  auto on_device = [&](const Plan::Copy& c) { return model_.params().get(c.binding.param).device() == Device::CUDA; };
+  const bool to_device =
+      std::ranges::any_of(plan.copies, on_device) || (restore && std::ranges::any_of(restore->copies, on_device));
+  if (to_device) {
+    try {
+      staging.uploader = std::make_unique<cuda::PinnedUploader>(staging.chunk_bytes, Staging::kUploadBuffers);
+    } catch (const Error& e) {
+      fail("{}: cannot allocate {} x {} bytes of page-locked staging memory for the load ({}); nothing was changed",
+           plan.source, Staging::kUploadBuffers, staging.chunk_bytes, e.what());
+    }
+  }
+  const uint64_t pageable = staging.total_bytes() - (to_device ? Staging::kUploadBuffers * staging.chunk_bytes : 0);
   try {
-    staging.memory = options_.allocate_staging(total);
+    staging.memory = options_.allocate_staging(pageable);
   } catch (const std::bad_alloc&) {
     fail("{}: cannot allocate {} bytes of staging memory for the load (out of memory); nothing was changed",
-         plan.source, total);
+         plan.source, pageable);
   }
   return staging;
 }
@@ -275,7 +295,7 @@ WeightLoader::Staging WeightLoader::allocate_staging(const Plan& plan, const Pla
 // give digests of a mix of two checkpoints, which the commit would faithfully load).
 void WeightLoader::read_and_digest(Plan& plan, Staging& staging, LoadResult& result) const {
   auto digest_tensor = [&](const SourceTensor& t, BindingRole role, std::vector<uint64_t>& digests) {
-    for_each_chunk(t, options_.staging_bytes, staging.chunk(), [&](uint64_t, std::span<const uint8_t> bytes) {
+    for_each_chunk(t, options_.staging_bytes, staging, [&](uint64_t, std::span<const uint8_t> bytes) {
       check_values(t, role, bytes);
       digests.push_back(xxh64(bytes));
     });
@@ -307,12 +327,16 @@ void WeightLoader::commit(const Plan& plan, Staging& staging) {
 
   for (const auto& c : plan.copies) {
     const Tensor& param = params.get(c.binding.param);
-    for_each_chunk(*c.tensor, chunk_bytes, staging.chunk(), [&](uint64_t chunk, std::span<const uint8_t> bytes) {
+    for_each_chunk(*c.tensor, chunk_bytes, staging, [&](uint64_t chunk, std::span<const uint8_t> bytes) {
       check_digest(*c.tensor, c.chunk_digests, chunk, bytes);
-      copy_bytes(param.device(), param.raw() + c.binding.byte_offset + chunk * chunk_bytes, Device::CPU,
-                 bytes.data(), bytes.size());
+      uint8_t* dst = param.raw() + c.binding.byte_offset + chunk * chunk_bytes;
+      if (param.device() == Device::CUDA)
+        staging.uploader->upload(dst, bytes.size());  // bytes lie in the uploader's current buffer
+      else
+        copy_bytes(param.device(), dst, Device::CPU, bytes.data(), bytes.size());
     });
   }
+  if (staging.uploader) staging.uploader->finish();
 
   // Online quantization: a group's bf16 members, then its NVFP4 output, in the group buffer.
   for (const auto& g : plan.groups) {
@@ -323,7 +347,7 @@ void WeightLoader::commit(const Plan& plan, Staging& staging) {
     for (size_t i = 0; i < g.members.size(); ++i) {
       const SourceTensor& t = *g.members[i];
       uint8_t* out = next;
-      for_each_chunk(t, chunk_bytes, staging.chunk(), [&](uint64_t chunk, std::span<const uint8_t> bytes) {
+      for_each_chunk(t, chunk_bytes, staging, [&](uint64_t chunk, std::span<const uint8_t> bytes) {
         check_digest(t, g.chunk_digests[i], chunk, bytes);
         std::memcpy(out + chunk * chunk_bytes, bytes.data(), bytes.size());
       });
@@ -366,7 +390,7 @@ LoadResult WeightLoader::validate_and_commit(Plan& plan, Plan* restore) {
   LoadResult result{.source = plan.source, .format = plan.format};
   auto start = std::chrono::steady_clock::now();
   Staging staging = allocate_staging(plan, restore);
-  result.peak_staging_bytes = staging.chunk_bytes + staging.group_bytes;
+  result.peak_staging_bytes = staging.total_bytes();
   read_and_digest(plan, staging, result);
   if (restore != nullptr && !restore->digested) {  // an in-memory restore set, read here for the first time
     LoadResult restore_read{.source = restore->source, .format = restore->format};

@@ -56,7 +56,7 @@ struct LoadResult {
   SourceFormat format;
   uint64_t tensors = 0;          // checkpoint tensors loaded
   uint64_t bytes = 0;            // checkpoint bytes loaded (each read twice: validate and commit)
-  uint64_t peak_staging_bytes = 0;  // allocated for this load: chunk buffer + one quantization group, rollback's too
+  uint64_t peak_staging_bytes = 0;  // allocated for this load: chunk buffer(s: two page-locked ones for a GPU model) + one quantization group, rollback's too
   double validate_seconds = 0, commit_seconds = 0, post_process_seconds = 0;
 };
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/sampler.h"
 #include "tensor/tensor.h"
 
 namespace fp4serve {
@@ -36,19 +37,38 @@ struct ForwardObserver {
   std::function<void(int layer, const Tensor& hidden)> on_layer_output;
 };
 
+// A sequence whose next token the forward samples on the device, from its last new token's logits, instead of
+// returning that logits row (device cuda only: the CPU forward refuses). The params must pass can_sample_on_device.
+struct DeviceSamplingRow {
+  int64_t sequence = 0;  // index into ForwardBatch::sequences; increasing along ForwardBatch::device_sampling
+  const SamplingParams* params = nullptr;
+  int64_t token_index = 0;  // the index of the token being generated (sample_token's token_index)
+};
+
 struct ForwardBatch {
   std::vector<SequenceInput> sequences{};
   const KvCacheTensors* kv_cache = nullptr;
   bool all_logits = false;  // also return the logits of every new token (prompt logprobs)
   const ForwardObserver* observer = nullptr;
+  std::vector<DeviceSamplingRow> device_sampling{};
+  LogprobsMode logprobs_mode = LogprobsMode::Processed;  // of device_sampling's logprobs
+};
+
+// A sampled next token and its logprobs (from the device: PositionLogprobs::ids stays empty).
+struct SampledToken {
+  int32_t token = 0;
+  PositionLogprobs logprobs{};
 };
 
 struct ForwardOutput {
-  Tensor last_logits;  // [n_sequences, vocab] f32: each sequence's last new token
-  Tensor all_logits;   // [n_rows, vocab] f32 when ForwardBatch::all_logits, else undefined
+  // [n_sequences - device_sampling.size(), vocab] f32: the last new token of each sequence not sampled on the device,
+  // in batch order.
+  Tensor last_logits;
+  Tensor all_logits;  // [n_rows, vocab] f32 when ForwardBatch::all_logits, else undefined
   // Each returned row's log-sum-exp of its raw logits, where the forward computed it (the GPU's, in a fixed
   // per-row order); empty otherwise.
   std::vector<float> last_log_normalizers, all_log_normalizers;
+  std::vector<SampledToken> device_sampled;  // one per ForwardBatch::device_sampling row, in its order
 };
 
 }  // namespace fp4serve

@@ -155,6 +155,8 @@ ForwardOutput Qwen3Model::forward(const ForwardBatch& batch) {
             "forward: the weights are not ready (load a checkpoint, then process_weights_after_loading)");
   const BatchLayout rows = layout_batch(batch);
   if (options_.device == Device::CUDA) return forward_cuda(batch, rows);
+  FP4_CHECK(batch.device_sampling.empty(),
+            "forward: device sampling was asked of the CPU forward; the engine samples on the host with --device cpu");
   const ForwardObserver* observer = batch.observer;
   const int64_t M = rows.n_rows(), H = config_.hidden_size;
 

@@ -1,16 +1,19 @@
 // Qwen3Model's GPU forward: the math of qwen3_forward.cpp on the CUDA kernels (bf16 activations, fp32 inside each
 // kernel), one engine step per call on one non-default stream. Per step the host uploads one int32 block (token ids,
-// positions, logit rows, page tables, sequence starts) and downloads the bf16 logits of the rows the engine needs;
-// nothing else synchronizes, except the observers' host copies. Buffers grow to the largest step seen (rarely, with
-// one synchronization) and are reused. Decode steps of up to options.cuda_graph_max_batch sequences replay CUDA graphs:
-// one per (rows, context bucket, page-table stride), captured after the first eager step of that key; every pointer
-// they hold stays valid across reloads (weights are rewritten in place and the GEMMs read alphas from the device), and
-// any buffer growth drops them. Linears are NVFP4 W4A16 (nvfp4_gemm.h) or bf16 through cuBLAS; MoE layers
-// run the fused layer (moe_layer.h: router, top-k, grouped expert GEMMs, combine). The results are close to the
-// CPU's, not bitwise: the kernels sum in other orders (tests/model_cuda states the tolerances). With --deterministic
-// (QuantOptions) every kernel is chosen so that a row's summation order never depends on the step's other rows:
-// batch-invariant NVFP4 GEMM tiles, one cuBLAS GEMM per row for bf16 linears, the prefill attention kernel for decode
-// steps too, and the MoE layer's batch-invariant routing and expert GEMMs.
+// positions, logit rows, page tables, sequence starts); after the step (eager or a graph replay), on the same stream,
+// the sequences of ForwardBatch::device_sampling are sampled from the bf16 logits in place (CudaSampler) and only
+// their tokens and logprobs come back, with the bf16 logits of the rows the host still needs (the other sequences',
+// or every row for prompt logprobs); nothing else synchronizes, except the observers' host copies. Buffers grow to
+// the largest step seen (rarely, with one synchronization) and are reused. Decode steps of up to
+// options.cuda_graph_max_batch sequences replay CUDA graphs: one per (rows, context bucket, page-table stride),
+// captured after the first eager step of that key; every pointer they hold stays valid across reloads (weights are
+// rewritten in place and the GEMMs read alphas from the device), and any buffer growth drops them. Linears are NVFP4
+// W4A16 (nvfp4_gemm.h) or bf16 through cuBLAS; MoE layers run the fused layer (moe_layer.h: router, top-k, grouped
+// expert GEMMs, combine). The results are close to the CPU's, not bitwise: the kernels sum in other orders
+// (tests/model_cuda states the tolerances). With --deterministic (QuantOptions) every kernel is chosen so that a row's
+// summation order never depends on the step's other rows: batch-invariant NVFP4 GEMM tiles, one cuBLAS GEMM per row for
+// bf16 linears, the prefill attention kernel for decode steps too, and the MoE layer's batch-invariant routing and
+// expert GEMMs.
 #include "common/error.h"
 #include "model/qwen3_model.h"
 
@@ -33,6 +36,7 @@
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/nvfp4_gemm.h"
 #include "kernels/cuda/qk_norm_rope.h"
+#include "kernels/cuda/sampling.h"
 #include "kernels/cuda/silu_mul.h"
 #include "model/qwen3_batch_layout.h"
 #include "quant/linear_methods.h"
@@ -128,7 +132,16 @@ struct CapturedStepKey {
 // Graphs kept at most; the least recently used goes first (each holds a few hundred kernel nodes).
 constexpr size_t kMaxCapturedSteps = 64;
 
-int64_t grown(int64_t needed, int64_t current) { return std::max({needed, 2 * current, int64_t{16}}); }
+// --deterministic runs bf16 linears (cuBLAS) in chunks of this many rows, the last one padded: cuBLAS picks its
+// kernel by the shape, and a fixed M gives every row the same kernel and summation order whatever the batch.
+constexpr int64_t kBatchInvariantBlasRows = 64;
+
+// Activation buffers grow geometrically, in whole chunks of kBatchInvariantBlasRows: a padded chunk reads and
+// writes rows past the batch but inside the buffer.
+int64_t grown(int64_t needed, int64_t current) {
+  const int64_t rows = std::max({needed, 2 * current, int64_t{16}});
+  return (rows + kBatchInvariantBlasRows - 1) / kBatchInvariantBlasRows * kBatchInvariantBlasRows;
+}
 
 }  // namespace
 
@@ -181,7 +194,18 @@ struct Qwen3Model::CudaForward {
   Tensor metadata;
   PinnedBuffer host_metadata;
   std::unique_ptr<cuda::DecodeWorkspace> decode_workspace;
+  std::unique_ptr<cuda::CudaSampler> sampler;  // made on the first device-sampled step, grown with its rows
   bool deterministic = false;  // QuantOptions::deterministic
+
+  size_t workspace_bytes() const {
+    size_t bytes = blas_workspace.nbytes() + gemm.workspace_bytes() + moe.workspace_bytes();
+    for (const Tensor* t : {&residual, &block_input, &block_output, &qkv, &attention, &gate_up, &activated,
+                            &moe_workspace, &selected_rows, &logits, &normalizers, &metadata})
+      if (t->defined()) bytes += t->nbytes();
+    if (decode_workspace) bytes += decode_workspace->bytes();
+    if (sampler) bytes += sampler->workspace_bytes();
+    return bytes;
+  }
 
   // Records what `enqueue(capture_stream)` issues as the graph of `key`, evicting the least recently used graph
   // beyond kMaxCapturedSteps. A capture CUDA refuses turns graphs off for this model (logged): eager still works.
@@ -227,11 +251,10 @@ struct Qwen3Model::CudaForward {
                                                           : cuda::Nvfp4GemmPath::Auto});
       return;
     }
-    // cuBLAS picks its kernel (tile, split-K) by the shape, so the bits of a row depend on m: deterministic runs
-    // give every row its own m = 1 GEMM (the same call as in a batch of one).
     if (deterministic) {
-      for (int64_t row = 0; row < m; ++row)
-        run_bf16_linear(linear, x + row * linear.k, 1, y + row * linear.n, stream);
+      // x and y are activation buffers sized in whole chunks (grown()); rows past m are computed and ignored.
+      for (int64_t row = 0; row < m; row += kBatchInvariantBlasRows)
+        run_bf16_linear(linear, x + row * linear.k, kBatchInvariantBlasRows, y + row * linear.n, stream);
       return;
     }
     run_bf16_linear(linear, x, m, y, stream);
@@ -253,6 +276,8 @@ void Qwen3Model::CudaForwardDeleter::operator()(CudaForward* forward) const { de
 Qwen3Model::CudaGraphStats Qwen3Model::cuda_graph_stats() const {
   return cuda_ ? cuda_->graph_stats : CudaGraphStats{};
 }
+
+size_t Qwen3Model::device_workspace_bytes() const { return cuda_ ? cuda_->workspace_bytes() : 0; }
 
 void Qwen3Model::check_cuda_support() const {
   FP4_CHECK(options_.cuda_graph_max_batch >= 0, "--cuda-graph-max-bs {} must be >= 0 (0: no CUDA graphs)",
@@ -281,8 +306,8 @@ void Qwen3Model::prepare_cuda_forward() {
     linear.k = spec.in_features;
     if (!linear.nvfp4) {
       FP4_CHECK(!options_.deterministic || (linear.n % 8 == 0 && linear.k % 8 == 0),
-                "--deterministic --device cuda: {} is a bf16 linear of {} x {}; its one-row cuBLAS GEMMs need both "
-                "sizes multiples of 8 (every row 16-byte aligned, so cuBLAS picks the kernel of a batch of one)",
+                "--deterministic --device cuda: {} is a bf16 linear of {} x {}; its fixed-size cuBLAS GEMMs need "
+                "both sizes multiples of 8 (every chunk 16-byte aligned, so cuBLAS picks the same kernel for each)",
                 spec.name, linear.n, linear.k);
       linear.bf16_weight = bf16_param(spec.name + ".weight");
       return linear;
@@ -378,6 +403,24 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   const int64_t q_size = n_heads * head_dim, kv_size = n_kv_heads * head_dim, qkv_width = q_size + 2 * kv_size;
   const int64_t n_sequences = static_cast<int64_t>(rows.sequences.size());
   const int64_t n_logit_rows = batch.all_logits ? M : n_sequences;
+  // The sequences sampled on the device; the others' last logit rows go to the host (logit_row_of: a sequence's row
+  // in gpu.logits).
+  std::vector<bool> sampled_on_device(static_cast<size_t>(n_sequences), false);
+  int64_t previous = -1;
+  for (const DeviceSamplingRow& row : batch.device_sampling) {
+    FP4_CHECK(row.sequence > previous && row.sequence < n_sequences,
+              "forward: device_sampling sequence {} must be increasing and below the batch's {} sequences",
+              row.sequence, n_sequences);
+    FP4_CHECK(row.params != nullptr && can_sample_on_device(*row.params),
+              "forward: device_sampling sequence {} has no parameters or asks for token_ids_logprob, which the GPU "
+              "sampler does not serve; sample it on the host",
+              row.sequence);
+    sampled_on_device[static_cast<size_t>(row.sequence)] = true;
+    previous = row.sequence;
+  }
+  const auto logit_row_of = [&](int64_t sequence) {
+    return batch.all_logits ? rows.last_rows[static_cast<size_t>(sequence)] : sequence;
+  };
   const float eps = static_cast<float>(c.rms_norm_eps);
   const Shape& kv_shape = rows.kv_cache->k.shape;  // [n_layers, n_pages, page_size, n_kv_heads, head_dim]
   const int64_t page_size = kv_shape[2];
@@ -427,7 +470,7 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   const bool grow_metadata = meta.values.size() > gpu.metadata_capacity;
   const cuda::DecodeWorkspace* decode = gpu.decode_workspace.get();
   const bool grow_decode = split_decode && (!decode || M > decode->max_rows() ||
-                                            decode_context > decode->max_splits() * cuda::kDecodeSplitTokens);
+                                            decode_context > decode->max_context());
   if (grow_rows || grow_logits || grow_metadata || grow_decode) {
     FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
     gpu.captured.clear();
@@ -468,7 +511,16 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     int64_t context = cuda::kDecodeSplitTokens;
     while (context < decode_context) context *= 2;
     gpu.decode_workspace.reset();
-    gpu.decode_workspace = std::make_unique<cuda::DecodeWorkspace>(grown(max_rows, 0), n_heads, head_dim, context);
+    gpu.decode_workspace = std::make_unique<cuda::DecodeWorkspace>(grown(max_rows, 0), n_heads, n_kv_heads, head_dim,
+                                                                   context);
+  }
+
+  const int64_t n_device_sampled = static_cast<int64_t>(batch.device_sampling.size());
+  if (n_device_sampled > 0 && (!gpu.sampler || n_device_sampled > gpu.sampler->max_rows())) {
+    const int64_t max_rows =
+        std::min<int64_t>(grown(n_device_sampled, gpu.sampler ? gpu.sampler->max_rows() : 0), cuda::kMaxSamplingRows);
+    gpu.sampler.reset();
+    gpu.sampler = std::make_unique<cuda::CudaSampler>(max_rows, V);
   }
 
   // bf16 logits are exact in f32, as the CPU's bf16-rounded logits are.
@@ -484,19 +536,66 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     }
     return out;
   };
-  auto step_output = [&] {
-    ForwardOutput out;
-    const auto own_row = [](size_t r) { return static_cast<int64_t>(r); };
-    const float* normalizers = gpu.host_normalizers.as<float>();
-    if (!batch.all_logits) {
-      out.last_logits = host_logits(own_row, static_cast<size_t>(n_logit_rows));
-      out.last_log_normalizers.assign(normalizers, normalizers + n_logit_rows);
-      return out;
+  // After the step's kernels (eager or replayed) on gpu.stream: downloads the logit rows the host reads (every row
+  // for prompt logprobs, else the host-sampled sequences', in contiguous runs), samples the device rows in place and
+  // waits for both.
+  auto finish_step = [&] {
+    const cudaStream_t stream = gpu.stream;
+    const bf16_bits* logits = device_ptr<const bf16_bits>(gpu.logits);
+    auto download_rows = [&](int64_t first, int64_t count) {
+      FP4_CUDA_CHECK(cudaMemcpyAsync(gpu.host_logits.as<bf16_bits>() + first * V, logits + first * V,
+                                     static_cast<size_t>(count * V) * sizeof(bf16_bits), cudaMemcpyDeviceToHost,
+                                     stream));
+    };
+    if (batch.all_logits) {
+      download_rows(0, n_logit_rows);
+    } else {
+      for (int64_t first = 0; first < n_sequences;) {
+        int64_t end = first;
+        while (end < n_sequences && !sampled_on_device[static_cast<size_t>(end)]) ++end;
+        if (end > first) download_rows(first, end - first);
+        first = end + 1;
+      }
     }
-    out.all_logits = host_logits(own_row, static_cast<size_t>(n_logit_rows));
-    out.all_log_normalizers.assign(normalizers, normalizers + n_logit_rows);
-    out.last_logits = host_logits([&](size_t r) { return rows.last_rows[r]; }, rows.last_rows.size());
-    for (const int64_t row : rows.last_rows) out.last_log_normalizers.push_back(normalizers[row]);
+    FP4_CUDA_CHECK(cudaMemcpyAsync(gpu.host_normalizers.as<float>(), device_ptr<const float>(gpu.normalizers),
+                                   static_cast<size_t>(n_logit_rows) * sizeof(float), cudaMemcpyDeviceToHost, stream));
+    std::vector<SampledToken> device_sampled;
+    if (n_device_sampled > 0) {
+      std::vector<SamplingParams> params;
+      std::vector<int64_t> token_indices, logit_rows;
+      for (const DeviceSamplingRow& row : batch.device_sampling) {
+        params.push_back(*row.params);
+        token_indices.push_back(row.token_index);
+        logit_rows.push_back(logit_row_of(row.sequence));
+      }
+      for (cuda::GpuSampledToken& sampled : gpu.sampler->sample({.logits = logits,
+                                            .bf16_logits = true,
+                                            .logit_rows = logit_rows,
+                                            .params = params,
+                                            .token_indices = token_indices,
+                                            .logprobs_mode = batch.logprobs_mode,
+                                            .stream = stream}))
+        device_sampled.push_back(
+            {.token = sampled.token,
+             .logprobs = {
+                 .logprob = sampled.logprob, .rank = sampled.rank, .top = std::move(sampled.top_logprobs), .ids = {}}});
+    }
+    FP4_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return device_sampled;
+  };
+  auto step_output = [&](std::vector<SampledToken> device_sampled) {
+    ForwardOutput out;
+    out.device_sampled = std::move(device_sampled);
+    const float* normalizers = gpu.host_normalizers.as<float>();
+    std::vector<int64_t> host_rows;  // the logit row of each host-sampled sequence
+    for (int64_t s = 0; s < n_sequences; ++s)
+      if (!sampled_on_device[static_cast<size_t>(s)]) host_rows.push_back(logit_row_of(s));
+    out.last_logits = host_logits([&](size_t r) { return host_rows[r]; }, host_rows.size());
+    for (const int64_t row : host_rows) out.last_log_normalizers.push_back(normalizers[row]);
+    if (batch.all_logits) {
+      out.all_logits = host_logits([](size_t r) { return static_cast<int64_t>(r); }, static_cast<size_t>(n_logit_rows));
+      out.all_log_normalizers.assign(normalizers, normalizers + n_logit_rows);
+    }
     return out;
   };
 
@@ -512,9 +611,8 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     if (found != gpu.captured.end()) {
       found->second->last_use = ++gpu.graph_clock;
       found->second->launch(gpu.stream);
-      FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
       ++gpu.graph_stats.replays;
-      return step_output();
+      return step_output(finish_step());
     }
   }
   int32_t* d_meta = device_ptr<int32_t>(gpu.metadata);
@@ -552,7 +650,8 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     return out;
   };
 
-  // The whole step on one stream, from the metadata upload to the logits download: run eagerly, or captured.
+  // The whole step on one stream, from the metadata upload to the logits and their normalizers: run eagerly, or
+  // captured. finish_step follows it, outside any graph.
   auto enqueue_step = [&](cudaStream_t stream) {
     FP4_CUDA_CHECK(cudaMemcpyAsync(d_meta, gpu.host_metadata.as<int32_t>(), meta.values.size() * sizeof(int32_t),
                                    cudaMemcpyHostToDevice, stream));
@@ -639,16 +738,11 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     gpu.run_linear(gpu.lm_head, selected, n_logit_rows, logits, stream);
     float* normalizers = device_ptr<float>(gpu.normalizers);
     cuda::logits_log_normalizer_cuda(logits, n_logit_rows, V, normalizers, stream);
-    FP4_CUDA_CHECK(cudaMemcpyAsync(gpu.host_logits.as<bf16_bits>(), logits,
-                                   static_cast<size_t>(n_logit_rows * V) * sizeof(bf16_bits), cudaMemcpyDeviceToHost,
-                                   stream));
-    FP4_CUDA_CHECK(cudaMemcpyAsync(gpu.host_normalizers.as<float>(), normalizers,
-                                   static_cast<size_t>(n_logit_rows) * sizeof(float), cudaMemcpyDeviceToHost, stream));
   };
   enqueue_step(gpu.stream);
-  FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
+  std::vector<SampledToken> device_sampled = finish_step();
   if (graph_step) gpu.capture(key, enqueue_step);
-  return step_output();
+  return step_output(std::move(device_sampled));
 }
 
 }  // namespace fp4serve
@@ -660,6 +754,7 @@ namespace fp4serve {
 struct Qwen3Model::CudaForward {};
 void Qwen3Model::CudaForwardDeleter::operator()(CudaForward* forward) const { delete forward; }
 Qwen3Model::CudaGraphStats Qwen3Model::cuda_graph_stats() const { return {}; }
+size_t Qwen3Model::device_workspace_bytes() const { return 0; }
 [[noreturn]] static void no_cuda() {
   fail("--device cuda: this fp4serve was built without CUDA; rebuild where nvcc is available");
 }

@@ -56,6 +56,10 @@ class Qwen3Model final : public LoadableModel {
     int64_t captures = 0, replays = 0;
   };
   CudaGraphStats cuda_graph_stats() const;
+  // Device cuda: the GPU forward's device memory besides weights and KV cache: activations, logits, attention and
+  // GEMM scratch, the cuBLAS workspaces and the sampler (0 on cpu). Captured graphs allocate none of their own (no
+  // memory nodes); the driver memory behind their executable form is not queryable and is not counted.
+  size_t device_workspace_bytes() const;
 
  private:
   struct Layer {

@@ -23,7 +23,7 @@ constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json
 
 struct Member {
   std::string module;  // "model.layers.0.self_attn.q_proj"
-  const CheckpointTensor* weight;
+  const TensorDecl* weight;
   int64_t rows;
 };
 struct Group {
@@ -46,7 +46,7 @@ struct GroupOutput {
   std::map<std::string, std::vector<uint8_t>, std::less<>> tensors;
 };
 
-GroupOutput quantize(const Group& group, const QuantizeOptions& options) {
+GroupOutput quantize(const Group& group, const Bf16Model& model, const QuantizeOptions& options) {
   const int64_t k = group.in_features;
   int64_t total_rows = 0;
   std::vector<std::vector<bf16_bits>> values(group.members.size());
@@ -54,8 +54,7 @@ GroupOutput quantize(const Group& group, const QuantizeOptions& options) {
   for (size_t i = 0; i < group.members.size(); ++i) {
     const Member& m = group.members[i];
     values[i].resize(static_cast<size_t>(m.rows * k));
-    m.weight->shard->read(*m.weight->info, 0,
-                          {reinterpret_cast<uint8_t*>(values[i].data()), values[i].size() * sizeof(bf16_bits)});
+    model.read(*m.weight, {reinterpret_cast<uint8_t*>(values[i].data()), values[i].size() * sizeof(bf16_bits)});
     members.push_back({values[i], m.rows});
     total_rows += m.rows;
   }
@@ -93,29 +92,30 @@ GroupOutput quantize(const Group& group, const QuantizeOptions& options) {
 }
 
 // Groups every quantized linear and checks the rules the output format needs.
-std::vector<Group> plan_groups(const Checkpoint& in, const QuantConfig& quant) {
+std::vector<Group> plan_groups(const std::vector<TensorDecl>& tensors, std::string_view source,
+                               const QuantConfig& quant) {
   std::map<std::string, Group> by_name;
   std::map<std::string, std::set<bool>> excluded_members;  // group -> {excluded?} over its members
-  for (const auto& name : in.tensor_names()) {
-    const CheckpointTensor& t = in.tensor(name);
-    if (!is_linear_weight(*t.info)) continue;
+  for (const TensorDecl& t : tensors) {
+    if (!is_linear_weight(t)) continue;
+    const std::string& name = t.name;
     const std::string module(module_of(name));
     const std::string group_name = fused_group_of(module);
     const bool excluded = quant.is_excluded(module);
     excluded_members[group_name].insert(excluded);
     if (excluded) continue;
-    FP4_CHECK(t.info->dtype == DType::BF16, "{}: '{}' is {}; quantize reads bf16 checkpoints only", in.dir().string(),
-              name, dtype_name(t.info->dtype));
-    const int64_t rows = t.info->shape[0], k = t.info->shape[1];
+    FP4_CHECK(t.dtype == DType::BF16, "{}: '{}' is {}; quantize reads bf16 checkpoints only", source, name,
+              dtype_name(t.dtype));
+    const int64_t rows = t.shape[0], k = t.shape[1];
     FP4_CHECK(k % kNvfp4BlockSize == 0,
               "{}: '{}' has {} input features, not a multiple of the NVFP4 block size 16; keep it bf16 with "
               "--exclude {}",
-              in.dir().string(), name, k, module);
+              source, name, k, module);
     Group& group = by_name[group_name];
     group.name = group_name;
     FP4_CHECK(group.members.empty() || group.in_features == k,
-              "{}: '{}' has {} input features but the other members of fused group '{}' have {}", in.dir().string(),
-              name, k, group_name, group.in_features);
+              "{}: '{}' has {} input features but the other members of fused group '{}' have {}", source, name,
+              k, group_name, group.in_features);
     group.in_features = k;
     group.members.push_back({module, &t, rows});
   }
@@ -129,8 +129,9 @@ std::vector<Group> plan_groups(const Checkpoint& in, const QuantConfig& quant) {
   return groups;
 }
 
-void write_configs(const QuantizeOptions& options, const QuantConfig& quant, bool calibrated) {
-  nlohmann::json config = read_json_file(options.input_dir / "config.json");
+void write_configs(const Bf16Model& model, const QuantizeOptions& options, const QuantConfig& quant,
+                   bool calibrated) {
+  nlohmann::json config = model.model_config;
   config["quantization_config"] = to_quantization_config_json(quant);
   write_json_file(options.output_dir / "config.json", config);
   nlohmann::json hf_quant = to_json(quant);
@@ -141,13 +142,6 @@ void write_configs(const QuantizeOptions& options, const QuantConfig& quant, boo
                   : "uncalibrated: every input_scale is 1.0; serve with --act-quant none or per-token, or requantize "
                     "with --calib-prompts for static W4A4"}};
   write_json_file(options.output_dir / kHfQuantConfigFile, hf_quant);
-  for (const char* file : kCopiedFiles) {
-    const auto source = options.input_dir / file;
-    if (std::filesystem::exists(source))
-      std::filesystem::copy_file(source, options.output_dir / file, std::filesystem::copy_options::overwrite_existing);
-    else
-      spdlog::warn("quantize: {} has no {}; the output will not have one either", options.input_dir.string(), file);
-  }
 }
 
 }  // namespace
@@ -156,9 +150,9 @@ std::vector<std::string> default_exclude_modules() {
   return {"lm_head", "model.layers.*.mlp.gate", "model.embed_tokens"};
 }
 
-bool is_linear_weight(const TensorInfo& info) {
-  if (info.shape.size() != 2 || !info.name.ends_with(kWeightSuffix)) return false;
-  const std::string_view module = module_of(info.name);
+bool is_linear_weight(const TensorDecl& tensor) {
+  if (tensor.shape.size() != 2 || !tensor.name.ends_with(kWeightSuffix)) return false;
+  const std::string_view module = module_of(tensor.name);
   const std::string_view last = last_component(module);
   return last.ends_with("_proj") || module == "lm_head" || last == "gate";
 }
@@ -172,23 +166,17 @@ std::string fused_group_of(std::string_view module) {
   return std::string(module);
 }
 
-QuantizeSummary quantize_checkpoint(const QuantizeOptions& options) {
-  FP4_CHECK(
-      std::filesystem::weakly_canonical(options.input_dir) != std::filesystem::weakly_canonical(options.output_dir),
-      "quantize: --out must differ from --in ({})", options.input_dir.string());
-  load_model_config(options.input_dir);  // rejects what the server could not load
-  FP4_CHECK(load_quant_config(options.input_dir).algo == QuantAlgo::None,
-            "{}: the checkpoint is already quantized; quantize reads bf16 checkpoints", options.input_dir.string());
-  const Checkpoint in = Checkpoint::open(options.input_dir);
-
+QuantizeSummary write_quantized_checkpoint(const Bf16Model& model, const QuantizeOptions& options) {
   QuantConfig quant{
       .algo = QuantAlgo::Nvfp4, .group_size = 16, .exclude_modules = default_exclude_modules(), .producer = "fp4serve"};
   for (const auto& pattern : options.exclude)
     if (std::find(quant.exclude_modules.begin(), quant.exclude_modules.end(), pattern) == quant.exclude_modules.end())
       quant.exclude_modules.push_back(pattern);
-  const std::vector<Group> groups = plan_groups(in, quant);
+  std::vector<TensorDecl> inputs = model.tensors;
+  std::sort(inputs.begin(), inputs.end(), [](const TensorDecl& a, const TensorDecl& b) { return a.name < b.name; });
+  const std::vector<Group> groups = plan_groups(inputs, model.source, quant);
 
-  // Output order: checkpoint order, except that a group's tensors all follow its first member, so the writer asks
+  // Output order: input name order, except that a group's tensors all follow its first member, so the writer asks
   // for one group at a time.
   QuantizeSummary summary{.groups = static_cast<int64_t>(groups.size()), .calibrated = !options.input_amax.empty()};
   std::map<std::string, size_t, std::less<>> group_of_weight;
@@ -197,11 +185,10 @@ QuantizeSummary quantize_checkpoint(const QuantizeOptions& options) {
   CheckpointWriter writer(options.output_dir, options.max_shard_bytes);
   std::map<std::string, size_t, std::less<>> group_of_output;  // output tensor name -> group
   std::set<size_t> planned;
-  for (const auto& name : in.tensor_names()) {
-    auto it = group_of_weight.find(name);
+  for (const TensorDecl& input : inputs) {
+    auto it = group_of_weight.find(input.name);
     if (it == group_of_weight.end()) {
-      const TensorInfo& info = *in.tensor(name).info;
-      writer.add({info.name, info.dtype, info.shape});
+      writer.add(input);
       ++summary.kept_tensors;
       continue;
     }
@@ -226,19 +213,47 @@ QuantizeSummary quantize_checkpoint(const QuantizeOptions& options) {
   writer.write([&](const TensorDecl& decl, std::span<uint8_t> out) {
     auto group = group_of_output.find(decl.name);
     if (group == group_of_output.end()) {
-      const CheckpointTensor& t = in.tensor(decl.name);
-      t.shard->read(*t.info, 0, out);
+      model.read(decl, out);
       return;
     }
-    if (!current.tensors.contains(decl.name)) current = quantize(groups[group->second], options);
+    if (!current.tensors.contains(decl.name)) current = quantize(groups[group->second], model, options);
     auto node = current.tensors.extract(decl.name);
     FP4_CHECK(node.mapped().size() == out.size(), "quantize: internal size mismatch for '{}'", decl.name);
     std::memcpy(out.data(), node.mapped().data(), out.size());
   });
-  write_configs(options, quant, summary.calibrated);
+  write_configs(model, options, quant, summary.calibrated);
   spdlog::info("quantize: {} linears in {} groups to NVFP4, {} tensors kept, input scales {}",
                summary.quantized_linears, summary.groups, summary.kept_tensors,
                summary.calibrated ? "calibrated" : "uncalibrated (1.0)");
+  return summary;
+}
+
+QuantizeSummary quantize_checkpoint(const QuantizeOptions& options) {
+  FP4_CHECK(
+      std::filesystem::weakly_canonical(options.input_dir) != std::filesystem::weakly_canonical(options.output_dir),
+      "quantize: --out must differ from --in ({})", options.input_dir.string());
+  load_model_config(options.input_dir);  // rejects what the server could not load
+  FP4_CHECK(load_quant_config(options.input_dir).algo == QuantAlgo::None,
+            "{}: the checkpoint is already quantized; quantize reads bf16 checkpoints", options.input_dir.string());
+  const Checkpoint in = Checkpoint::open(options.input_dir);
+  Bf16Model model{.source = options.input_dir.string(),
+                  .read = [&in](const TensorDecl& tensor, std::span<uint8_t> out) {
+                    const CheckpointTensor& t = in.tensor(tensor.name);
+                    t.shard->read(*t.info, 0, out);
+                  },
+                  .model_config = read_json_file(options.input_dir / "config.json")};
+  for (const auto& name : in.tensor_names()) {
+    const TensorInfo& info = *in.tensor(name).info;
+    model.tensors.push_back({info.name, info.dtype, info.shape});
+  }
+  const QuantizeSummary summary = write_quantized_checkpoint(model, options);
+  for (const char* file : kCopiedFiles) {
+    const auto source = options.input_dir / file;
+    if (std::filesystem::exists(source))
+      std::filesystem::copy_file(source, options.output_dir / file, std::filesystem::copy_options::overwrite_existing);
+    else
+      spdlog::warn("quantize: {} has no {}; the output will not have one either", options.input_dir.string(), file);
+  }
   return summary;
 }
 

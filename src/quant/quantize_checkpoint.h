@@ -5,17 +5,21 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
 
 namespace fp4serve {
 
 struct QuantizeOptions {
-  std::filesystem::path input_dir = {};   // bf16 HF checkpoint
+  std::filesystem::path input_dir = {};   // bf16 HF checkpoint (quantize_checkpoint only)
   std::filesystem::path output_dir = {};  // created; must not hold a checkpoint yet
   std::vector<std::string> exclude = {};  // module globs kept bf16, added to default_exclude_modules()
   // Calibrated amax of each linear's input, by checkpoint prefix ("model.layers.0.self_attn.q_proj"); a fused
@@ -36,14 +40,30 @@ struct QuantizeSummary {
 std::vector<std::string> default_exclude_modules();
 
 // A linear layer's weight: a 2-D "<module>.weight" whose module ends in "_proj", is "lm_head" or a router ".gate".
-bool is_linear_weight(const TensorInfo& info);
+bool is_linear_weight(const TensorDecl& tensor);
 
 // The fused group of a linear module: "<X>.self_attn.qkv_proj" for q/k/v_proj, "<X>.gate_up_proj" for
 // gate/up_proj (dense MLP or expert), else the module itself.
 std::string fused_group_of(std::string_view module);
 
-// Throws naming the tensor or module at fault: non-bf16 linears, K % 16 != 0 (exclude the module), an exclude
-// pattern that splits a fused group, an already quantized input, calibration missing a linear.
+// The bf16 model a quantized checkpoint is made from: an input directory (quantize_checkpoint), or weights generated
+// on the fly (`fp4serve synth --format nvfp4`), so that both write the same checkpoint from the same bf16 values.
+struct Bf16Model {
+  std::string source = {};               // names the origin in errors: the input directory, "synth"
+  std::vector<TensorDecl> tensors = {};  // every tensor, any order (the output follows name order)
+  std::function<void(const TensorDecl& tensor, std::span<uint8_t> out)> read = {};  // one tensor's bf16 bytes
+  nlohmann::json model_config = {};      // its config.json
+};
+
+// Writes the NVFP4 checkpoint of `model` into options.output_dir: the shards and index, config.json with
+// quantization_config and hf_quant_config.json (the tokenizer and generation config are the caller's). Output
+// tensors follow the input names' sorted order, a fused group's tensors all after its first member. Throws naming
+// the tensor or module at fault: non-bf16 linears, K % 16 != 0 (exclude the module), an exclude pattern that
+// splits a fused group, calibration missing a linear.
+QuantizeSummary write_quantized_checkpoint(const Bf16Model& model, const QuantizeOptions& options);
+
+// write_quantized_checkpoint of the bf16 checkpoint options.input_dir, copying its tokenizer and generation config;
+// also rejects an already quantized input.
 QuantizeSummary quantize_checkpoint(const QuantizeOptions& options);
 
 }  // namespace fp4serve

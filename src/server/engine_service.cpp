@@ -48,7 +48,7 @@ EngineService::EngineService(EngineServiceOptions options)
   engine_ = std::make_unique<Engine>(std::move(model), options_.engine);
   kv_cache_tokens_ = engine_->kv_cache().token_capacity();
   updater_ = std::make_unique<WeightUpdater>(engine_->model(), model_config_, options_.load);
-  updater_->load(options_.model_path);
+  stats_.staging_bytes = updater_->load(options_.model_path).peak_staging_bytes;
   // Reloads write into these storages, so the sizes are fixed from here on.
   const ParameterSet& params = engine_->model().params();
   weights_bytes_ = params.total_bytes();
@@ -534,13 +534,15 @@ void EngineService::finish_reload_if_drained() {
                                  ? request.model_path.string()
                                  : fmt::format("update_weights_from_tensor ({} tensors)", request.tensors.size());
   try {
-    if (request.tensors.empty()) {
-      updater_->load(request.model_path);
-    } else {
-      std::vector<NamedTensor> tensors;
-      for (const HostTensor& t : request.tensors) tensors.push_back({t.name, t.dtype, t.shape, t.bytes});
-      // Discarded weights hold nothing to keep: the update must then replace every tensor.
-      updater_->update(tensors, source, /*replace_all=*/weights_discarded_);
+    std::vector<NamedTensor> tensors;
+    for (const HostTensor& t : request.tensors) tensors.push_back({t.name, t.dtype, t.shape, t.bytes});
+    // Discarded weights hold nothing to keep: an update from tensors must then replace every tensor.
+    const LoadResult loaded = request.tensors.empty()
+                                  ? updater_->load(request.model_path)
+                                  : updater_->update(tensors, source, /*replace_all=*/weights_discarded_);
+    {
+      std::lock_guard lock(stats_mutex_);
+      stats_.staging_bytes = loaded.peak_staging_bytes;
     }
     if (request.flush_cache) engine_->flush_prefix_cache();
     if (!request.flush_cache && !request.weight_version)
@@ -593,6 +595,7 @@ void EngineService::publish_stats() {
   stats_.held_requests = static_cast<int64_t>(held_.size());
   stats_.kv_pages_total = pages.n_pages();
   stats_.kv_pages_used = pages.n_pages() - pages.n_free_pages();
+  stats_.workspace_bytes = engine_->model().device_workspace_bytes();
   stats_.paused = paused_.has_value();
   stats_.released_memory = released_memory();
   stats_.weights_need_reload = weights_discarded_;

@@ -115,6 +115,8 @@ struct ServiceStats {
   int64_t running_requests = 0;  // in the engine (its waiting queue included)
   int64_t held_requests = 0;     // admitted but held back by a reload or a pause
   int64_t kv_pages_total = 0, kv_pages_used = 0;
+  size_t workspace_bytes = 0;  // the GPU forward's device workspaces now (Qwen3Model::device_workspace_bytes)
+  size_t staging_bytes = 0;    // host staging the last successful load or reload allocated (freed after it)
   int64_t requests_finished_stop = 0, requests_finished_length = 0, requests_finished_abort = 0;
   int64_t requests_rejected_busy = 0;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0, cached_tokens_total = 0;

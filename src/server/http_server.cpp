@@ -65,6 +65,7 @@ nlohmann::json to_json(const ServerOptions& o) {
           {"enable_return_routed_experts", o.enable_return_routed_experts},
           {"logprobs_mode", o.logprobs_mode},
           {"enable_deterministic_inference", o.deterministic},
+          {"gpu_sampling", o.gpu_sampling},
           {"weights_release_mode", o.weights_release_mode},
           {"api_key", secret(o.api_key)},
           {"admin_api_key", secret(o.admin_api_key)},
@@ -427,7 +428,9 @@ nlohmann::json HttpServer::server_info() const {
                     {"kv_cache_bytes", static_cast<int64_t>(geometry.bytes_per_token()) * service_.kv_cache_tokens()},
                     {"kv_cache_bytes_per_token", geometry.bytes_per_token()},
                     {"kv_cache_pages", stats.kv_pages_total},
-                    {"kv_cache_pages_used", stats.kv_pages_used}};
+                    {"kv_cache_pages_used", stats.kv_pages_used},
+                    {"workspace_bytes", stats.workspace_bytes},
+                    {"staging_bytes", stats.staging_bytes}};
   info["released_memory"] = memory_tags_json(stats.released_memory);
   info["weights_need_reload"] = stats.weights_need_reload;
   info["version"] = "fp4serve 0.1";

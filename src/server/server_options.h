@@ -33,6 +33,7 @@ struct ServerOptions {
   bool enable_return_routed_experts = false;  // record routing for return_routed_experts (host memory per KV token)
   std::string logprobs_mode = "processed";  // raw | processed (src/engine/sampler.h)
   bool deterministic = false;  // batch-invariant kernels (QuantOptions::deterministic), README "Deterministic inference"
+  std::string gpu_sampling = "on";  // on | off: with device cuda, sample on the GPU (EngineOptions::gpu_sampling)
   std::string weights_release_mode = "offload";  // offload | discard (/release_memory_occupation; engine.h)
 
   std::string api_key;                          // all endpoints; "" = open

@@ -35,6 +35,53 @@ void* pinned_host_alloc(size_t nbytes) {
 
 void pinned_host_free(void* ptr) noexcept { cudaFreeHost(ptr); }
 
+struct PinnedUploader::Slot {
+  void* host = nullptr;
+  cudaEvent_t copied = nullptr;  // recorded after the slot's last copy
+};
+
+PinnedUploader::PinnedUploader(size_t buffer_bytes, int n_buffers)
+    : buffer_bytes_(buffer_bytes), slots_(new Slot[n_buffers]), n_slots_(n_buffers) {
+  try {
+    FP4_CUDA_CHECK(cudaStreamCreateWithFlags(reinterpret_cast<cudaStream_t*>(&stream_), cudaStreamNonBlocking));
+    for (int i = 0; i < n_slots_; ++i) {
+      FP4_CUDA_CHECK(cudaMallocHost(&slots_[i].host, buffer_bytes));
+      FP4_CUDA_CHECK(cudaEventCreateWithFlags(&slots_[i].copied, cudaEventDisableTiming));
+    }
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+PinnedUploader::~PinnedUploader() { release(); }
+
+void PinnedUploader::release() noexcept {
+  if (stream_ != nullptr) cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+  for (int i = 0; i < n_slots_; ++i) {
+    if (slots_[i].copied != nullptr) cudaEventDestroy(slots_[i].copied);
+    if (slots_[i].host != nullptr) cudaFreeHost(slots_[i].host);
+  }
+  delete[] slots_;
+  slots_ = nullptr;
+  n_slots_ = 0;
+  if (stream_ != nullptr) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+  stream_ = nullptr;
+}
+
+uint8_t* PinnedUploader::buffer() { return static_cast<uint8_t*>(slots_[current_].host); }
+
+void PinnedUploader::upload(void* device_dst, size_t nbytes) {
+  const auto stream = static_cast<cudaStream_t>(stream_);
+  Slot& slot = slots_[current_];
+  FP4_CUDA_CHECK(cudaMemcpyAsync(device_dst, slot.host, nbytes, cudaMemcpyHostToDevice, stream));
+  FP4_CUDA_CHECK(cudaEventRecord(slot.copied, stream));
+  current_ = (current_ + 1) % n_slots_;
+  FP4_CUDA_CHECK(cudaEventSynchronize(slots_[current_].copied));  // a never-recorded event is complete
+}
+
+void PinnedUploader::finish() { FP4_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_))); }
+
 DeviceMemoryInfo device_memory_info() {
   DeviceMemoryInfo info{};
   FP4_CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));

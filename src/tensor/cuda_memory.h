@@ -16,6 +16,31 @@ void memset_zero_sync(void* dst, size_t nbytes);
 void* pinned_host_alloc(size_t nbytes);
 void pinned_host_free(void* ptr) noexcept;
 
+// Host-to-device copies through `n_buffers` page-locked buffers of `buffer_bytes`, on a stream of its own: the
+// caller fills buffer() (e.g. reads a file into it) while the earlier buffers' copies run, then upload() enqueues it
+// and moves on to the next buffer, waiting first for that buffer's previous copy. finish() (and the destructor) wait
+// for every copy. The weight loader streams checkpoints to the GPU this way (double-buffered, bounded).
+class PinnedUploader {
+ public:
+  PinnedUploader(size_t buffer_bytes, int n_buffers);
+  ~PinnedUploader();
+  PinnedUploader(const PinnedUploader&) = delete;
+  PinnedUploader& operator=(const PinnedUploader&) = delete;
+
+  uint8_t* buffer();  // buffer_bytes() writable bytes, not being copied from
+  size_t buffer_bytes() const { return buffer_bytes_; }
+  void upload(void* device_dst, size_t nbytes);  // the first nbytes (<= buffer_bytes()) of buffer()
+  void finish();
+
+ private:
+  struct Slot;
+  void release() noexcept;
+  size_t buffer_bytes_;
+  Slot* slots_;
+  int n_slots_, current_ = 0;
+  void* stream_ = nullptr;
+};
+
 // cudaMemGetInfo of the current device.
 struct DeviceMemoryInfo {
   size_t free_bytes;

@@ -20,6 +20,11 @@ void memcpy_sync(void*, const void*, size_t, CopyKind) { no_cuda(); }
 void memset_zero_sync(void*, size_t) { no_cuda(); }
 void* pinned_host_alloc(size_t) { no_cuda(); }
 void pinned_host_free(void*) noexcept {}
+PinnedUploader::PinnedUploader(size_t, int) { no_cuda(); }
+PinnedUploader::~PinnedUploader() = default;
+uint8_t* PinnedUploader::buffer() { no_cuda(); }
+void PinnedUploader::upload(void*, size_t) { no_cuda(); }
+void PinnedUploader::finish() { no_cuda(); }
 DeviceMemoryInfo device_memory_info() { no_cuda(); }
 void* ipc_open(const uint8_t*) { no_cuda(); }
 void ipc_close(void*) { no_cuda(); }

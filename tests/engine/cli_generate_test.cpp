@@ -73,6 +73,9 @@ TEST_F(CliGenerate, MisuseExitsNonZeroWithAMessage) {
   r = run_fp4serve("generate --input-ids 1 --temperature -2" + model, true);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr("temperature -2 must be finite and >= 0"));
+  r = run_fp4serve("generate --input-ids 1 --gpu-sampling maybe" + model, true);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("--gpu-sampling"));
 }
 
 }  // namespace

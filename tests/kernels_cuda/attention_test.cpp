@@ -145,7 +145,7 @@ Result run_gpu(const HostBatch& b, Mode mode, int64_t max_context) {
   cuda::kv_cache_write_cuda(cache, batch, {rows + b.k_column(), stride}, {rows + b.v_column(), stride}, nullptr);
   const cuda::HeadsView q{rows, stride}, o{out.data<bf16_bits>(), shape.n_heads * shape.head_dim};
   if (mode == Mode::Decode) {
-    cuda::DecodeWorkspace workspace(b.n_rows, shape.n_heads, shape.head_dim, max_context);
+    cuda::DecodeWorkspace workspace(b.n_rows, shape.n_heads, shape.n_kv_heads, shape.head_dim, max_context);
     cuda::paged_decode_attention_cuda(cache, batch, q, shape.n_heads, workspace, o, nullptr);
     check_cuda(cudaDeviceSynchronize(), "decode attention");
   } else {
@@ -211,6 +211,32 @@ TEST(AttentionCuda, DecodeMatchesCpuOnMixedContexts) {
     const HostBatch b = make_batch(shape, decode_specs(contexts), random);
     expect_matches_cpu(b, Mode::Decode, "decode GQA " + std::to_string(shape.n_heads / shape.n_kv_heads));
   }
+}
+
+// Small batches split contexts finer (decode_split_tokens): every split size against the CPU.
+TEST(AttentionCuda, DecodeMatchesCpuAtEverySplitSize) {
+  FP4_SKIP_WITHOUT_GPU();
+  Random random(17);
+  for (int64_t n_sequences : {16, 32, 64}) {
+    std::vector<int64_t> contexts;
+    for (int64_t i = 0; i < n_sequences; ++i) contexts.push_back(1 + (i * 97) % 700);
+    const int64_t split = cuda::decode_split_tokens(n_sequences, kGqa8.n_kv_heads);
+    expect_matches_cpu(make_batch(kGqa8, decode_specs(contexts), random), Mode::Decode,
+                       "decode of " + std::to_string(n_sequences) + " sequences in " + std::to_string(split) +
+                           "-key splits");
+  }
+}
+
+TEST(AttentionCuda, DecodeSplitsFinerForSmallBatches) {
+  // About one split per (sequence, KV head): 32-key splits up to 63 such pairs, kDecodeSplitTokens from 256.
+  EXPECT_EQ(cuda::decode_split_tokens(1, 4), 32);
+  EXPECT_EQ(cuda::decode_split_tokens(15, 4), 32);
+  EXPECT_EQ(cuda::decode_split_tokens(16, 4), 64);
+  EXPECT_EQ(cuda::decode_split_tokens(32, 4), 128);
+  EXPECT_EQ(cuda::decode_split_tokens(64, 4), cuda::kDecodeSplitTokens);
+  EXPECT_EQ(cuda::decode_split_tokens(4096, 4), cuda::kDecodeSplitTokens);
+  EXPECT_EQ(cuda::decode_split_tokens(63, 1), 32);
+  EXPECT_EQ(cuda::decode_split_tokens(64, 1), 64);
 }
 
 TEST(AttentionCuda, PrefillMatchesCpuWithPrefixHitsAndMixedLengths) {
@@ -293,10 +319,13 @@ TEST(AttentionCuda, PrefillIsCausal) {
   expect_bf16_near(got, reference, 0x1p-7, 1e-5, "causal prefill vs planted / uniform reference");
 }
 
-TEST(AttentionCuda, DecodeRowDependsOnlyOnItsSequence) {
+// The split size depends on the batch size only (3 sequences and 1 both split in 32 keys here), never on the launch
+// bound: a row's bits are those of its sequence under that split.
+TEST(AttentionCuda, DecodeRowDependsOnlyOnItsSequenceAndTheSplitSize) {
   FP4_SKIP_WITHOUT_GPU();
   Random random(16);
   const HostBatch batch = make_batch(kGqa8, decode_specs({7, 1300, 300}), random);
+  ASSERT_EQ(cuda::decode_split_tokens(3, kGqa8.n_kv_heads), cuda::decode_split_tokens(1, kGqa8.n_kv_heads));
   HostBatch alone = batch;  // sequence 1 by itself (same pages and cache contents)
   alone.tables.assign(batch.tables.begin() + batch.table_stride, batch.tables.begin() + 2 * batch.table_stride);
   alone.first_position = {batch.first_position[1]};
@@ -321,7 +350,7 @@ TEST(AttentionCuda, RejectsBadArgumentsNamingTheField) {
   PagedKvLayer cache{k.data<bf16_bits>(), v.data<bf16_bits>(), 2, 16, 1, 128};
   cuda::AttentionBatch batch{ints.data<int32_t>(), 2, ints.data<int32_t>(), ints.data<int32_t>(), 1, 1, 32, 1};
   const cuda::HeadsView q{rows.data<bf16_bits>(), 4 * 128}, o{out.data<bf16_bits>(), 4 * 128};
-  cuda::DecodeWorkspace workspace(1, 4, 128, 32);
+  cuda::DecodeWorkspace workspace(1, 4, 1, 128, 32);
   auto decode = [&] { cuda::paged_decode_attention_cuda(cache, batch, q, 4, workspace, o, nullptr); };
   auto prefill = [&] { cuda::paged_prefill_attention_cuda(cache, batch, q, 4, o, nullptr); };
 

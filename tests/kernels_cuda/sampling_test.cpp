@@ -12,11 +12,13 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "cuda_test_support.h"
 #include "engine/sampler.h"
+#include "format/bf16.h"
 #include "kernels/cuda/sampling.h"
 #endif
 
@@ -44,20 +46,55 @@ std::vector<SamplingParams> parameter_mix() {
   };
 }
 
+// Rows 0 .. params.size() - 1 of fp32 logits, raw logprobs.
+std::vector<cuda::GpuSampledToken> sample_rows(cuda::CudaSampler& sampler, const float* logits,
+                                               const std::vector<SamplingParams>& params,
+                                               const std::vector<int64_t>& token_indices) {
+  return sampler.sample({.logits = logits, .params = params, .token_indices = token_indices});
+}
+
 struct Batch {
   std::vector<float> logits;  // [rows, vocab]
   std::vector<SamplingParams> params;
   std::vector<int64_t> token_indices;
 };
 
-// Runs the GPU sampler and sample_token on every row; tokens and top ids must be equal, logprobs close.
-void expect_matches_cpu(const Batch& batch, int64_t vocab, const std::string& what) {
+// How a test hands the logits to the sampler: fp32 rows 0.. in order (the default), or bf16 as the GPU forward holds
+// them, the rows in reverse order behind a NaN row that no sampled row may read (SamplingBatch::logit_rows).
+struct LogitsLayout {
+  bool bf16_reversed = false;
+  LogprobsMode mode = LogprobsMode::Raw;
+};
+
+// Runs the GPU sampler and sample_token / position_logprobs on every row; tokens, ranks and top ids must be equal,
+// logprobs close. With bf16 the batch's logits must be bf16 values.
+void expect_matches_cpu(const Batch& batch, int64_t vocab, const std::string& what, LogitsLayout layout = {}) {
   const int64_t rows = static_cast<int64_t>(batch.params.size());
-  DeviceBytes logits(batch.logits.size() * 4);
-  logits.upload(batch.logits);
+  std::optional<DeviceBytes> logits;
+  std::vector<int64_t> logit_rows;
+  if (layout.bf16_reversed) {
+    std::vector<bf16_bits> stored(static_cast<size_t>((rows + 1) * vocab), float_to_bf16(std::nanf("")));
+    for (int64_t r = 0; r < rows; ++r) {
+      logit_rows.push_back(rows - r);
+      for (int64_t v = 0; v < vocab; ++v) {
+        const float value = batch.logits[r * vocab + v];
+        ASSERT_EQ(round_to_bf16(value), value) << what << ": not a bf16 logit";
+        stored[(rows - r) * vocab + v] = float_to_bf16(value);
+      }
+    }
+    logits.emplace(stored.size() * sizeof(bf16_bits));
+    logits->upload(stored);
+  } else {
+    logits.emplace(batch.logits.size() * 4);
+    logits->upload(batch.logits);
+  }
   cuda::CudaSampler sampler(rows, vocab);
-  const std::vector<cuda::GpuSampledToken> got =
-      sampler.sample(logits.data<float>(), batch.params, batch.token_indices, nullptr);
+  const std::vector<cuda::GpuSampledToken> got = sampler.sample({.logits = logits->data<uint8_t>(),
+                                                                 .bf16_logits = layout.bf16_reversed,
+                                                                 .logit_rows = logit_rows,
+                                                                 .params = batch.params,
+                                                                 .token_indices = batch.token_indices,
+                                                                 .logprobs_mode = layout.mode});
   ASSERT_EQ(static_cast<int64_t>(got.size()), rows);
   std::vector<int32_t> device_tokens(static_cast<size_t>(rows));
   check_cuda(cudaMemcpy(device_tokens.data(), sampler.device_tokens(), rows * 4, cudaMemcpyDeviceToHost), "tokens");
@@ -68,10 +105,11 @@ void expect_matches_cpu(const Batch& batch, int64_t vocab, const std::string& wh
   for (int64_t r = 0; r < rows; ++r) {
     const std::span<const float> row(&batch.logits[r * vocab], static_cast<size_t>(vocab));
     const int32_t expected_token = sample_token(row, batch.params[r], batch.token_indices[r]);
-    const PositionLogprobs expected = position_logprobs(row, expected_token, batch.params[r], LogprobsMode::Raw);
+    const PositionLogprobs expected = position_logprobs(row, expected_token, batch.params[r], layout.mode);
     const std::string where = what + ", row " + std::to_string(r);
     EXPECT_EQ(got[r].token, expected_token) << where;
     EXPECT_EQ(device_tokens[r], got[r].token) << where;
+    EXPECT_EQ(got[r].rank, expected.rank) << where;
     EXPECT_TRUE(near(got[r].logprob, expected.logprob))
         << where << ": " << got[r].logprob << " vs " << expected.logprob;
     ASSERT_EQ(got[r].top_logprobs.size(), expected.top.size()) << where;
@@ -80,7 +118,7 @@ void expect_matches_cpu(const Batch& batch, int64_t vocab, const std::string& wh
       EXPECT_TRUE(near(got[r].top_logprobs[i].second, expected.top[i].second)) << where << ", top " << i;
     }
   }
-  EXPECT_TRUE(logits.guards_intact());
+  EXPECT_TRUE(logits->guards_intact());
 }
 
 Batch random_batch(int64_t rows, int64_t vocab, float spread, Random& random) {
@@ -102,6 +140,22 @@ TEST(SamplingCuda, MatchesCpuOnEveryFilterAndQwenVocabulary) {
   expect_matches_cpu(random_batch(10, 151936, 3.0f, random), 151936, "vocab 151936");
   expect_matches_cpu(random_batch(10, 1000, 1.0f, random), 1000, "vocab 1000, flat logits");
   expect_matches_cpu(random_batch(10, 37, 4.0f, random), 37, "vocab 37");
+}
+
+TEST(SamplingCuda, Bf16LogitsAtScatteredRowsWithProcessedLogprobs) {
+  FP4_SKIP_WITHOUT_GPU();
+  Random random(54);
+  // The GPU forward's case: bf16 logits, each sampled row read from its own row of a larger matrix, logprobs of
+  // logits / temperature.
+  for (const int64_t vocab : {int64_t{151936}, int64_t{1000}}) {
+    Batch batch = random_batch(20, vocab, 3.0f, random);
+    for (float& l : batch.logits) l = round_to_bf16(l);
+    for (const LogprobsMode mode : {LogprobsMode::Processed, LogprobsMode::Raw})
+      expect_matches_cpu(
+          batch, vocab,
+          "bf16 vocab " + std::to_string(vocab) + (mode == LogprobsMode::Processed ? ", processed" : ", raw"),
+          {.bf16_reversed = true, .mode = mode});
+  }
 }
 
 TEST(SamplingCuda, ManySortedRowsSpanSeveralSortChunks) {
@@ -141,15 +195,14 @@ TEST(SamplingCuda, TiesAndSingleFiniteLogit) {
   logits.upload(batch.logits);
   cuda::CudaSampler sampler(3, vocab);
   const std::vector<cuda::GpuSampledToken> greedy =
-      sampler.sample(logits.data<float>(), std::vector<SamplingParams>(3, {.temperature = 0.0f}),
-                     std::vector<int64_t>{0, 0, 0}, nullptr);
+      sample_rows(sampler, logits.data<float>(), std::vector<SamplingParams>(3, {.temperature = 0.0f}), {0, 0, 0});
   EXPECT_EQ(greedy[0].token, 0);
   EXPECT_EQ(greedy[1].token, 123);
   EXPECT_EQ(greedy[1].logprob, 0.0f);
   EXPECT_EQ(greedy[2].token, 17);
   const std::vector<cuda::GpuSampledToken> top_k =
-      sampler.sample(logits.data<float>(), std::vector<SamplingParams>(3, {.temperature = 1.0f, .top_k = 4, .seed = 9}),
-                     std::vector<int64_t>{3, 3, 3}, nullptr);
+      sample_rows(sampler, logits.data<float>(),
+                  std::vector<SamplingParams>(3, {.temperature = 1.0f, .top_k = 4, .seed = 9}), {3, 3, 3});
   EXPECT_LT(top_k[0].token, 4);  // the four candidates of an all-tied row are ids 0..3
   EXPECT_EQ(top_k[1].token, 123);
 }
@@ -164,22 +217,22 @@ TEST(SamplingCuda, ReportsTheErrorsOfSampleToken) {
   cuda::CudaSampler sampler(2, vocab);
   const std::vector<SamplingParams> params(2);
   const std::vector<int64_t> indices = {0, 0};
-  expect_error_naming([&] { sampler.sample(logits.data<float>(), params, indices, nullptr); },
+  expect_error_naming([&] { sample_rows(sampler, logits.data<float>(), params, indices); },
                       "sampling row 1: logit of token 7 is NaN");
   for (float bad : {-kInf, kInf}) {
     values.assign(2 * vocab, bad);
     logits.upload(values);
-    expect_error_naming([&] { sampler.sample(logits.data<float>(), params, indices, nullptr); },
+    expect_error_naming([&] { sample_rows(sampler, logits.data<float>(), params, indices); },
                         "sampling row 0: the largest logit is");
   }
   std::vector<SamplingParams> bad_params(2);
   bad_params[1].top_p = 0.0f;
-  expect_error_naming([&] { sampler.sample(logits.data<float>(), bad_params, indices, nullptr); },
+  expect_error_naming([&] { sample_rows(sampler, logits.data<float>(), bad_params, indices); },
                       "sampling row 1: top_p 0");
   expect_error_naming(
-      [&] { sampler.sample(logits.data<float>(), std::vector<SamplingParams>(3), std::vector<int64_t>(3), nullptr); },
+      [&] { sample_rows(sampler, logits.data<float>(), std::vector<SamplingParams>(3), std::vector<int64_t>(3)); },
       "3 rows exceed max_rows = 2");
-  expect_error_naming([&] { sampler.sample(logits.data<float>(), params, std::vector<int64_t>(1), nullptr); },
+  expect_error_naming([&] { sample_rows(sampler, logits.data<float>(), params, std::vector<int64_t>(1)); },
                       "1 token_indices for 2 rows");
 }
 

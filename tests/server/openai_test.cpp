@@ -133,6 +133,10 @@ TEST(Info, ModelsModelInfoServerInfoHealthAndMetrics) {
   for (const auto& entry : std::filesystem::directory_iterator(models().a))
     if (entry.path().extension() == ".safetensors") checkpoint_bytes += entry.file_size();
   EXPECT_GT(weights, checkpoint_bytes / 2);
+  // The load staged the checkpoint through host memory (at least one chunk); the CPU forward holds no device memory.
+  EXPECT_GT(server_info["memory"]["staging_bytes"].get<uint64_t>(), 0u);
+  EXPECT_EQ(server_info["memory"]["workspace_bytes"], 0);
+  EXPECT_EQ(server_info["gpu_sampling"], "on");
   EXPECT_EQ(server_info["api_key"], "");
   get_json(client, "/health", &status);
   EXPECT_EQ(status, 200);

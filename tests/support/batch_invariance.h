@@ -48,7 +48,7 @@ inline ServedModel load(const QuantOptions& options) {
 
 // Prompts start with one of a few shared prefixes (several whole pages of 4 tokens) or are random; every 50th is
 // longer than one split of the GPU's decode attention (kDecodeSplitTokens, 256). Sampling, lengths, stop conditions
-// and logprob requests vary per request.
+// and logprob requests (top, token ids, prompt) vary per request.
 inline std::vector<GenerateRequest> make_requests(uint32_t seed) {
   std::mt19937 rng(seed);
   auto uniform = [&rng](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
@@ -79,6 +79,8 @@ inline std::vector<GenerateRequest> make_requests(uint32_t seed) {
       r.sampling.temperature = 0.0f;
     }
     if (i % 4 == 0) r.sampling.n_top_logprobs = 3;
+    // With --device cuda these are sampled on the host, the others on the GPU: steps mix both.
+    if (i % 6 == 1) r.sampling.token_ids_logprob = {3, static_cast<int32_t>(4 + i)};
     if (i % 5 == 0) r.logprob_start_len = uniform(0, static_cast<int64_t>(r.input_ids.size()) - 1);
     r.return_routed_experts = true;
     requests.push_back(std::move(r));
@@ -104,6 +106,10 @@ inline std::string first_difference(const GenerateResult& got, const GenerateRes
   if (got.output_top_logprobs.size() != want.output_top_logprobs.size()) return "number of top logprobs";
   for (size_t i = 0; i < want.output_top_logprobs.size(); ++i)
     if (!same_bits(got.output_top_logprobs[i], want.output_top_logprobs[i])) return fmt::format("top logprobs {}", i);
+  if (got.output_ids_logprobs.size() != want.output_ids_logprobs.size()) return "number of token_ids logprobs";
+  for (size_t i = 0; i < want.output_ids_logprobs.size(); ++i)
+    if (!same_bits(got.output_ids_logprobs[i], want.output_ids_logprobs[i]))
+      return fmt::format("token_ids logprobs {}", i);
   if (got.input_logprobs.size() != want.input_logprobs.size()) return "number of prompt logprobs";
   for (size_t i = 0; i < want.input_logprobs.size(); ++i) {
     const PositionLogprobs &g = got.input_logprobs[i], &w = want.input_logprobs[i];

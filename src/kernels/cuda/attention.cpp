@@ -57,7 +57,7 @@ AttentionLaunch checked_launch(const PagedKvLayer& cache, const AttentionBatch& 
   FP4_CHECK(n_heads >= 1 && n_heads % cache.n_kv_heads == 0 && n_heads / cache.n_kv_heads <= kMaxAttentionGroup,
             "{}: n_heads = {} must be a multiple of cache.n_kv_heads = {}, at most {} query heads per KV head", op,
             n_heads, cache.n_kv_heads, kMaxAttentionGroup);
-  AttentionLaunch launch{cache, batch, q, static_cast<int32_t>(n_heads), out, nullptr, nullptr, 0, stream};
+  AttentionLaunch launch{cache, batch, q, static_cast<int32_t>(n_heads), out, nullptr, nullptr, 0, 0, stream};
   if (batch.n_rows == 0) return launch;
   check_heads(q, n_heads, cache.head_dim, 2, op, "q");
   check_heads(out, n_heads, cache.head_dim, 2, op, "out");
@@ -77,15 +77,38 @@ void kv_cache_write_cuda(const PagedKvLayer& cache, const AttentionBatch& batch,
   launch_kv_cache_write(cache, batch, k, v, stream);
 }
 
-DecodeWorkspace::DecodeWorkspace(int64_t max_rows, int64_t n_heads, int64_t head_dim, int64_t max_context)
+int64_t decode_split_tokens(int64_t n_sequences, int64_t n_kv_heads) {
+  int64_t split = 32;  // one 32-key tile per CTA at the finest
+  while (split < kDecodeSplitTokens && 2 * split <= n_sequences * n_kv_heads) split *= 2;
+  return split;
+}
+
+namespace {
+// The most (sequence, split) pairs any batch of up to max_rows sequences needs at contexts up to max_context.
+int64_t decode_row_splits(int64_t max_rows, int64_t n_kv_heads, int64_t max_context) {
+  int64_t most = 0;
+  for (int64_t n = 1; n <= max_rows; ++n) {
+    const int64_t split = decode_split_tokens(n, n_kv_heads);
+    most = std::max(most, n * ((max_context + split - 1) / split));
+  }
+  return most;
+}
+}  // namespace
+
+DecodeWorkspace::DecodeWorkspace(int64_t max_rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                 int64_t max_context)
     : max_rows_(max_rows),
       n_heads_(n_heads),
+      n_kv_heads_(n_kv_heads),
       head_dim_(head_dim),
-      max_splits_((max_context + kDecodeSplitTokens - 1) / kDecodeSplitTokens) {
-  FP4_CHECK(max_rows >= 1 && n_heads >= 1 && head_dim >= 1 && max_context >= 1,
-            "DecodeWorkspace: max_rows = {}, n_heads = {}, head_dim = {}, max_context = {} must all be >= 1", max_rows,
-            n_heads, head_dim, max_context);
-  const int64_t slots = max_rows * n_heads * max_splits_;
+      max_context_(max_context),
+      row_splits_(0) {
+  FP4_CHECK(max_rows >= 1 && n_kv_heads >= 1 && n_heads >= n_kv_heads && head_dim >= 1 && max_context >= 1,
+            "DecodeWorkspace: max_rows = {}, n_heads = {}, n_kv_heads = {}, head_dim = {}, max_context = {} must all "
+            "be >= 1 (and n_heads >= n_kv_heads)",
+            max_rows, n_heads, n_kv_heads, head_dim, max_context);
+  row_splits_ = decode_row_splits(max_rows, n_kv_heads, max_context);
+  const int64_t slots = row_splits_ * n_heads;
   FP4_CUDA_CHECK(cudaMalloc(&partial_out_, static_cast<size_t>(slots * head_dim) * sizeof(float)));
   const cudaError_t status = cudaMalloc(&partial_stats_, static_cast<size_t>(slots * 2) * sizeof(float));
   if (status != cudaSuccess) {
@@ -100,7 +123,7 @@ DecodeWorkspace::~DecodeWorkspace() {
 }
 
 size_t DecodeWorkspace::bytes() const {
-  return static_cast<size_t>(max_rows_ * n_heads_ * max_splits_ * (head_dim_ + 2)) * sizeof(float);
+  return static_cast<size_t>(row_splits_ * n_heads_ * (head_dim_ + 2)) * sizeof(float);
 }
 
 void paged_decode_attention_cuda(const PagedKvLayer& cache, const AttentionBatch& batch, HeadsView q, int64_t n_heads,
@@ -111,17 +134,21 @@ void paged_decode_attention_cuda(const PagedKvLayer& cache, const AttentionBatch
             "{}: decode takes one new token per sequence, but batch.n_rows = {} and batch.n_sequences = {}", op,
             batch.n_rows, batch.n_sequences);
   if (batch.n_sequences == 0) return;
-  FP4_CHECK(workspace.n_heads() == n_heads && workspace.head_dim() == cache.head_dim,
-            "{}: the workspace was made for {} heads of {} dims, the call has {} of {}", op, workspace.n_heads(),
-            workspace.head_dim(), n_heads, cache.head_dim);
+  FP4_CHECK(workspace.n_heads() == n_heads && workspace.n_kv_heads() == cache.n_kv_heads &&
+                workspace.head_dim() == cache.head_dim,
+            "{}: the workspace was made for {} heads over {} KV heads of {} dims, the call has {} over {} of {}", op,
+            workspace.n_heads(), workspace.n_kv_heads(), workspace.head_dim(), n_heads, cache.n_kv_heads,
+            cache.head_dim);
   FP4_CHECK(batch.n_sequences <= workspace.max_rows(), "{}: batch.n_sequences = {} exceeds the workspace's max_rows {}",
             op, batch.n_sequences, workspace.max_rows());
-  FP4_CHECK(batch.max_context <= workspace.max_splits() * kDecodeSplitTokens,
+  FP4_CHECK(batch.max_context <= workspace.max_context(),
             "{}: batch.max_context = {} exceeds the workspace's max_context {}", op, batch.max_context,
-            workspace.max_splits() * kDecodeSplitTokens);
+            workspace.max_context());
   launch.partial_out = workspace.partial_out();
   launch.partial_stats = workspace.partial_stats();
-  launch.max_splits = static_cast<int32_t>(workspace.max_splits());
+  // Within row_splits(): the workspace was sized for this many sequences at this context.
+  launch.split_tokens = static_cast<int32_t>(decode_split_tokens(batch.n_sequences, cache.n_kv_heads));
+  launch.row_splits = static_cast<int32_t>((batch.max_context + launch.split_tokens - 1) / launch.split_tokens);
   launch_paged_decode_attention(launch);
 }
 

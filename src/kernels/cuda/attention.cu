@@ -180,9 +180,9 @@ __global__ void decode_split_kernel(AttentionLaunch a, int group, float scale) {
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int split = blockIdx.x, kv_head = blockIdx.y, row = blockIdx.z;
   const int64_t context = a.batch.first_position[row] + 1;
-  const int64_t first_split_key = static_cast<int64_t>(split) * kDecodeSplitTokens;
+  const int64_t first_split_key = static_cast<int64_t>(split) * a.split_tokens;
   if (first_split_key >= context) return;
-  const int64_t end_key = min(context, first_split_key + kDecodeSplitTokens);
+  const int64_t end_key = min(context, first_split_key + a.split_tokens);
   const int head = kv_head * group + warp;
   float* q_shared = shared + warp * D;
   float* k_tile = shared + warps * D;
@@ -197,7 +197,7 @@ __global__ void decode_split_kernel(AttentionLaunch a, int group, float scale) {
     __syncthreads();
     attend_tile<D>(q_shared, k_tile, v_tile, first_key, end_key - 1, scale, state);
   }
-  const int64_t slot = (static_cast<int64_t>(row) * a.n_heads + head) * a.max_splits + split;
+  const int64_t slot = (static_cast<int64_t>(row) * a.n_heads + head) * a.row_splits + split;
 #pragma unroll
   for (int i = 0; i < D / 32; ++i) a.partial_out[slot * D + lane + 32 * i] = state.acc[i];
   if (lane == 0) {
@@ -206,12 +206,13 @@ __global__ void decode_split_kernel(AttentionLaunch a, int group, float scale) {
   }
 }
 
-// Block (head, row): merges the row's splits in split order (fixed, so the result depends on the context only).
+// Block (head, row): merges the row's splits in split order (fixed: the result depends on the context and the
+// launch's split size only).
 __global__ void decode_merge_kernel(AttentionLaunch a, int head_dim) {
   const int head = blockIdx.x, row = blockIdx.y;
   const int64_t context = a.batch.first_position[row] + 1;
-  const int n_splits = static_cast<int>((context + kDecodeSplitTokens - 1) / kDecodeSplitTokens);
-  const int64_t first_slot = (static_cast<int64_t>(row) * a.n_heads + head) * a.max_splits;
+  const int n_splits = static_cast<int>((context + a.split_tokens - 1) / a.split_tokens);
+  const int64_t first_slot = (static_cast<int64_t>(row) * a.n_heads + head) * a.row_splits;
   const float* stats = a.partial_stats + first_slot * 2;
   float max = -INFINITY;
   for (int sp = 0; sp < n_splits; ++sp) max = fmaxf(max, stats[sp * 2]);
@@ -252,8 +253,8 @@ void launch_decode(const AttentionLaunch& a) {
   const size_t shared_bytes = attention_shared_bytes<D>(group);
   allow_shared_bytes(decode_split_kernel<D>, shared_bytes);
   const cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
-  const dim3 grid(static_cast<unsigned>((a.batch.max_context + kDecodeSplitTokens - 1) / kDecodeSplitTokens),
-                  static_cast<unsigned>(a.cache.n_kv_heads), static_cast<unsigned>(a.batch.n_sequences));
+  const dim3 grid(static_cast<unsigned>(a.row_splits), static_cast<unsigned>(a.cache.n_kv_heads),
+                  static_cast<unsigned>(a.batch.n_sequences));
   decode_split_kernel<D><<<grid, group * 32, shared_bytes, stream>>>(a, group, 1.0f / sqrtf(static_cast<float>(D)));
   FP4_CUDA_CHECK(cudaGetLastError());
   decode_merge_kernel<<<dim3(a.n_heads, static_cast<unsigned>(a.batch.n_sequences)), D, 0, stream>>>(a, D);

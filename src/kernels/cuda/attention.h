@@ -1,7 +1,8 @@
 // Paged-KV attention on the GPU: the CUDA twins of kv_cache_write_cpu and paged_attention_cpu (same cache layout,
 // PagedKvLayer with device pointers; fp32 scores and softmax; bf16 in and out). Decode splits every context into
-// fixed kDecodeSplitTokens-key chunks merged in split order: no atomics, and a row's result depends only on its own
-// sequence, never on the batch. All pointers are device memory; calls are asynchronous on `stream`. Host-only header.
+// chunks of decode_split_tokens(batch) keys merged in split order: no atomics, and a row's result depends only on
+// its own sequence and the number of sequences in the batch (small batches split finer to fill the GPU). All
+// pointers are device memory; calls are asynchronous on `stream`. Host-only header.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -36,28 +37,37 @@ struct HeadsView {
 void kv_cache_write_cuda(const PagedKvLayer& cache, const AttentionBatch& batch, HeadsView k, HeadsView v,
                          void* stream);
 
-inline constexpr int64_t kDecodeSplitTokens = 256;
+inline constexpr int64_t kDecodeSplitTokens = 256;  // the coarsest split
+
+// Keys per decode split for a batch of n_sequences (a power of two in [32, kDecodeSplitTokens]): about one split
+// per (sequence, KV head) CTA, so that a 256-key context already gives ~256 CTAs; never depends on the context, so an
+// eager step and a CUDA graph of the same batch split alike.
+int64_t decode_split_tokens(int64_t n_sequences, int64_t n_kv_heads);
 
 // fp32 partial softmax states of split decode; reusable across layers and steps (one per stream). Sized at
-// construction for at most max_rows rows, n_heads heads of head_dim and contexts up to max_context, so that a call
-// allocates nothing (a CUDA graph capture may not).
+// construction for at most max_rows rows, n_heads query heads (over n_kv_heads) of head_dim and contexts up to
+// max_context at the split of any batch size, so that a call allocates nothing (a CUDA graph capture may not).
 class DecodeWorkspace {
  public:
-  DecodeWorkspace(int64_t max_rows, int64_t n_heads, int64_t head_dim, int64_t max_context);
+  DecodeWorkspace(int64_t max_rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_context);
   ~DecodeWorkspace();
   DecodeWorkspace(const DecodeWorkspace&) = delete;
   DecodeWorkspace& operator=(const DecodeWorkspace&) = delete;
 
   int64_t max_rows() const { return max_rows_; }
   int64_t n_heads() const { return n_heads_; }
+  int64_t n_kv_heads() const { return n_kv_heads_; }
   int64_t head_dim() const { return head_dim_; }
-  int64_t max_splits() const { return max_splits_; }
-  float* partial_out() const { return partial_out_; }      // [max_rows, n_heads, max_splits, head_dim]
-  float* partial_stats() const { return partial_stats_; }  // [max_rows, n_heads, max_splits, 2]: max, sum of exp
+  int64_t max_context() const { return max_context_; }
+  // A call's partials: [n_sequences, n_heads, splits, head_dim] and [.., 2] (max, sum of exp), splits =
+  // ceil(max_context / decode_split_tokens); n_sequences * splits is at most row_splits().
+  float* partial_out() const { return partial_out_; }
+  float* partial_stats() const { return partial_stats_; }
+  int64_t row_splits() const { return row_splits_; }
   size_t bytes() const;
 
  private:
-  int64_t max_rows_, n_heads_, head_dim_, max_splits_;
+  int64_t max_rows_, n_heads_, n_kv_heads_, head_dim_, max_context_, row_splits_;
   float* partial_out_ = nullptr;
   float* partial_stats_ = nullptr;
 };

@@ -130,6 +130,12 @@ struct MoeLayerContext::State {
 MoeLayerContext::MoeLayerContext() : state_(std::make_unique<State>()) {}
 MoeLayerContext::~MoeLayerContext() = default;
 
+size_t MoeLayerContext::workspace_bytes() const {
+  const State& s = *state_;
+  const size_t own = s.blas != nullptr ? State::kBlasWorkspaceBytes + kMoeFastRoutingCounters * sizeof(uint32_t) : 0;
+  return own + s.gemm.workspace_bytes();
+}
+
 namespace {
 
 // Logits, top-k routing and grouping into the workspace.

@@ -88,6 +88,7 @@ class MoeLayerContext {
   ~MoeLayerContext();
   MoeLayerContext(const MoeLayerContext&) = delete;
   MoeLayerContext& operator=(const MoeLayerContext&) = delete;
+  size_t workspace_bytes() const;  // device memory held now (cuBLAS workspace, counters, the expert GEMMs' context)
 
  private:
   friend void moe_layer_forward(MoeLayerContext&, const MoeLayerShape&, const MoeLayerWeights&, const MoeLayerArgs&);

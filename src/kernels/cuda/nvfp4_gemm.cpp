@@ -164,6 +164,13 @@ struct Nvfp4GemmContext::State {
 Nvfp4GemmContext::Nvfp4GemmContext() : state_(std::make_unique<State>()) {}
 Nvfp4GemmContext::~Nvfp4GemmContext() = default;
 
+size_t Nvfp4GemmContext::workspace_bytes() const {
+  const State& s = *state_;
+  const size_t blas = s.blas != nullptr ? State::kBlasWorkspaceBytes + (kAlphaTableSize + 1) * sizeof(float) : 0;
+  return blas + s.weight_bytes + static_cast<size_t>(s.partial_floats) * sizeof(float) +
+         static_cast<size_t>(s.counter_count) * sizeof(int32_t);
+}
+
 void Nvfp4GemmContext::reserve_dequant(int64_t n_rows, int64_t k) {
   FP4_CHECK(n_rows >= 1 && k >= 16, "Nvfp4GemmContext::reserve_dequant: shape [{}, {}] is empty", n_rows, k);
   state_->ensure_blas();

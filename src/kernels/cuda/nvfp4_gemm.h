@@ -61,6 +61,7 @@ class Nvfp4GemmContext {
   void reserve_dequant(int64_t n_rows, int64_t k);
   // The same for the split-K workspace of the Fused and BatchInvariant paths, for every m <= max_m.
   void reserve_fused(int64_t max_m, int64_t n_rows, int64_t k);
+  size_t workspace_bytes() const;  // device memory held now: cuBLAS workspace, dequantized weights, split-K partials
 
  private:
   friend void nvfp4_gemm_w4a16(Nvfp4GemmContext& context, const Nvfp4GemmArgs& args);

@@ -33,6 +33,7 @@ struct CudaSampler::State {
   SamplingRowPlan* plans = nullptr;
   int32_t* tokens = nullptr;
   float* logprobs = nullptr;
+  int32_t* ranks = nullptr;
   int32_t* status = nullptr;
   SortBuffers sort{};
   int32_t* top_tokens = nullptr;  // [max_rows, top_capacity], grown on demand
@@ -68,7 +69,8 @@ struct CudaSampler::State {
 };
 
 CudaSampler::CudaSampler(int64_t max_rows, int64_t vocab) : state_(std::make_unique<State>()) {
-  FP4_CHECK(max_rows >= 1 && max_rows <= 65535, "CudaSampler: max_rows = {} must be in [1, 65535]", max_rows);
+  FP4_CHECK(max_rows >= 1 && max_rows <= kMaxSamplingRows, "CudaSampler: max_rows = {} must be in [1, {}]", max_rows,
+            kMaxSamplingRows);
   FP4_CHECK(vocab >= 1 && vocab <= (int64_t{1} << 31) / kSamplingSortRows, "CudaSampler: vocab = {} must be in [1, {}]",
             vocab, (int64_t{1} << 31) / kSamplingSortRows);
   State& s = *state_;
@@ -77,6 +79,7 @@ CudaSampler::CudaSampler(int64_t max_rows, int64_t vocab) : state_(std::make_uni
   s.plans = s.allocate<SamplingRowPlan>(max_rows);
   s.tokens = s.allocate<int32_t>(max_rows);
   s.logprobs = s.allocate<float>(max_rows);
+  s.ranks = s.allocate<int32_t>(max_rows);
   s.status = s.allocate<int32_t>(max_rows);
   const int64_t sort_items = kSamplingSortRows * vocab;
   s.sort.keys_in = s.allocate<uint64_t>(sort_items);
@@ -96,15 +99,18 @@ size_t CudaSampler::workspace_bytes() const {
   return state_->bytes + static_cast<size_t>(state_->max_rows * state_->top_capacity) * 8;
 }
 
-std::vector<GpuSampledToken> CudaSampler::sample(const float* logits, std::span<const SamplingParams> params,
-                                                 std::span<const int64_t> token_indices, void* stream) {
+std::vector<GpuSampledToken> CudaSampler::sample(const SamplingBatch& batch) {
   State& s = *state_;
+  const std::span<const SamplingParams> params = batch.params;
+  const std::span<const int64_t> token_indices = batch.token_indices, logit_rows = batch.logit_rows;
   const int64_t rows = static_cast<int64_t>(params.size());
   FP4_CHECK(token_indices.size() == params.size(), "CudaSampler::sample: {} token_indices for {} rows of params",
             token_indices.size(), rows);
+  FP4_CHECK(logit_rows.empty() || logit_rows.size() == params.size(),
+            "CudaSampler::sample: {} logit_rows for {} rows of params", logit_rows.size(), rows);
   FP4_CHECK(rows <= s.max_rows, "CudaSampler::sample: {} rows exceed max_rows = {}", rows, s.max_rows);
   if (rows == 0) return {};
-  FP4_CHECK(logits != nullptr, "CudaSampler::sample: logits must be a device pointer");
+  FP4_CHECK(batch.logits != nullptr, "CudaSampler::sample: logits must be a device pointer");
 
   std::vector<SamplingRowPlan> plans(static_cast<size_t>(rows));
   int32_t sorted_rows = 0, max_top = 0;
@@ -117,10 +123,12 @@ std::vector<GpuSampledToken> CudaSampler::sample(const float* logits, std::span<
     const int32_t slot = needs_sort ? sorted_rows++ : -1;
     max_top = std::max(max_top, n_top);
     plans[r] = SamplingRowPlan{
+        .logits_row = logit_rows.empty() ? r : logit_rows[r],
         .inv_temperature = greedy ? 0.0 : 1.0 / static_cast<double>(p.temperature),
         .uniform = sampling_uniform(p.seed, token_indices[r]),
         .top_p = p.top_p,
         .min_p = p.min_p,
+        .logprob_scale = logprob_scale(p, batch.logprobs_mode),
         .greedy = greedy,
         .filtered = filtered,
         .limit = static_cast<int32_t>(filtered && p.top_k != -1 ? std::min<int64_t>(p.top_k, s.vocab) : s.vocab),
@@ -131,11 +139,18 @@ std::vector<GpuSampledToken> CudaSampler::sample(const float* logits, std::span<
   }
   s.reserve_top(max_top);
 
+  void* stream = batch.stream;
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+  const SamplingLogits logits{.data = batch.logits, .bf16 = batch.bf16_logits};
   FP4_CUDA_CHECK(cudaMemcpyAsync(s.plans, plans.data(), plans.size() * sizeof(SamplingRowPlan), cudaMemcpyHostToDevice,
                                  cuda_stream));
-  const SamplingOutputs outputs{s.tokens,     s.logprobs,     s.status,
-                                s.top_tokens, s.top_logprobs, static_cast<int32_t>(s.top_capacity)};
+  const SamplingOutputs outputs{.tokens = s.tokens,
+                                .logprobs = s.logprobs,
+                                .ranks = s.ranks,
+                                .status = s.status,
+                                .top_tokens = s.top_tokens,
+                                .top_logprobs = s.top_logprobs,
+                                .top_stride = static_cast<int32_t>(s.top_capacity)};
   const int32_t vocab = static_cast<int32_t>(s.vocab), n_rows = static_cast<int32_t>(rows);
   launch_sampling_rows(logits, s.plans, n_rows, vocab, -1, nullptr, outputs, stream);
   for (int32_t chunk = 0; chunk * kSamplingSortRows < sorted_rows; ++chunk) {
@@ -145,11 +160,13 @@ std::vector<GpuSampledToken> CudaSampler::sample(const float* logits, std::span<
     launch_sampling_rows(logits, s.plans, n_rows, vocab, chunk, s.sort.ids_out, outputs, stream);
   }
 
-  std::vector<int32_t> tokens(static_cast<size_t>(rows)), status(static_cast<size_t>(rows));
+  std::vector<int32_t> tokens(static_cast<size_t>(rows)), status(static_cast<size_t>(rows)),
+      ranks(static_cast<size_t>(rows));
   std::vector<float> logprobs(static_cast<size_t>(rows));
   std::vector<int32_t> top_tokens(static_cast<size_t>(rows * s.top_capacity));
   std::vector<float> top_logprobs(top_tokens.size());
   FP4_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), s.tokens, tokens.size() * 4, cudaMemcpyDeviceToHost, cuda_stream));
+  FP4_CUDA_CHECK(cudaMemcpyAsync(ranks.data(), s.ranks, ranks.size() * 4, cudaMemcpyDeviceToHost, cuda_stream));
   FP4_CUDA_CHECK(cudaMemcpyAsync(status.data(), s.status, status.size() * 4, cudaMemcpyDeviceToHost, cuda_stream));
   FP4_CUDA_CHECK(
       cudaMemcpyAsync(logprobs.data(), s.logprobs, logprobs.size() * 4, cudaMemcpyDeviceToHost, cuda_stream));
@@ -170,6 +187,7 @@ std::vector<GpuSampledToken> CudaSampler::sample(const float* logits, std::span<
     GpuSampledToken& result = results[r];
     result.token = tokens[r];
     result.logprob = logprobs[r];
+    result.rank = ranks[r];
     for (int32_t i = 0; i < plans[r].n_top; ++i)
       result.top_logprobs.emplace_back(top_tokens[r * s.top_capacity + i], top_logprobs[r * s.top_capacity + i]);
   }
