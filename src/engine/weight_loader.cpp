@@ -426,12 +426,13 @@ LoadResult WeightLoader::validate_and_commit(Plan& plan, Plan* restore) {
       LoadResult restored{.source = restore->source, .format = restore->format};
       write_and_derive(*restore, restored);
     } catch (const std::exception& restore_error) {
+      const std::string previous = restore->source;  // `restore` may be current_, reset here
       state_ = State::Inconsistent;
       current_.reset();
       current_source_.clear();
       fail("loading {} failed while writing parameters: {}; restoring the previous weights from {} failed too: {}; "
            "the model is inconsistent and will not serve until a load succeeds",
-           plan.source, reason, restore->source, restore_error.what());
+           plan.source, reason, previous, restore_error.what());
     }
     state_ = State::Loaded;
     fail("loading {} failed while writing parameters: {}; the previous weights from {} were restored", plan.source,
