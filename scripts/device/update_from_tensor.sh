@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Weight update from a colocated trainer's tensors (issue 13, POST /update_weights_from_tensor, CUDA IPC), on the
-# GPU, from binaries built on the workstation: `memory_release.sh --pack BUILD DIR` makes the bundle (its fp4serve is
-# all this script uses; DIR git-ignored, e.g. .carry/memory, passed in `carry`). On the device, from the repository
-# root (torch and safetensors installed): `update_from_tensor.sh --prebuilt DIR`, for the bundled model and (unless
-# SYNTH_LAYERS=0) a synthetic qwen3-30b-a3b of SYNTH_LAYERS (default 2) layers quantized here:
+# GPU, from binaries built on the workstation: `gpu_engine.sh --pack BUILD DIR` makes the bundle (its fp4serve is
+# all this script uses; DIR git-ignored, e.g. .carry/gpu, passed in `carry`). On the device, from the repository root
+# (torch and safetensors installed): `update_from_tensor.sh --prebuilt DIR`, for the bundled model and (unless
+# SYNTH_LAYERS=0) a synthetic qwen3-30b-a3b of SYNTH_LAYERS (default 2) layers made here:
 #   1. reference digests: a server on B (NVFP4) from disk; a server on A reloading B-bf16 from disk (quantized on
 #      load), with the time of that /update_weights_from_disk;
 #   2. a server on A (--device cuda), pushed B-bf16 then B-NVFP4 from a torch process through CUDA IPC
@@ -14,17 +14,17 @@
 set -uo pipefail
 [ "${1:-}" = "--prebuilt" ] && [ -n "${2:-}" ] || { echo "usage: $0 --prebuilt DIR" >&2; exit 2; }
 OUT=${OUT:-/tmp/fp4serve-device-out}
-mkdir -p "$OUT/logs" /tmp/fp4serve-tensor
-tar -xJf "$2/bundle.tar.xz" -C /tmp/fp4serve-tensor || exit 1
-bin=/tmp/fp4serve-tensor/fp4serve
-export LD_LIBRARY_PATH="/tmp/fp4serve-tensor/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" OMP_WAIT_POLICY=passive
+mkdir -p "$OUT/logs"
+source "$(dirname "$0")/prebuilt.sh"
+source "$(dirname "$0")/serve_util.sh"
+use_prebuilt "$2" || exit 1
+bin=$FP4SERVE_BIN
 summary=()
 record() { summary+=("$(printf '%-64s exit %s' "$1" "$2")"); }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/logs/env.log"
 python3 -c "import torch, safetensors; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" |
   tee -a "$OUT/logs/env.log"
 
-source "$(dirname "$0")/serve_util.sh"
 serve() {  # serve NAME MODEL: a GPU server on MODEL, its log in $OUT/logs/serve_NAME.log
   serve_on_free_port "$bin" "$OUT/logs/serve_$1.log" 120 --model-path "$2" --device cuda --act-quant none \
     --max-total-tokens 100000 --max-request-body-bytes 1000000000
@@ -104,12 +104,11 @@ layers=${SYNTH_LAYERS:-2}
 if [ "$layers" -gt 0 ]; then
   q30=/tmp/fp4serve-q30
   rm -rf "$q30" && mkdir -p "$q30"
-  # A and B: two seeds of the same shapes; B also in bf16 (quantize's input).
-  { timeout 120 "$bin" synth --preset qwen3-30b-a3b --layers "$layers" --seed 1 --out "$q30/a-bf16" &&
-    timeout 120 "$bin" synth --preset qwen3-30b-a3b --layers "$layers" --seed 2 --out "$q30/b-bf16" &&
-    timeout 180 "$bin" quantize --in "$q30/a-bf16" --out "$q30/a" &&
-    timeout 180 "$bin" quantize --in "$q30/b-bf16" --out "$q30/b"; } > "$OUT/logs/synth.log" 2>&1
-  record "synth + quantize qwen3-30b-a3b ($layers layers)" "$?"
+  # A and B: two seeds of the same shapes in NVFP4 (synth --format nvfp4: the bytes of quantize), B also in bf16.
+  synth() { timeout 180 "$bin" synth --preset qwen3-30b-a3b --layers "$layers" "$@"; }
+  { synth --seed 1 --format nvfp4 --out "$q30/a" && synth --seed 2 --format nvfp4 --out "$q30/b" &&
+    synth --seed 2 --out "$q30/b-bf16"; } > "$OUT/logs/synth.log" 2>&1
+  record "synth qwen3-30b-a3b ($layers layers): A, B in NVFP4, B in bf16" "$?"
   check "qwen3-30b-a3b-${layers}l" "$q30/a" "$q30/b" "$q30/b-bf16" 0 2>&1 | tee "$OUT/logs/q30.log"
   record "qwen3-30b-a3b ($layers layers): pushes equal disk, bitwise" "${PIPESTATUS[0]}"
   rm -rf "$q30"

@@ -95,6 +95,7 @@ struct WeightLoader::Plan {
   };
   std::vector<Copy> copies;
   std::vector<Group> groups;
+  bool digested = false;  // read_and_digest() has recorded the chunk digests the commit checks
 
   uint64_t largest_tensor_bytes() const {
     uint64_t largest = 0;
@@ -306,6 +307,7 @@ void WeightLoader::read_and_digest(Plan& plan, Staging& staging, LoadResult& res
     g.chunk_digests.resize(g.members.size());
     for (size_t i = 0; i < g.members.size(); ++i) digest_tensor(*g.members[i], BindingRole::Weight, g.chunk_digests[i]);
   }
+  plan.digested = true;
   if (!plan.checkpoint) return;
   for (const auto& shard : plan.checkpoint->shards()) {
     if (auto change = shard.change_since_open())
@@ -319,8 +321,8 @@ void WeightLoader::commit(const Plan& plan, Staging& staging) {
   const uint64_t chunk_bytes = options_.staging_bytes;
   auto check_digest = [](const SourceTensor& t, const std::vector<uint64_t>& digests, uint64_t chunk,
                          std::span<const uint8_t> bytes) {
-    FP4_CHECK(chunk < digests.size() && xxh64(bytes) == digests[chunk],
-              "{}: bytes changed after validation (chunk {})", where(t), chunk);
+    FP4_CHECK(chunk < digests.size() && xxh64(bytes) == digests[chunk], "{}: bytes changed {} after validation "
+              "(chunk {})", where(t), t.shard != nullptr ? "on disk" : "in memory", chunk);
   };
 
   for (const auto& c : plan.copies) {
@@ -384,12 +386,16 @@ LoadResult WeightLoader::load(std::string_view source, std::span<const NamedTens
 }
 
 // Validation throws with the parameters untouched; a failed write restores `restore` where there is one.
-LoadResult WeightLoader::validate_and_commit(Plan& plan, const Plan* restore) {
+LoadResult WeightLoader::validate_and_commit(Plan& plan, Plan* restore) {
   LoadResult result{.source = plan.source, .format = plan.format};
   auto start = std::chrono::steady_clock::now();
   Staging staging = allocate_staging(plan, restore);
   result.peak_staging_bytes = staging.total_bytes();
   read_and_digest(plan, staging, result);
+  if (restore != nullptr && !restore->digested) {  // an in-memory restore set, read here for the first time
+    LoadResult restore_read{.source = restore->source, .format = restore->format};
+    read_and_digest(*restore, staging, restore_read);
+  }
   result.validate_seconds = seconds_since(start);
   if (options_.between_validate_and_commit) options_.between_validate_and_commit();
 
@@ -420,12 +426,13 @@ LoadResult WeightLoader::validate_and_commit(Plan& plan, const Plan* restore) {
       LoadResult restored{.source = restore->source, .format = restore->format};
       write_and_derive(*restore, restored);
     } catch (const std::exception& restore_error) {
+      const std::string previous = restore->source;  // `restore` may be current_, reset here
       state_ = State::Inconsistent;
       current_.reset();
       current_source_.clear();
       fail("loading {} failed while writing parameters: {}; restoring the previous weights from {} failed too: {}; "
            "the model is inconsistent and will not serve until a load succeeds",
-           plan.source, reason, restore->source, restore_error.what());
+           plan.source, reason, previous, restore_error.what());
     }
     state_ = State::Loaded;
     fail("loading {} failed while writing parameters: {}; the previous weights from {} were restored", plan.source,

@@ -86,7 +86,7 @@ class WeightLoader {
   void read_and_digest(Plan& plan, Staging& staging, LoadResult& result) const;
   void commit(const Plan& plan, Staging& staging);
   // Validates, then writes `plan`; on a failed write restores `restore` (null: nothing to restore from).
-  LoadResult validate_and_commit(Plan& plan, const Plan* restore);
+  LoadResult validate_and_commit(Plan& plan, Plan* restore);
 
   LoadableModel& model_;
   LoadOptions options_;

@@ -14,6 +14,12 @@ namespace fp4serve {
 
 namespace {
 
+// The newest version byte of torch's IPC handles whose 'c' payload is known (torch 2.13 writes 3, 2.12 and older 2).
+constexpr uint8_t kTorchIpcHandleVersion = 3;
+
+// Bounds sizes and offsets so that no byte arithmetic below can overflow (1 TiB: more than any device holds).
+constexpr uint64_t kMaxTensorBytes = uint64_t{1} << 40;
+
 // torch's dtype names (str(tensor.dtype) without "torch.") of the dtypes a checkpoint of ours can hold.
 DType parse_torch_dtype(const std::string& name, std::string_view where) {
   static const std::map<std::string, DType, std::less<>> dtypes{{"bfloat16", DType::BF16},
@@ -46,6 +52,25 @@ uint64_t non_negative(const nlohmann::json& object, std::string_view field, std:
   return static_cast<uint64_t>(value);
 }
 
+// torch's handle bytes (c10's CUDACachingAllocator::shareIpcHandle): [version][type]['c': the 64-byte
+// cudaIpcMemHandle_t], or the bare 64 bytes before torch versioned them. 'e' (an expandable segment) carries a
+// handle of the driver's virtual memory API that only a process given its file descriptor can import.
+const uint8_t* cuda_ipc_mem_handle(const std::vector<uint8_t>& handle, const std::string& where) {
+  constexpr size_t kBare = cuda::kIpcHandleBytes, kVersioned = 2 + cuda::kIpcHandleBytes;
+  if (handle.size() == kBare) return handle.data();
+  FP4_CHECK(handle.size() >= 2 && handle[1] != 'e',
+            "{}: field 'handle' is an expandable-segment handle (the trainer runs with "
+            "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True), which cudaIpcOpenMemHandle cannot open: allocate the "
+            "pushed tensors with expandable segments off, or send them inline", where);
+  FP4_CHECK(handle.size() == kVersioned && handle[1] == 'c' && handle[0] <= kTorchIpcHandleVersion,
+            "{}: field 'handle' holds {} bytes{}; expected storage._share_cuda_()[1]: {} bytes (version <= {}, type "
+            "'c', the cudaIpcMemHandle_t) or the bare {}-byte cudaIpcMemHandle_t",
+            where, handle.size(),
+            handle.size() >= 2 ? fmt::format(" (version {}, type 0x{:02X})", handle[0], handle[1]) : "", kVersioned,
+            kTorchIpcHandleVersion, kBare);
+  return handle.data() + 2;
+}
+
 CudaIpcStorage parse_cuda_ipc(const nlohmann::json& ipc, const std::string& where) {
   const std::string ipc_where = where + ".cuda_ipc";
   FP4_CHECK(ipc.is_object(), "{}: must be an object, got {}", ipc_where, json_type_name(ipc));
@@ -55,10 +80,7 @@ CudaIpcStorage parse_cuda_ipc(const nlohmann::json& ipc, const std::string& wher
                          .storage_offset_bytes = non_negative(ipc, "storage_offset_bytes", ipc_where)};
   const std::vector<uint8_t> handle =
       base64_decode(required_string(ipc, "handle", ipc_where), ipc_where + ": field 'handle'");
-  FP4_CHECK(handle.size() == storage.handle.size(),
-            "{}: field 'handle' holds {} bytes; a cudaIpcMemHandle_t has {} (base64 of storage._share_cuda_()[1])",
-            ipc_where, handle.size(), storage.handle.size());
-  std::memcpy(storage.handle.data(), handle.data(), handle.size());
+  std::memcpy(storage.handle.data(), cuda_ipc_mem_handle(handle, ipc_where), storage.handle.size());
   return storage;
 }
 
@@ -73,7 +95,8 @@ SerializedTensor parse_tensor(const nlohmann::json& entry, const std::string& po
   FP4_CHECK(entry.contains("size"), "{}: required field 'size' is missing", t.where);
   t.size = int_list(entry, "size", t.where);
   for (int64_t d : t.size) FP4_CHECK(d >= 0, "{}: field 'size' = {} has a negative dimension", t.where, shape_to_string(t.size));
-  shape_numel(t.size, t.where);  // throws on overflow
+  FP4_CHECK(static_cast<uint64_t>(shape_numel(t.size, t.where)) <= kMaxTensorBytes / dtype_size(t.dtype),
+            "{}: field 'size' = {} is larger than any tensor a model of ours holds", t.where, shape_to_string(t.size));
 
   // Contiguous (C order) only: strides of dimensions of size 1 do not matter, as in torch's is_contiguous().
   if (entry.contains("stride") && !entry["stride"].is_null()) {
@@ -89,7 +112,8 @@ SerializedTensor parse_tensor(const nlohmann::json& entry, const std::string& po
     }
   }
   t.storage_offset = optional_int(entry, "storage_offset", t.where).value_or(0);
-  FP4_CHECK(t.storage_offset >= 0, "{}: field 'storage_offset' = {} must be >= 0", t.where, t.storage_offset);
+  FP4_CHECK(t.storage_offset >= 0 && static_cast<uint64_t>(t.storage_offset) <= kMaxTensorBytes,
+            "{}: field 'storage_offset' = {} must be >= 0 and within a storage", t.where, t.storage_offset);
 
   const bool has_data = entry.contains("data") && !entry["data"].is_null();
   const bool has_ipc = entry.contains("cuda_ipc") && !entry["cuda_ipc"].is_null();
@@ -103,6 +127,9 @@ SerializedTensor parse_tensor(const nlohmann::json& entry, const std::string& po
   } else {
     t.cuda_ipc = parse_cuda_ipc(entry["cuda_ipc"], t.where);
     const uint64_t first_byte = static_cast<uint64_t>(t.storage_offset) * dtype_size(t.dtype);
+    FP4_CHECK(t.cuda_ipc->storage_size_bytes <= kMaxTensorBytes && t.cuda_ipc->storage_offset_bytes <= kMaxTensorBytes,
+              "{}: storage_size_bytes {} or storage_offset_bytes {} is larger than any device memory", t.where,
+              t.cuda_ipc->storage_size_bytes, t.cuda_ipc->storage_offset_bytes);
     FP4_CHECK(first_byte + t.nbytes() <= t.cuda_ipc->storage_size_bytes,
               "{}: the tensor (storage_offset {} elements, {} bytes) ends past its storage's storage_size_bytes {}",
               t.where, t.storage_offset, t.nbytes(), t.cuda_ipc->storage_size_bytes);

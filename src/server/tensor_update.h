@@ -26,6 +26,7 @@ namespace fp4serve {
 struct CudaIpcStorage {
   int64_t device = 0;                                   // the trainer's device index (informational: tp 1, one GPU)
   std::array<uint8_t, cuda::kIpcHandleBytes> handle{};  // cudaIpcMemHandle_t of the allocation holding the storage
+                                                        // (taken out of torch's versioned handle bytes)
   uint64_t storage_size_bytes = 0;
   uint64_t storage_offset_bytes = 0;  // where the storage starts inside that allocation
 };

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -203,6 +204,72 @@ TEST_F(Reload, Bf16OnlineReloadEqualsQuantizeThenReload) {
     EXPECT_TRUE(same_state(snapshot(*online.model), snapshot(*quantized.model)));
     EXPECT_EQ(model_weights_digest(*online.model), checkpoint_digest(ckpts->b));
   }
+}
+
+// ---- updates from tensors in memory (update_weights_from_tensor) ----
+
+// A checkpoint's tensors held in memory, as a trainer would push them.
+struct HeldTensors {
+  Checkpoint checkpoint;
+  std::vector<NamedTensor> tensors;
+};
+HeldTensors hold(const fs::path& dir, const std::function<bool(const std::string&)>& keep = {}) {
+  HeldTensors held{Checkpoint::open(dir), {}};
+  for (const auto& name : held.checkpoint.tensor_names()) {
+    const CheckpointTensor& t = held.checkpoint.tensor(name);
+    if (!keep || keep(name)) held.tensors.push_back({name, t.info->dtype, t.info->shape, t.bytes});
+  }
+  return held;
+}
+
+// In the layouts whose post-processing rewrites raw parameters in place (trtllm row order, swizzled scales), a
+// partial update must re-derive from the logical weights, not from the half-derived bytes.
+TEST_F(Reload, UpdatesFromTensorsEqualDiskLoadsInEveryLayoutAndActivationMode) {
+  const auto layer_0 = [](const std::string& name) { return name.starts_with("model.layers.0."); };
+  for (const Mode& mode : all_modes()) {
+    SCOPED_TRACE(describe(mode));
+    QuantOptions options{.layout = mode.layout, .act_quant = mode.act};
+    Served fresh_b = serve(ckpts->b, options);
+    Served pushed = serve(ckpts->a, options);
+    const auto addresses_before = addresses(*pushed.model);
+    pushed.updater->update(hold(ckpts->b, layer_0).tensors, "layer 0 of B");
+    EXPECT_NE(model_weights_digest(*pushed.model), checkpoint_digest(ckpts->b));
+    pushed.updater->update(hold(ckpts->b, [&](const std::string& n) { return !layer_0(n); }).tensors, "rest of B");
+    EXPECT_TRUE(same_state(snapshot(*pushed.model), snapshot(*fresh_b.model)));
+    EXPECT_EQ(logits(*pushed.model, kPrompt), logits(*fresh_b.model, kPrompt));
+    EXPECT_EQ(addresses(*pushed.model), addresses_before);
+
+    Served from_disk = serve(ckpts->a, options);
+    from_disk.updater->load(ckpts->b_bf16);
+    pushed.updater->update(hold(ckpts->b_bf16).tensors, "B in bf16");
+    EXPECT_TRUE(same_state(snapshot(*pushed.model), snapshot(*from_disk.model)));
+  }
+}
+
+TEST_F(Reload, AnUpdateFromTensorsChangedDuringItsWriteRestoresTheServedWeights) {
+  HeldTensors b = hold(ckpts->b);
+  std::vector<uint8_t> norm(b.checkpoint.tensor("model.norm.weight").bytes.begin(),
+                            b.checkpoint.tensor("model.norm.weight").bytes.end());
+  for (NamedTensor& t : b.tensors)
+    if (t.name == "model.norm.weight") t.bytes = norm;  // a copy the hook may change
+  bool armed = false;
+  LoadOptions options;
+  options.between_validate_and_commit = [&] {
+    if (armed) norm[3] ^= 0x01;
+  };
+  Served served = serve(ckpts->a, {.layout = WeightLayout::Trtllm, .act_quant = ActQuant::Static}, options);
+  const auto before = snapshot(*served.model);
+  armed = true;
+  try {
+    served.updater->update(b.tensors, "B");
+    ADD_FAILURE() << "an update whose bytes changed after validation was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.norm.weight"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("changed in memory after validation"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("were restored"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(served.updater->state(), WeightLoader::State::Loaded);
+  EXPECT_TRUE(same_state(snapshot(*served.model), before));
 }
 
 // ---- failure cases: each leaves the served model byte-identical ----

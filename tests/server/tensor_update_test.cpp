@@ -198,10 +198,18 @@ TEST(TensorUpdate, EveryBadEntryIsRefusedNamingItAndChangesNothing) {
                                   std::span(norm.second).first(norm.second.size() / 2));
   json wrong_dtype = inline_entry("model.norm.weight", DType::F16, norm.first.shape, norm.second);
   json unknown = inline_entry("model.layers.0.self_attn.nope.weight", DType::BF16, norm.first.shape, norm.second);
-  json ipc = entry("model.norm.weight");
-  ipc.erase("data");
-  ipc["cuda_ipc"] = {{"device", 0}, {"handle", base64_encode(std::vector<uint8_t>(64, 7))},
-                     {"storage_size_bytes", norm.second.size()}, {"storage_offset_bytes", 0}};
+  // torch's handle bytes: version, type, then the cudaIpcMemHandle_t ('c'); 'e' is an expandable segment.
+  auto ipc_entry = [&](std::vector<uint8_t> handle, uint64_t storage_size_bytes) {
+    json e = entry("model.norm.weight");
+    e.erase("data");
+    e["cuda_ipc"] = {{"device", 0}, {"handle", base64_encode(handle)}, {"storage_size_bytes", storage_size_bytes},
+                     {"storage_offset_bytes", 0}};
+    return e;
+  };
+  std::vector<uint8_t> torch_handle(66, 7);
+  torch_handle[0] = 2, torch_handle[1] = 'c';
+  std::vector<uint8_t> expandable = torch_handle;
+  expandable[1] = 'e';
   json online_with_scale = json::array({inline_entry(q + ".weight", DType::BF16, b_bf16.at(q + ".weight").first.shape,
                                                      b_bf16.at(q + ".weight").second),
                                         entry(q + ".weight_scale_2")});
@@ -219,7 +227,16 @@ TEST(TensorUpdate, EveryBadEntryIsRefusedNamingItAndChangesNothing) {
       {"incomplete NVFP4 module", json::array({entry(q + ".weight")}), {q + ".weight", "without", "weight_scale"}},
       {"bf16 weight given with a scale", online_with_scale, {q + ".weight_scale_2", "quantized online"}},
       {"bf16 weight with Inf", bf16_inf, {q + ".weight"}},
-      {"CUDA IPC on a CPU server", with_good(ipc), {"model.norm.weight", "--device cuda"}},
+      {"CUDA IPC on a CPU server", with_good(ipc_entry(torch_handle, norm.second.size())),
+       {"model.norm.weight", "--device cuda"}},
+      {"bare 64-byte IPC handle on a CPU server", with_good(ipc_entry(std::vector<uint8_t>(64, 7), norm.second.size())),
+       {"model.norm.weight", "--device cuda"}},
+      {"expandable-segment IPC handle", with_good(ipc_entry(expandable, norm.second.size())),
+       {"model.norm.weight", "expandable_segments"}},
+      {"IPC handle of a wrong size", with_good(ipc_entry(std::vector<uint8_t>(40, 7), norm.second.size())),
+       {"model.norm.weight", "'handle' holds 40 bytes"}},
+      {"IPC storage too small", with_good(ipc_entry(torch_handle, norm.second.size() - 1)),
+       {"model.norm.weight", "storage_size_bytes"}},
       {"unknown dtype name", with_good(json{{"name", "model.norm.weight"}, {"dtype", "int4"}, {"size", {1}},
                                             {"data", "AA=="}}), {"model.norm.weight", "'dtype'", "int4"}},
       {"no tensors", json::array(), {"serialized_named_tensors[0] is empty"}},
