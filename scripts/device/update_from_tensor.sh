@@ -44,11 +44,11 @@ reload_seconds() {
 request='{"input_ids": [3,14,15,92,65,35,89,79], "return_logprob": true,
           "sampling_params": {"temperature": 0, "max_new_tokens": 24, "ignore_eos": true}}'
 logprobs() { post generate "$request" | python3 -c 'import json,sys; print(json.load(sys.stdin)["meta_info"]["output_token_logprobs"])'; }
-# The push's total seconds, from push_weights.py's last line.
+# The push's total seconds, from push_weights.py's summary line (torch may print warnings after it).
 push() {  # push DIR DEVICE LOGNAME
   python3 tools/push_weights.py "$SERVER_URL" "$1" --device "$2" --bucket-mb "${BUCKET_MB:-1024}" \
     > "$OUT/logs/push_$3.log" 2>&1 || return 1
-  tail -1 "$OUT/logs/push_$3.log" | grep -o ', [0-9.]* s' | grep -o '[0-9.]*'
+  grep '^pushed ' "$OUT/logs/push_$3.log" | tail -1 | grep -o ', [0-9.]* s' | grep -o '[0-9.]*'
 }
 
 table=("| model | source | bytes pushed | push (CUDA IPC) s | push (inline) s | /update_weights_from_disk s | digest equal |"
@@ -96,9 +96,11 @@ check() {
   return 1
 }
 
-check demo models/qwen3-moe-arith-a-nvfp4 models/qwen3-moe-arith-b-nvfp4 models/qwen3-moe-arith-b-bf16 1 2>&1 |
-  tee "$OUT/logs/demo.log"
-record "bundled model: pushes (IPC, inline) equal disk, bitwise" "${PIPESTATUS[0]}"
+# check runs in this shell (not a pipeline's subshell), so that its table rows stay.
+check demo models/qwen3-moe-arith-a-nvfp4 models/qwen3-moe-arith-b-nvfp4 models/qwen3-moe-arith-b-bf16 1 \
+  > "$OUT/logs/demo.log" 2>&1
+record "bundled model: pushes (IPC, inline) equal disk, bitwise" "$?"
+cat "$OUT/logs/demo.log"
 
 layers=${SYNTH_LAYERS:-2}
 if [ "$layers" -gt 0 ]; then
@@ -109,8 +111,9 @@ if [ "$layers" -gt 0 ]; then
   { synth --seed 1 --format nvfp4 --out "$q30/a" && synth --seed 2 --format nvfp4 --out "$q30/b" &&
     synth --seed 2 --out "$q30/b-bf16"; } > "$OUT/logs/synth.log" 2>&1
   record "synth qwen3-30b-a3b ($layers layers): A, B in NVFP4, B in bf16" "$?"
-  check "qwen3-30b-a3b-${layers}l" "$q30/a" "$q30/b" "$q30/b-bf16" 0 2>&1 | tee "$OUT/logs/q30.log"
-  record "qwen3-30b-a3b ($layers layers): pushes equal disk, bitwise" "${PIPESTATUS[0]}"
+  check "qwen3-30b-a3b-${layers}l" "$q30/a" "$q30/b" "$q30/b-bf16" 0 > "$OUT/logs/q30.log" 2>&1
+  record "qwen3-30b-a3b ($layers layers): pushes equal disk, bitwise" "$?"
+  cat "$OUT/logs/q30.log"
   rm -rf "$q30"
 fi
 
