@@ -483,10 +483,13 @@ void launch_nvfp4_fused(const Nvfp4LaunchArgs& args, const Nvfp4FusedConfig& con
 }
 
 Nvfp4FusedConfig nvfp4_grouped_config_for(int64_t max_rows, int64_t n_experts, int64_t /*n*/, int64_t /*k*/) {
-  // Tokens per busy expert if the rows spread evenly (top-k routing of a batch); few rows: narrow row tiles.
+  // Tokens per busy expert if the rows spread evenly (top-k routing of a batch). Row warps: H100, Qwen3-30B-A3B
+  // experts (bench/RESULTS.md, joint CUDA run, forced grouped tiles; w13 + w2 µs): 8 row warps beat 2 by 1.5-1.75x
+  // from 16 to 256 tokens (128 / 193 / 279 vs 196 / 302 / 485) and tie at 4096; one token's 8 rows: 4 row warps best
+  // (21.1 vs 23.9 with 8, 27.0 with 2).
   const int64_t rows_per_expert = ceil_div(max_rows, std::max<int64_t>(1, std::min(n_experts, max_rows)));
   const int token_tiles = token_tiles_for(rows_per_expert);
-  return {token_tiles, token_tiles <= 2 ? 2 : 8, 1, 1};
+  return {token_tiles, max_rows <= 8 ? 4 : 8, 1, 1};
 }
 
 void launch_nvfp4_grouped(const Nvfp4GroupedLaunchArgs& args, const Nvfp4FusedConfig& config) {
