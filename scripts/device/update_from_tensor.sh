@@ -51,8 +51,9 @@ push() {  # push DIR DEVICE LOGNAME
   grep '^pushed ' "$OUT/logs/push_$3.log" | tail -1 | grep -o ', [0-9.]* s' | grep -o '[0-9.]*'
 }
 
-table=("| model | source | bytes pushed | push (CUDA IPC) s | push (inline) s | /update_weights_from_disk s | digest equal |"
-       "|---|---|---|---|---|---|---|")
+# check runs in a pipeline's subshell: its table rows go to the file.
+printf '%s\n' "| model | source | bytes pushed | push (CUDA IPC) s | push (inline) s | /update_weights_from_disk s | digest equal |" \
+  "|---|---|---|---|---|---|---|" > "$OUT/table.md"
 # check NAME A B_NVFP4 B_BF16 INLINE: steps 1 and 2 for one model; INLINE=1 also pushes B-NVFP4 inline.
 check() {
   local name=$1 a=$2 b=$3 b_bf16=$4 inline=$5 ok=0
@@ -88,8 +89,8 @@ check() {
   local bytes_bf16 bytes_b
   bytes_bf16=$(du -sb --apparent-size "$b_bf16"/*.safetensors | awk '{s += $1} END {print s}')
   bytes_b=$(du -sb --apparent-size "$b"/*.safetensors | awk '{s += $1} END {print s}')
-  table+=("| $name | bf16 (quantized online) | $bytes_bf16 | $push_bf16 | - | $disk_bf16 | $same_bf16 |")
-  table+=("| $name | NVFP4 | $bytes_b | $push_b | $push_inline | $disk_b | $same_b |")
+  echo "| $name | bf16 (quantized online) | $bytes_bf16 | $push_bf16 | - | $disk_bf16 | $same_bf16 |" >> "$OUT/table.md"
+  echo "| $name | NVFP4 | $bytes_b | $push_b | $push_inline | $disk_b | $same_b |" >> "$OUT/table.md"
   echo "$name: push of B-bf16 via CUDA IPC: digest equal to the disk reload: $same_bf16"
   echo "$name: push of B-NVFP4 via CUDA IPC: digest equal to a server on B: $same_b"
   [ "$same_bf16" = yes ] && [ "$same_b" = yes ] && return $ok
@@ -117,7 +118,6 @@ if [ "$layers" -gt 0 ]; then
   rm -rf "$q30"
 fi
 
-printf '%s\n' "${table[@]}" > "$OUT/table.md"
 {
   echo "== update_from_tensor.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) =="
   printf '%s\n' "${summary[@]}"

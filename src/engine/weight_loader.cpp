@@ -379,7 +379,8 @@ LoadResult WeightLoader::load(const std::filesystem::path& dir, SourceFormat for
 LoadResult WeightLoader::load(std::string_view source, std::span<const NamedTensor> tensors,
                               std::span<const NamedTensor> restore) {
   std::unique_ptr<Plan> plan = plan_memory(source, tensors);
-  std::unique_ptr<Plan> restore_plan = plan_memory(fmt::format("{} (the weights served before it)", source), restore);
+  std::unique_ptr<Plan> restore_plan =
+      restore.empty() ? nullptr : plan_memory(fmt::format("{} (the weights served before it)", source), restore);
   LoadResult result = validate_and_commit(*plan, restore_plan.get());
   current_.reset();  // its bytes are the caller's: nothing to re-read for a later rollback
   return result;

@@ -70,7 +70,7 @@ class WeightLoader {
   // Throws Error naming the file and tensor on failure; see the header comment for the state afterwards.
   LoadResult load(const std::filesystem::path& dir, SourceFormat format);
   // Every tensor the model needs, in its own format (Native), named `source` in errors; `restore` (the same
-  // contract: the served weights, exported) is written back if the write phase fails.
+  // contract: the served weights, exported) is written back if the write phase fails (empty: nothing to restore).
   LoadResult load(std::string_view source, std::span<const NamedTensor> tensors, std::span<const NamedTensor> restore);
 
   State state() const { return state_; }

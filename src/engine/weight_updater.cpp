@@ -211,7 +211,8 @@ LoadResult WeightUpdater::update(std::span<const NamedTensor> tensors, std::stri
          source, served.size() - replaced, kept->name);
   }
 
-  LoadResult result = loader_.load(source, next, served);
+  // Discarded weights are no state to go back to (their bytes would not even pass validation).
+  LoadResult result = loader_.load(source, next, replace_all ? std::span<const NamedTensor>{} : served);
   ++reloads_;
   log_load(fmt::format("updated {} tensors from", tensors.size()), result);
   return result;

@@ -267,6 +267,33 @@ TEST(TensorUpdate, EveryBadEntryIsRefusedNamingItAndChangesNothing) {
             }));
 }
 
+// After a release that discarded the weights, nothing of them may survive: only a push of every tensor is taken.
+TEST(TensorUpdate, DiscardedWeightsTakeOnlyAPushOfEveryTensor) {
+  ServerProcess server(models().a, {"--weights-release-mode", "discard", "--max-request-body-bytes", "200000000"});
+  httplib::Client client = server.client();
+  int status = 0;
+  post_json(client, "/release_memory_occupation", {{"tags", {"weights"}}}, &status);
+  ASSERT_EQ(status, 200);
+  json answer = push(client, entries_of(models().b), {}, &status);
+  EXPECT_EQ(status, 400) << "an update into released weights was accepted: " << answer.dump();
+  EXPECT_NE(answer["message"].get<std::string>().find("released"), std::string::npos) << answer.dump();
+  post_json(client, "/resume_memory_occupation", {{"tags", {"weights"}}}, &status);
+  ASSERT_EQ(status, 200);
+
+  answer = push(client, entries_of(models().b, [](const std::string& name) {
+                  return name.starts_with("model.layers.1.");
+                }), {}, &status);
+  EXPECT_EQ(status, 400) << answer.dump();
+  EXPECT_NE(answer["message"].get<std::string>().find("must give every tensor"), std::string::npos) << answer.dump();
+  get_json(client, "/get_weights_digest", &status);
+  EXPECT_EQ(status, 503);  // still discarded
+
+  answer = push(client, entries_of(models().b), {{"weight_version", "b"}}, &status);
+  ASSERT_EQ(status, 200) << answer.dump();
+  EXPECT_EQ(served_digest(client), digest_hex(checkpoint_digest(models().b)));
+  EXPECT_EQ(greedy_generate(client, prompt_of(21), 4).weight_version, "b");
+}
+
 TEST(TensorUpdate, FlushCacheAsOnTheDiskPath) {
   ServerProcess server(models().a, kServeArgs);
   httplib::Client client = server.client();
