@@ -51,7 +51,7 @@ push() {  # push DIR DEVICE LOGNAME
   grep '^pushed ' "$OUT/logs/push_$3.log" | tail -1 | grep -o ', [0-9.]* s' | grep -o '[0-9.]*'
 }
 
-# check runs in a pipeline's subshell: its table rows go to the file.
+# The table is a file that check appends to.
 printf '%s\n' "| model | source | bytes pushed | push (CUDA IPC) s | push (inline) s | /update_weights_from_disk s | digest equal |" \
   "|---|---|---|---|---|---|---|" > "$OUT/table.md"
 # check NAME A B_NVFP4 B_BF16 INLINE: steps 1 and 2 for one model; INLINE=1 also pushes B-NVFP4 inline.
@@ -97,7 +97,6 @@ check() {
   return 1
 }
 
-# check runs in this shell (not a pipeline's subshell), so that its table rows stay.
 check demo models/qwen3-moe-arith-a-nvfp4 models/qwen3-moe-arith-b-nvfp4 models/qwen3-moe-arith-b-bf16 1 \
   > "$OUT/logs/demo.log" 2>&1
 record "bundled model: pushes (IPC, inline) equal disk, bitwise" "$?"
