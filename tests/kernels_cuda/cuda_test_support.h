@@ -11,7 +11,7 @@
 #include "common/error.h"
 #include "kernels/device.h"
 #include "nvfp4_test_util.h"
-#include "skip_without_gpu.h"
+#include "support/skip_without_gpu.h"
 
 namespace fp4serve::test {
 

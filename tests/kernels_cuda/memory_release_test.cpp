@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "skip_without_gpu.h"
+#include "support/skip_without_gpu.h"
 #include "tensor/cuda_memory.h"
 #include "tensor/memory_arena.h"
 #include "tensor/tensor.h"

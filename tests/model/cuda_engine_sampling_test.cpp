@@ -21,14 +21,11 @@
 #include "common/error.h"
 #include "engine/engine.h"
 #include "kernels/device.h"
+#include "support/skip_without_gpu.h"
 #include "test_support.h"
 
 namespace fp4serve::testing_support {
 namespace {
-
-#define SKIP_WITHOUT_GPU()      \
-  if (cuda_device_count() == 0) \
-  GTEST_SKIP() << "no CUDA device on this machine; the GPU sampling tests run on the device machine"
 
 const std::filesystem::path kBundled = FP4SERVE_SOURCE_DIR "/models/qwen3-moe-arith-b-nvfp4";
 constexpr float kLogprobTolerance = 2e-4f;
@@ -90,7 +87,7 @@ bool same_bits(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit
 bool near(float a, float b) { return a == b || std::fabs(a - b) <= kLogprobTolerance; }
 
 TEST(CudaEngineSampling, GpuSampledGenerationsEqualHostSampledOnes) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   for (const LogprobsMode mode : {LogprobsMode::Processed, LogprobsMode::Raw}) {
     const std::string label = mode == LogprobsMode::Processed ? "processed" : "raw";
     const Generation on = generate(true, mode), off = generate(false, mode);
@@ -156,7 +153,7 @@ KvCacheTensors gpu_kv_cache(const ModelConfig& config, int64_t n_pages) {
 // A second model runs the same steps without device sampling: its logits rows must equal the returned ones bitwise,
 // and the CPU sampler on its rows 0 and 2 gives the device's tokens.
 TEST(CudaEngineSampling, OneStepMixesDeviceAndHostSampledRows) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   auto mixed = load_model(kBundled, cuda_options(8)), host = load_model(kBundled, cuda_options(8));
   const ModelConfig& config = mixed->config();
   const int64_t V = config.vocab_size;
@@ -218,7 +215,7 @@ TEST(CudaEngineSampling, OneStepMixesDeviceAndHostSampledRows) {
 }
 
 TEST(CudaEngineSampling, RefusesRowsTheGpuSamplerDoesNotServe) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   auto model = load_model(kBundled, cuda_options(0));
   const KvCacheTensors kv = gpu_kv_cache(model->config(), 2);
   const std::vector<int32_t> tokens{5, 6, 7}, pages{0};
@@ -240,7 +237,7 @@ TEST(CudaEngineSampling, RefusesRowsTheGpuSamplerDoesNotServe) {
 
 // --deterministic with GPU sampling: each request alone equals itself served in the mixed batch, bit for bit.
 TEST(CudaEngineSampling, DeterministicRequestsAreBitwiseAloneAndInABatch) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   auto engine_of = [] {
     return Engine(load_model(kBundled, cuda_options(16, /*deterministic=*/true)),
                   {.kv_cache_tokens = 4096, .scheduler = {.max_prefill_tokens = 32, .chunked_prefill_size = 32}});
@@ -266,7 +263,7 @@ TEST(CudaEngineSampling, DeterministicRequestsAreBitwiseAloneAndInABatch) {
 // Through the CLI: `generate --device cuda` with seeded top-p sampling gives the same tokens with --gpu-sampling on and
 // off, and logprobs within the tolerance.
 TEST(CudaEngineSamplingCli, GenerateWithGpuSamplingOnEqualsOff) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   const std::string common = fmt::format(
       "generate --model-path '{}' --device cuda --act-quant none --input-ids 3,14,15,92,65,35,89,79 "
       "--max-new-tokens 20 --temperature 0.8 --top-p 0.9 --seed 3 --json",

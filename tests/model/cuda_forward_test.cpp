@@ -23,14 +23,11 @@
 #include "engine/weights_digest.h"
 #include "format/bf16.h"
 #include "kernels/device.h"
+#include "support/skip_without_gpu.h"
 #include "test_support.h"
 
 namespace fp4serve::testing_support {
 namespace {
-
-#define SKIP_WITHOUT_GPU()      \
-  if (cuda_device_count() == 0) \
-  GTEST_SKIP() << "no CUDA device on this machine; the GPU forward tests run on the device machine"
 
 const std::filesystem::path kBundled = FP4SERVE_SOURCE_DIR "/models/qwen3-moe-arith-b-nvfp4";
 const std::filesystem::path kBundledA = FP4SERVE_SOURCE_DIR "/models/qwen3-moe-arith-a-nvfp4";
@@ -171,12 +168,12 @@ void expect_close_over_mixed_steps(const std::filesystem::path& dir, WeightLayou
 }
 
 TEST(CudaForward, BundledModelMatchesCpuOverMixedStepsCutlass) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   expect_close_over_mixed_steps(kBundled, WeightLayout::Cutlass, "bundled cutlass");
 }
 
 TEST(CudaForward, BundledModelMatchesCpuOverMixedStepsTrtllm) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   expect_close_over_mixed_steps(kBundled, WeightLayout::Trtllm, "bundled trtllm");
 }
 
@@ -200,7 +197,7 @@ ModelConfig odd_config() {
 }
 
 TEST(CudaForward, RandomOddSizedModelMatchesCpuBothLayouts) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   TempDir dir("cuda_forward_odd");
   const ModelConfig config = odd_config();
   write_checkpoint(dir.path(), config, nvfp4_quant_config(),
@@ -238,7 +235,7 @@ std::vector<GenerateResult> generate_on(Device device, const std::filesystem::pa
 }
 
 TEST(CudaForward, GreedyGenerationsOfTheBundledModelEqualTheCpus) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   for (const WeightLayout layout : {WeightLayout::Cutlass, WeightLayout::Trtllm}) {
     const auto cpu = generate_on(Device::CPU, kBundled, layout), gpu = generate_on(Device::CUDA, kBundled, layout);
     ASSERT_EQ(cpu.size(), gpu.size());
@@ -264,7 +261,7 @@ TEST(CudaForward, GreedyGenerationsOfTheBundledModelEqualTheCpus) {
 // CUDA graphs replay exactly what the eager step computes: the same kernels, the same launch shapes except the
 // decode grid's extra (empty) splits; so generations with graphs equal generations without, bit for bit.
 TEST(CudaGraphs, GenerationsWithDecodeGraphsEqualEagerBitwise) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   Qwen3Model::CudaGraphStats stats;
   const auto eager = generate_on(Device::CUDA, kBundled, WeightLayout::Cutlass);
   const auto graphed = generate_on(Device::CUDA, kBundled, WeightLayout::Cutlass, 8, &stats);
@@ -282,7 +279,7 @@ TEST(CudaGraphs, GenerationsWithDecodeGraphsEqualEagerBitwise) {
 // A decode graph captured on checkpoint A stays valid through 10 reloads (A and B alternating, ending on B): its
 // replay equals an eager model freshly loaded with B, bitwise, and no new capture happens.
 TEST(CudaGraphs, GraphCapturedBeforeTenReloadsReplaysLikeEagerAfterThem) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   for (const WeightLayout layout : {WeightLayout::Cutlass, WeightLayout::Trtllm}) {
     SCOPED_TRACE(std::string(weight_layout_name(layout)));
     const ModelConfig config = load_model_config(kBundled);
@@ -334,7 +331,7 @@ std::map<std::string, const void*> storage_addresses(const Qwen3Model& model) {
 }
 
 TEST(CudaForward, ReloadOnTheGpuEqualsAFreshLoadAndKeepsEveryPointer) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   for (const WeightLayout layout : {WeightLayout::Cutlass, WeightLayout::Trtllm}) {
     const ModelConfig config = load_model_config(kBundled);
     auto reloaded = std::make_unique<Qwen3Model>(config, load_quant_config(kBundledA), options_on(Device::CUDA, layout));
@@ -363,7 +360,7 @@ TEST(CudaForward, ReloadOnTheGpuEqualsAFreshLoadAndKeepsEveryPointer) {
 }
 
 TEST(CudaForward, ObserversSeeTheGpuRoutingAndLayerOutputs) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   auto cpu = load_model(kBundled, options_on(Device::CPU)), gpu = load_model(kBundled, options_on(Device::CUDA));
   const std::vector<int32_t> tokens{4, 8, 15, 16, 23, 42, 100, 7};
   const std::vector<int32_t> cpu_routing = fresh_routing(*cpu, tokens);
@@ -400,7 +397,7 @@ TEST(CudaForward, ObserversSeeTheGpuRoutingAndLayerOutputs) {
 }
 
 TEST(CudaForward, RefusesWhatTheGpuCannotRunNamingTheOption) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   const ModelConfig config = load_model_config(kBundled);
   try {
     Qwen3Model model(config, load_quant_config(kBundled),
@@ -414,7 +411,7 @@ TEST(CudaForward, RefusesWhatTheGpuCannotRunNamingTheOption) {
 // End to end through the CLI: `generate --device cuda` gives the CPU's greedy tokens; the default W4A4 mode is
 // refused with the flag to change.
 TEST(CudaForwardCli, GenerateOnTheGpuEqualsTheCpu) {
-  SKIP_WITHOUT_GPU();
+  FP4_SKIP_WITHOUT_GPU();
   const std::string common = fmt::format(
       "generate --model-path '{}' --act-quant none --input-ids 3,14,15,92,65,35,89,79 --max-new-tokens 20 --json",
       kBundled.string());

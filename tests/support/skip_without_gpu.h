@@ -7,4 +7,4 @@
 
 #define FP4_SKIP_WITHOUT_GPU()  \
   if (cuda_device_count() == 0) \
-  GTEST_SKIP() << "no CUDA device on this machine; GPU kernel tests run on the device machine"
+  GTEST_SKIP() << "no CUDA device on this machine; GPU tests run on the device machine"
