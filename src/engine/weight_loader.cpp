@@ -169,7 +169,8 @@ std::unique_ptr<WeightLoader::Plan> WeightLoader::plan_directory(const std::file
   plan->checkpoint = Checkpoint::open(dir, {.map = false, .open_file = options_.open_file});
   for (const std::string& name : plan->checkpoint->tensor_names()) {
     const CheckpointTensor& t = plan->checkpoint->tensor(name);
-    plan->tensors.emplace(name, SourceTensor{.location = t.shard->path(), .info = *t.info, .shard = t.shard, .memory = {}});
+    plan->tensors.emplace(name,
+                          SourceTensor{.location = t.shard->path(), .info = *t.info, .shard = t.shard, .memory = {}});
   }
   resolve(*plan);
   return plan;
@@ -280,7 +281,8 @@ WeightLoader::Staging WeightLoader::allocate_staging(const Plan& plan, const Pla
            plan.source, Staging::kUploadBuffers, staging.chunk_bytes, e.what());
     }
   }
-  const uint64_t pageable = staging.total_bytes() - (to_device ? Staging::kUploadBuffers * staging.chunk_bytes : 0);
+  // What group() and, without the uploader, chunk() take.
+  const uint64_t pageable = staging.group_bytes + (to_device ? 0 : staging.chunk_bytes);
   try {
     staging.memory = options_.allocate_staging(pageable);
   } catch (const std::bad_alloc&) {

@@ -11,9 +11,9 @@
 // W4A16 (nvfp4_gemm.h) or bf16 through cuBLAS; MoE layers run the fused layer (moe_layer.h: router, top-k, grouped
 // expert GEMMs, combine). The results are close to the CPU's, not bitwise: the kernels sum in other orders
 // (tests/model_cuda states the tolerances). With --deterministic (QuantOptions) every kernel is chosen so that a row's
-// summation order never depends on the step's other rows: batch-invariant NVFP4 GEMM tiles, one cuBLAS GEMM per row for
-// bf16 linears, the prefill attention kernel for decode steps too, and the MoE layer's batch-invariant routing and
-// expert GEMMs.
+// summation order never depends on the step's other rows: batch-invariant NVFP4 GEMM tiles, cuBLAS GEMMs of a fixed
+// 64 rows for bf16 linears, the prefill attention kernel for decode steps too, and the MoE layer's batch-invariant
+// routing and expert GEMMs.
 #include "common/error.h"
 #include "model/qwen3_model.h"
 
