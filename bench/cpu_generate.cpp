@@ -116,24 +116,34 @@ struct StepBytes {
   double total() const { return weights + experts + kv_cache; }
 };
 
-StepBytes decode_step_bytes(const std::string& dir, const ModelConfig& config, int64_t batch, double context) {
+// The checkpoint's tensor bytes by how a decode step reads them.
+struct CheckpointBytes {
+  double experts = 0, embedding = 0, other = 0;
+};
+
+CheckpointBytes checkpoint_bytes(const std::string& dir) {
   const Checkpoint checkpoint = Checkpoint::open(dir);
-  double expert_bytes = 0, embedding_bytes = 0, other_bytes = 0;
+  CheckpointBytes bytes;
   for (const std::string& name : checkpoint.tensor_names()) {
     const double nbytes = static_cast<double>(checkpoint.tensor(name).info->nbytes);
-    if (name.find(".mlp.experts.") != std::string::npos) expert_bytes += nbytes;
-    else if (name.starts_with("model.embed_tokens.")) embedding_bytes += nbytes;
-    else other_bytes += nbytes;
+    if (name.find(".mlp.experts.") != std::string::npos) bytes.experts += nbytes;
+    else if (name.starts_with("model.embed_tokens.")) bytes.embedding += nbytes;
+    else bytes.other += nbytes;
   }
+  return bytes;
+}
+
+StepBytes decode_step_bytes(const CheckpointBytes& checkpoint, const ModelConfig& config, int64_t batch,
+                            double context) {
   StepBytes bytes;
-  bytes.weights = other_bytes + embedding_bytes * static_cast<double>(batch) / config.vocab_size;
+  bytes.weights = checkpoint.other + checkpoint.embedding * static_cast<double>(batch) / config.vocab_size;
   int moe_layers = 0;
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) moe_layers += config.is_moe_layer(layer) ? 1 : 0;
   if (moe_layers > 0) {
     const double experts = config.num_experts;
     const double touched = experts * (1.0 - std::pow(1.0 - config.num_experts_per_tok / experts,
                                                      static_cast<double>(batch)));
-    bytes.experts = expert_bytes / experts * touched;  // expert_bytes / (layers * E) per expert, touched per layer
+    bytes.experts = checkpoint.experts / experts * touched;  // experts / (layers * E) per expert, touched per layer
   }
   const double kv_bytes_per_token =
       2.0 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * sizeof(uint16_t);
@@ -218,13 +228,14 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
   std::mt19937 rng(1);
   // Warm-up, untimed: first launches load kernels and create library handles and workspaces.
   time_batch(engine, rng, config.vocab_size, 1, 16, 2, options.sampling);
+  const CheckpointBytes sizes = options.floor_gbs > 0 ? checkpoint_bytes(dir) : CheckpointBytes{};
+  const double mean_context = static_cast<double>(options.prompt_tokens) + 0.5 * static_cast<double>(options.new_tokens);
   for (int64_t batch : options.batches) {
     std::tie(row.prefill_tps, row.decode_tps) =
         time_batch(engine, rng, config.vocab_size, batch, options.prompt_tokens, options.new_tokens, options.sampling);
     row.batch = batch, row.prompt = options.prompt_tokens;
     if (options.floor_gbs > 0) {
-      const StepBytes bytes = decode_step_bytes(
-          dir, config, batch, static_cast<double>(options.prompt_tokens) + 0.5 * static_cast<double>(options.new_tokens));
+      const StepBytes bytes = decode_step_bytes(sizes, config, batch, mean_context);
       row.step_gb = bytes.total() / 1e9;
       row.floor_tps = static_cast<double>(batch) / (bytes.total() / (options.floor_gbs * 1e9));
     }
