@@ -229,7 +229,8 @@ void bench_one(const BenchOptions& options, const std::string& dir, const std::s
   // Warm-up, untimed: first launches load kernels and create library handles and workspaces.
   time_batch(engine, rng, config.vocab_size, 1, 16, 2, options.sampling);
   const CheckpointBytes sizes = options.floor_gbs > 0 ? checkpoint_bytes(dir) : CheckpointBytes{};
-  const double mean_context = static_cast<double>(options.prompt_tokens) + 0.5 * static_cast<double>(options.new_tokens);
+  const double mean_context =
+      static_cast<double>(options.prompt_tokens) + 0.5 * static_cast<double>(options.new_tokens);
   for (int64_t batch : options.batches) {
     std::tie(row.prefill_tps, row.decode_tps) =
         time_batch(engine, rng, config.vocab_size, batch, options.prompt_tokens, options.new_tokens, options.sampling);
