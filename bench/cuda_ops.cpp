@@ -1,5 +1,6 @@
 // GPU attention and sampling on Qwen3-30B-A3B shapes (32 query heads, 4 KV heads, head_dim 128, page size 16):
-// split decode attention in us and GB/s of KV read at batch {1, 64, 256} x context {512, 4096, 32768} against the
+// split decode attention (the fast path's splits and --deterministic's) in us and GB/s of KV read at batch {1, 64, 256}
+// x context {512, 4096, 32768} against the
 // device-to-device copy bandwidth measured in the same run (page tables shuffled; KV rotated over > 256 MB of copies
 // so that small cases read HBM, not L2); causal prefill of one 4096-token prompt; sampling over the 151936-token
 // vocabulary (host wall time of CudaSampler::sample, read-back included). Prints markdown tables last.
@@ -91,11 +92,13 @@ struct PagedCache {
 };
 
 struct DecodeRow {
+  cuda::AttentionSplits splits;
   int64_t batch, context;
   double us, kv_gbs;
 };
 
-DecodeRow bench_decode(int64_t batch, int64_t context, cudaStream_t stream, std::mt19937& rng) {
+DecodeRow bench_decode(cuda::AttentionSplits splits, int64_t batch, int64_t context, cudaStream_t stream,
+                       std::mt19937& rng) {
   const double kv_bytes = static_cast<double>(batch * context * kKvHeads * kHeadDim * 2 * 2);  // K and V, bf16
   const int copies = static_cast<int>(std::clamp<double>(kRotationBytes / kv_bytes, 1, 64));
   PagedCache cache(batch, context, 1, copies, rng);
@@ -103,14 +106,14 @@ DecodeRow bench_decode(int64_t batch, int64_t context, cudaStream_t stream, std:
   bf16_bits* q = device_alloc<bf16_bits>(activations);
   bf16_bits* out = device_alloc<bf16_bits>(activations);
   check(cudaMemset(q, 0x3c, activations * 2), "memset");
-  cuda::DecodeWorkspace workspace(batch, kHeads, kKvHeads, kHeadDim, context);
+  cuda::DecodeWorkspace workspace(batch, kHeads, kKvHeads, kHeadDim, context, splits);
   const double us = bench::median_graph_us(stream, std::max(copies, 4), [&](int i) {
     cuda::paged_decode_attention_cuda(cache.layer(), cache.view(i % copies, 1), {q, kHeads * kHeadDim}, kHeads,
                                       workspace, {out, kHeads * kHeadDim}, stream);
   });
   cudaFree(q);
   cudaFree(out);
-  return {batch, context, us, kv_bytes / us / 1e3};
+  return {splits, batch, context, us, kv_bytes / us / 1e3};
 }
 
 // One prompt of `tokens` new tokens (no prefix): us per call and effective TFLOP/s of QK^T and PV over the causal half.
@@ -123,7 +126,7 @@ std::pair<double, double> bench_prefill(int64_t tokens, cudaStream_t stream, std
   check(cudaMemset(qkv, 0x3c, elements * 2), "memset");
   const double us = bench::median_graph_us(stream, 2, [&](int) {
     cuda::paged_prefill_attention_cuda(cache.layer(), cache.view(0, tokens), {qkv, stride}, kHeads,
-                                       {out, kHeads * kHeadDim}, stream);
+                                       cuda::AttentionSplits::ByBatch, {out, kHeads * kHeadDim}, stream);
   });
   cudaFree(qkv);
   cudaFree(out);
@@ -184,25 +187,32 @@ int main() {
     std::mt19937 rng(1);
     const double copy_gbs = bench::copy_bandwidth_gbs(stream);
     std::vector<DecodeRow> decode;
-    for (int64_t batch : {1, 64, 256})
-      for (int64_t context : {512, 4096, 32768}) {
-        decode.push_back(bench_decode(batch, context, stream, rng));
-        std::fprintf(stderr, "decode batch %ld context %ld done\n", static_cast<long>(batch),
-                     static_cast<long>(context));
-      }
+    for (auto splits : {cuda::AttentionSplits::ByBatch, cuda::AttentionSplits::BatchInvariant})
+      for (int64_t batch : {1, 64, 256})
+        for (int64_t context : {512, 4096, 32768}) {
+          decode.push_back(bench_decode(splits, batch, context, stream, rng));
+          std::fprintf(stderr, "decode batch %ld context %ld done\n", static_cast<long>(batch),
+                       static_cast<long>(context));
+        }
     const auto [prefill_us, prefill_tflops] = bench_prefill(4096, stream, rng);
     const std::vector<SamplingRow> sampling = bench_sampling(stream, rng);
 
     std::printf("\n%s, %d SMs; device-to-device copy %.0f GB/s (read + write)\n", prop.name, prop.multiProcessorCount,
                 copy_gbs);
     std::printf(
-        "\nDecode attention, Qwen3-30B-A3B layer (32 q / 4 KV heads, head_dim 128, page 16, split %ld keys): "
-        "us per call (median of graph replays, KV rotated over > 256 MB); GB/s = K + V bytes read / time.\n",
-        static_cast<long>(cuda::kDecodeSplitTokens));
-    std::printf("| batch | context | us | KV GB/s | %% of copy |\n|---|---|---|---|---|\n");
-    for (const DecodeRow& row : decode)
-      std::printf("| %ld | %ld | %.1f | %.0f | %.0f%% |\n", static_cast<long>(row.batch),
-                  static_cast<long>(row.context), row.us, row.kv_gbs, 100.0 * row.kv_gbs / copy_gbs);
+        "\nDecode attention, Qwen3-30B-A3B layer (32 q / 4 KV heads, head_dim 128, page 16): us per call (median of "
+        "graph replays, KV rotated over > 256 MB); GB/s = K + V bytes read / time. Splits: by batch = the fast "
+        "path's decode_split_tokens; batch-invariant = --deterministic's %ld keys.\n",
+        static_cast<long>(cuda::kBatchInvariantSplitTokens));
+    std::printf("| splits | split keys | batch | context | us | KV GB/s | %% of copy |\n|---|---|---|---|---|---|---|\n");
+    for (const DecodeRow& row : decode) {
+      const bool invariant = row.splits == cuda::AttentionSplits::BatchInvariant;
+      const int64_t split =
+          invariant ? cuda::kBatchInvariantSplitTokens : cuda::decode_split_tokens(row.batch, kKvHeads);
+      std::printf("| %s | %ld | %ld | %ld | %.1f | %.0f | %.0f%% |\n", invariant ? "batch-invariant" : "by batch",
+                  static_cast<long>(split), static_cast<long>(row.batch), static_cast<long>(row.context), row.us,
+                  row.kv_gbs, 100.0 * row.kv_gbs / copy_gbs);
+    }
     std::printf("\nPrefill attention, one 4096-token prompt: %.0f us, %.1f TFLOP/s (causal QK^T + PV)\n", prefill_us,
                 prefill_tflops);
     std::printf("\nSampling over %ld tokens (host wall time of CudaSampler::sample, median of %d)\n",

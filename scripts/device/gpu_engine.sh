@@ -2,7 +2,8 @@
 # On the GPU device machine, from the repository root: the GPU engine (--device cuda) of issue 8's first slice, from
 # binaries built on the workstation (--prebuilt DIR). On the workstation, `gpu_engine.sh --pack BUILD DIR` fills DIR
 # (git-ignored, e.g. .carry/gpu; pass it in `carry`) with bundle.tar.xz (stripped fp4serve, test_model,
-# test_kernels_cuda, bench_cpu_generate and bench_bandwidth from the CUDA build BUILD, and lib/ with the shared
+# test_kernels_cuda, test_server, bench_cpu_generate, bench_bandwidth, bench_cuda_ops and bench_cuda_moe from the
+# CUDA build BUILD, and lib/ with the shared
 # libraries they link beyond glibc, the driver and the CUDA toolkit: a bare device machine lacks libfmt9 and the like)
 # and source_dir.txt (the source path compiled into test_model, where the tests look for the bundled models).
 # scripts/device/e2e_30b.sh runs from the same DIR.
@@ -23,8 +24,9 @@ set -uo pipefail
 if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
   build=$2 dir=$3
   rm -rf "$dir" && mkdir -p "$dir/lib"
-  binaries="fp4serve test_model test_kernels_cuda bench_cpu_generate bench_bandwidth"
-  for binary in fp4serve tests/test_model tests/test_kernels_cuda bench/bench_cpu_generate bench/bench_bandwidth; do
+  binaries="fp4serve test_model test_kernels_cuda test_server bench_cpu_generate bench_bandwidth bench_cuda_ops bench_cuda_moe"
+  for binary in fp4serve tests/test_model tests/test_kernels_cuda tests/test_server bench/bench_cpu_generate \
+    bench/bench_bandwidth bench/bench_cuda_ops bench/bench_cuda_moe; do
     strip -o "$dir/$(basename "$binary")" "$build/$binary" || exit 1
   done
   # shellcheck disable=SC2086 # a list of file names

@@ -462,9 +462,12 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
 
   // Grow what this step outgrows: wait for the previous step's work on the old buffers first. Captured graphs hold
   // the old buffers' addresses, so growth drops them.
-  // A step of decodes only takes the split decode kernel, unless deterministic: its split-and-merge sums differently
-  // from the prefill kernel, which a decode shares a step with as soon as another sequence prefills.
-  const bool split_decode = all_decode && !gpu.deterministic;
+  // A step of decodes only takes the split decode kernel. --deterministic splits every context alike in both kernels
+  // (AttentionSplits::BatchInvariant), since a decode shares a step with the prefill kernel whenever another sequence
+  // prefills.
+  const cuda::AttentionSplits attention_splits =
+      gpu.deterministic ? cuda::AttentionSplits::BatchInvariant : cuda::AttentionSplits::ByBatch;
+  const bool split_decode = all_decode;
   const int64_t decode_context = std::max<int64_t>(meta.max_context, cuda::kDecodeSplitTokens);
   const bool grow_rows = M > gpu.row_capacity, grow_logits = n_logit_rows > gpu.logit_row_capacity;
   const bool grow_metadata = meta.values.size() > gpu.metadata_capacity;
@@ -512,7 +515,7 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
     while (context < decode_context) context *= 2;
     gpu.decode_workspace.reset();
     gpu.decode_workspace = std::make_unique<cuda::DecodeWorkspace>(grown(max_rows, 0), n_heads, n_kv_heads, head_dim,
-                                                                   context);
+                                                                   context, attention_splits);
   }
 
   const int64_t n_device_sampled = static_cast<int64_t>(batch.device_sampling.size());
@@ -694,7 +697,8 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
         cuda::paged_decode_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, *gpu.decode_workspace,
                                           {attn, q_size}, stream);
       else
-        cuda::paged_prefill_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, {attn, q_size}, stream);
+        cuda::paged_prefill_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, attention_splits,
+                                           {attn, q_size}, stream);
       gpu.run_linear(layer.o, attn, M, delta, stream);
       cuda::fused_add_rmsnorm_cuda(x, delta, layer.post_attention_norm, M, H, eps, h, stream);
 

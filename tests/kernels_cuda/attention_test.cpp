@@ -118,7 +118,8 @@ struct Result {
 };
 
 // KV write then attention on the GPU; `max_context` is the launch bound (>= the batch's own).
-Result run_gpu(const HostBatch& b, Mode mode, int64_t max_context) {
+Result run_gpu(const HostBatch& b, Mode mode, int64_t max_context,
+               cuda::AttentionSplits splits = cuda::AttentionSplits::ByBatch) {
   const Shape& shape = b.shape;
   DeviceBytes k(b.k_cache.size() * 2), v(b.v_cache.size() * 2), tables(b.tables.size() * 4),
       first_position(b.first_position.size() * 4), row_start(b.row_start.size() * 4),
@@ -145,11 +146,11 @@ Result run_gpu(const HostBatch& b, Mode mode, int64_t max_context) {
   cuda::kv_cache_write_cuda(cache, batch, {rows + b.k_column(), stride}, {rows + b.v_column(), stride}, nullptr);
   const cuda::HeadsView q{rows, stride}, o{out.data<bf16_bits>(), shape.n_heads * shape.head_dim};
   if (mode == Mode::Decode) {
-    cuda::DecodeWorkspace workspace(b.n_rows, shape.n_heads, shape.n_kv_heads, shape.head_dim, max_context);
+    cuda::DecodeWorkspace workspace(b.n_rows, shape.n_heads, shape.n_kv_heads, shape.head_dim, max_context, splits);
     cuda::paged_decode_attention_cuda(cache, batch, q, shape.n_heads, workspace, o, nullptr);
     check_cuda(cudaDeviceSynchronize(), "decode attention");
   } else {
-    cuda::paged_prefill_attention_cuda(cache, batch, q, shape.n_heads, o, nullptr);
+    cuda::paged_prefill_attention_cuda(cache, batch, q, shape.n_heads, splits, o, nullptr);
     check_cuda(cudaDeviceSynchronize(), "prefill attention");
   }
   for (const DeviceBytes* buffer : {&k, &v, &qkv, &out}) EXPECT_TRUE(buffer->guards_intact());
@@ -186,8 +187,9 @@ CpuResult run_cpu(const HostBatch& b) {
   return r;
 }
 
-void expect_matches_cpu(const HostBatch& b, Mode mode, const std::string& what) {
-  const Result gpu = run_gpu(b, mode, b.max_context);
+void expect_matches_cpu(const HostBatch& b, Mode mode, const std::string& what,
+                        cuda::AttentionSplits splits = cuda::AttentionSplits::ByBatch) {
+  const Result gpu = run_gpu(b, mode, b.max_context, splits);
   const CpuResult cpu = run_cpu(b);
   EXPECT_TRUE(gpu.k_cache == cpu.k_cache) << what << ": K cache differs from kv_cache_write_cpu";
   EXPECT_TRUE(gpu.v_cache == cpu.v_cache) << what << ": V cache differs from kv_cache_write_cpu";
@@ -344,15 +346,77 @@ TEST(AttentionCuda, DecodeRowDependsOnlyOnItsSequenceAndTheSplitSize) {
   EXPECT_TRUE(run_gpu(alone, Mode::Decode, 9000).out == expected);
 }
 
+// Sequence s of `to` takes the keys, values and queries of sequence 0 of `from`, which prefills it whole (row =
+// position): its cached prefix and its new rows.
+void take_sequence(HostBatch& to, int64_t s, HostBatch& from) {
+  for (int64_t position = 0; position < to.first_position[s]; ++position)
+    for (int64_t h = 0; h < to.shape.n_kv_heads; ++h)
+      for (int64_t d = 0; d < to.shape.head_dim; ++d)
+        for (bool value : {false, true}) to.element(value, s, position, h, d) = from.element(value, 0, position, h, d);
+  for (int64_t row = to.row_start[s]; row < to.row_start[s + 1]; ++row) {
+    const int64_t position = to.first_position[s] + row - to.row_start[s];
+    std::copy_n(&from.qkv[position * from.qkv_stride()], to.qkv_stride(), &to.qkv[row * to.qkv_stride()]);
+  }
+}
+
+// --deterministic's guarantee at the kernel level: under AttentionSplits::BatchInvariant a position's output is
+// bitwise the same prefilled whole, prefilled after a prefix hit beside other sequences, or decoded alone or in
+// batches of any size (whose by-batch splits would differ).
+TEST(AttentionCuda, BatchInvariantSplitsGivePrefillAndDecodeTheSameBits) {
+  FP4_SKIP_WITHOUT_GPU();
+  Random random(18);
+  constexpr auto kInvariant = cuda::AttentionSplits::BatchInvariant;
+  constexpr int64_t kLength = 300;  // over four 64-key splits, not a multiple of one
+  HostBatch whole = make_batch(kGqa8, {{0, kLength}}, random);
+  const Result prefilled = run_gpu(whole, Mode::Prefill, whole.max_context, kInvariant);
+  const int64_t row_size = kGqa8.n_heads * kGqa8.head_dim;
+  auto expect_rows = [&](const Result& got, const HostBatch& b, int64_t s, const std::string& what) {
+    for (int64_t row = b.row_start[s]; row < b.row_start[s + 1]; ++row) {
+      const int64_t position = b.first_position[s] + row - b.row_start[s];
+      ASSERT_TRUE(std::equal(got.out.begin() + row * row_size, got.out.begin() + (row + 1) * row_size,
+                             prefilled.out.begin() + position * row_size))
+          << what << ": position " << position << " differs from the whole prefill";
+    }
+  };
+  // A prefix hit of 100 tokens, the sequence second among prefills of other lengths.
+  HostBatch chunk = make_batch(kGqa8, {{0, 70}, {100, kLength - 100}, {33, 5}}, random);
+  take_sequence(chunk, 1, whole);
+  expect_rows(run_gpu(chunk, Mode::Prefill, chunk.max_context, kInvariant), chunk, 1, "prefill after a prefix hit");
+  for (int64_t position : std::vector<int64_t>{0, 1, 63, 64, 65, 127, 128, 200, kLength - 1}) {
+    for (int64_t others : {int64_t{0}, int64_t{4}, int64_t{40}}) {
+      std::vector<int64_t> contexts = {position + 1};
+      for (int64_t i = 0; i < others; ++i) contexts.push_back(1 + below(random, 900));
+      std::swap(contexts[0], contexts[static_cast<size_t>(others / 2)]);  // the sequence in the middle of its batch
+      const int64_t s = others / 2;
+      HostBatch decode = make_batch(kGqa8, decode_specs(contexts), random);
+      take_sequence(decode, s, whole);
+      expect_rows(run_gpu(decode, Mode::Decode, decode.max_context, kInvariant), decode, s,
+                  "decode beside " + std::to_string(others) + " sequences");
+    }
+  }
+}
+
+TEST(AttentionCuda, BatchInvariantSplitsMatchCpu) {
+  FP4_SKIP_WITHOUT_GPU();
+  Random random(19);
+  constexpr auto kInvariant = cuda::AttentionSplits::BatchInvariant;
+  expect_matches_cpu(make_batch(kGqa8, decode_specs({1, 64, 65, 1000, 4100}), random), Mode::Decode,
+                     "batch-invariant decode", kInvariant);
+  expect_matches_cpu(make_batch(kGqa8, {{0, 130}, {64, 64}, {1000, 3}}, random), Mode::Prefill,
+                     "batch-invariant prefill", kInvariant);
+}
+
 TEST(AttentionCuda, RejectsBadArgumentsNamingTheField) {
   FP4_SKIP_WITHOUT_GPU();
   DeviceBytes k(4096 * 2), v(4096 * 2), ints(64 * 4), rows(4096 * 2), out(4096 * 2);
   PagedKvLayer cache{k.data<bf16_bits>(), v.data<bf16_bits>(), 2, 16, 1, 128};
   cuda::AttentionBatch batch{ints.data<int32_t>(), 2, ints.data<int32_t>(), ints.data<int32_t>(), 1, 1, 32, 1};
   const cuda::HeadsView q{rows.data<bf16_bits>(), 4 * 128}, o{out.data<bf16_bits>(), 4 * 128};
-  cuda::DecodeWorkspace workspace(1, 4, 1, 128, 32);
+  cuda::DecodeWorkspace workspace(1, 4, 1, 128, 32, cuda::AttentionSplits::ByBatch);
   auto decode = [&] { cuda::paged_decode_attention_cuda(cache, batch, q, 4, workspace, o, nullptr); };
-  auto prefill = [&] { cuda::paged_prefill_attention_cuda(cache, batch, q, 4, o, nullptr); };
+  auto prefill = [&] {
+    cuda::paged_prefill_attention_cuda(cache, batch, q, 4, cuda::AttentionSplits::ByBatch, o, nullptr);
+  };
 
   batch.max_context = 300;
   expect_error_naming(decode, "page_table_stride = 2");
@@ -366,10 +430,13 @@ TEST(AttentionCuda, RejectsBadArgumentsNamingTheField) {
   expect_error_naming(prefill, "batch.max_query_tokens = 0");
   batch.max_query_tokens = 1;
   // 33 query heads on one KV head exceed the 32 per KV head the kernels support.
-  expect_error_naming([&] { cuda::paged_prefill_attention_cuda(cache, batch, q, 33, o, nullptr); }, "n_heads = 33");
+  expect_error_naming(
+      [&] { cuda::paged_prefill_attention_cuda(cache, batch, q, 33, cuda::AttentionSplits::ByBatch, o, nullptr); },
+      "n_heads = 33");
   expect_error_naming(
       [&] {
-        cuda::paged_prefill_attention_cuda(cache, batch, {rows.data<bf16_bits>(), 100}, 4, o, nullptr);
+        cuda::paged_prefill_attention_cuda(cache, batch, {rows.data<bf16_bits>(), 100}, 4,
+                                           cuda::AttentionSplits::ByBatch, o, nullptr);
       },
       "q.row_stride = 100");
   cache.head_dim = 96;

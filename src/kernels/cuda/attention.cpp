@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "common/error.h"
@@ -83,31 +84,22 @@ int64_t decode_split_tokens(int64_t n_sequences, int64_t n_kv_heads) {
   return split;
 }
 
-namespace {
-// The most (sequence, split) pairs any batch of up to max_rows sequences needs at contexts up to max_context.
-int64_t decode_row_splits(int64_t max_rows, int64_t n_kv_heads, int64_t max_context) {
-  int64_t most = 0;
-  for (int64_t n = 1; n <= max_rows; ++n) {
-    const int64_t split = decode_split_tokens(n, n_kv_heads);
-    most = std::max(most, n * ((max_context + split - 1) / split));
-  }
-  return most;
-}
-}  // namespace
-
 DecodeWorkspace::DecodeWorkspace(int64_t max_rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
-                                 int64_t max_context)
+                                 int64_t max_context, AttentionSplits splits)
     : max_rows_(max_rows),
       n_heads_(n_heads),
       n_kv_heads_(n_kv_heads),
       head_dim_(head_dim),
       max_context_(max_context),
+      splits_(splits),
       row_splits_(0) {
   FP4_CHECK(max_rows >= 1 && n_kv_heads >= 1 && n_heads >= n_kv_heads && head_dim >= 1 && max_context >= 1,
             "DecodeWorkspace: max_rows = {}, n_heads = {}, n_kv_heads = {}, head_dim = {}, max_context = {} must all "
             "be >= 1 (and n_heads >= n_kv_heads)",
             max_rows, n_heads, n_kv_heads, head_dim, max_context);
-  row_splits_ = decode_row_splits(max_rows, n_kv_heads, max_context);
+  // The most (sequence, split) pairs any batch of up to max_rows sequences needs at contexts up to max_context.
+  for (int64_t n = 1; n <= max_rows; ++n)
+    row_splits_ = std::max(row_splits_, n * ((max_context + split_tokens(n) - 1) / split_tokens(n)));
   const int64_t slots = row_splits_ * n_heads;
   FP4_CUDA_CHECK(cudaMalloc(&partial_out_, static_cast<size_t>(slots * head_dim) * sizeof(float)));
   const cudaError_t status = cudaMalloc(&partial_stats_, static_cast<size_t>(slots * 2) * sizeof(float));
@@ -120,6 +112,11 @@ DecodeWorkspace::DecodeWorkspace(int64_t max_rows, int64_t n_heads, int64_t n_kv
 DecodeWorkspace::~DecodeWorkspace() {
   cudaFree(partial_out_);  // destructors must not throw; the driver may already be gone
   cudaFree(partial_stats_);
+}
+
+int64_t DecodeWorkspace::split_tokens(int64_t n_sequences) const {
+  return splits_ == AttentionSplits::BatchInvariant ? kBatchInvariantSplitTokens
+                                                    : decode_split_tokens(n_sequences, n_kv_heads_);
 }
 
 size_t DecodeWorkspace::bytes() const {
@@ -147,15 +144,17 @@ void paged_decode_attention_cuda(const PagedKvLayer& cache, const AttentionBatch
   launch.partial_out = workspace.partial_out();
   launch.partial_stats = workspace.partial_stats();
   // Within row_splits(): the workspace was sized for this many sequences at this context.
-  launch.split_tokens = static_cast<int32_t>(decode_split_tokens(batch.n_sequences, cache.n_kv_heads));
+  launch.split_tokens = static_cast<int32_t>(workspace.split_tokens(batch.n_sequences));
   launch.row_splits = static_cast<int32_t>((batch.max_context + launch.split_tokens - 1) / launch.split_tokens);
   launch_paged_decode_attention(launch);
 }
 
 void paged_prefill_attention_cuda(const PagedKvLayer& cache, const AttentionBatch& batch, HeadsView q, int64_t n_heads,
-                                  HeadsView out, void* stream) {
+                                  AttentionSplits splits, HeadsView out, void* stream) {
   constexpr const char* op = "paged_prefill_attention_cuda";
-  const AttentionLaunch launch = checked_launch(cache, batch, q, n_heads, out, stream, op);
+  AttentionLaunch launch = checked_launch(cache, batch, q, n_heads, out, stream, op);
+  launch.split_tokens = static_cast<int32_t>(splits == AttentionSplits::BatchInvariant ? kBatchInvariantSplitTokens
+                                                                                       : kDecodeSplitTokens);
   if (batch.n_rows == 0) return;
   FP4_CHECK(batch.max_query_tokens >= 1 && batch.max_query_tokens <= batch.n_rows,
             "{}: batch.max_query_tokens = {} must bound every sequence's new tokens, within [1, n_rows = {}]", op,

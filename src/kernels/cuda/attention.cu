@@ -1,6 +1,9 @@
 // Paged-KV attention kernels. One warp per (query row, query head); a CTA serves the query heads sharing one KV head,
 // so each K/V tile is read from memory once per CTA and widened to fp32 in shared memory. Scores: one lane per key;
-// online softmax in fp32; split decode writes unnormalized partial states merged in split order by a second kernel.
+// online softmax in fp32 within a split; split states folded in position order (fold_scales). Split decode writes
+// each split's unnormalized state and a second kernel folds them; prefill folds its splits as it walks the keys. The
+// arithmetic is spelled with explicit roundings (__fmaf_rn, __fmul_rn: nothing left for the compiler to contract), so
+// that the two kernels, given the same split size, produce the same bits for a position (--deterministic).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -110,26 +113,53 @@ __device__ void attend_tile(const float* q, const float* k_tile, const float* v_
 #pragma unroll 4
     for (int d4 = 0; d4 < D / 4; ++d4) {
       const float4 q_part = q4[d4];
-      dot += q_part.x * k_row[4 * d4];
-      dot += q_part.y * k_row[4 * d4 + 1];
-      dot += q_part.z * k_row[4 * d4 + 2];
-      dot += q_part.w * k_row[4 * d4 + 3];
+      dot = __fmaf_rn(q_part.x, k_row[4 * d4], dot);
+      dot = __fmaf_rn(q_part.y, k_row[4 * d4 + 1], dot);
+      dot = __fmaf_rn(q_part.z, k_row[4 * d4 + 2], dot);
+      dot = __fmaf_rn(q_part.w, k_row[4 * d4 + 3], dot);
     }
-    score = dot * scale;
+    score = __fmul_rn(dot, scale);
   }
   const float new_max = fmaxf(state.max, warp_max(score));
   if (new_max == -INFINITY) return;
-  const float p = expf(score - new_max);
-  const float correction = expf(state.max - new_max);
-  state.sum = state.sum * correction + warp_sum(p);
+  const float p = expf(__fsub_rn(score, new_max));
+  const float correction = expf(__fsub_rn(state.max, new_max));
+  state.sum = __fmaf_rn(state.sum, correction, warp_sum(p));
   state.max = new_max;
 #pragma unroll
-  for (int i = 0; i < D / 32; ++i) state.acc[i] *= correction;
+  for (int i = 0; i < D / 32; ++i) state.acc[i] = __fmul_rn(state.acc[i], correction);
   for (int j = 0; j < kKeyTile; ++j) {
     const float p_j = __shfl_sync(0xffffffffu, p, j);
 #pragma unroll
-    for (int i = 0; i < D / 32; ++i) state.acc[i] += p_j * v_tile[j * D + lane + 32 * i];
+    for (int i = 0; i < D / 32; ++i) state.acc[i] = __fmaf_rn(p_j, v_tile[j * D + lane + 32 * i], state.acc[i]);
   }
+}
+
+// Weights of folding a split with maximum score split_max into the running total of the splits before it (whose
+// maximum total_max becomes the larger of the two). The one way split states combine, in the decode merge and in the
+// prefill kernel alike. A split that saw no finite score (state never set) weighs nothing.
+struct FoldScales {
+  float total, split;
+};
+__device__ FoldScales fold_scales(float& total_max, float split_max) {
+  if (split_max == -INFINITY) return {1.0f, 0.0f};
+  const float new_max = fmaxf(total_max, split_max);
+  const FoldScales scales{expf(__fsub_rn(total_max, new_max)), expf(__fsub_rn(split_max, new_max))};
+  total_max = new_max;
+  return scales;
+}
+__device__ float fold(float total, float split, FoldScales scales) {
+  return __fmaf_rn(total, scales.total, __fmul_rn(split, scales.split));
+}
+
+// A warp's split state folded into its total; the split state starts over.
+template <int D>
+__device__ void fold_split(SoftmaxState<D>& total, SoftmaxState<D>& split) {
+  const FoldScales scales = fold_scales(total.max, split.max);
+  total.sum = fold(total.sum, split.sum, scales);
+#pragma unroll
+  for (int i = 0; i < D / 32; ++i) total.acc[i] = fold(total.acc[i], split.acc[i], scales);
+  split = SoftmaxState<D>{};
 }
 
 template <int D>
@@ -137,7 +167,9 @@ __device__ void load_query(const HeadsView& q, int64_t row, int head, float* q_s
   for (int d = threadIdx.x % 32; d < D; d += 32) q_shared[d] = bf16_to_f32(q.data[row * q.row_stride + head * D + d]);
 }
 
-// CTA (query tile, KV head, sequence); warp w serves token w / group of the tile and query head w % group.
+// CTA (query tile, KV head, sequence); warp w serves token w / group of the tile and query head w % group. A token's
+// keys are cut into splits of a.split_tokens positions (the last one ends at the token), each folded into the total
+// when complete: the same states and the same fold as split decode.
 template <int D>
 __global__ void prefill_kernel(AttentionLaunch a, int group, int tokens_per_cta, float scale) {
   extern __shared__ __align__(16) float shared[];  // 16-byte aligned: queries are read as float4
@@ -159,18 +191,21 @@ __global__ void prefill_kernel(AttentionLaunch a, int group, int tokens_per_cta,
   const int32_t* page_table = a.batch.page_tables + s * a.batch.page_table_stride;
   if (active) load_query<D>(a.q, row, head, q_shared);
 
-  SoftmaxState<D> state;
+  SoftmaxState<D> total, split;
   for (int64_t first_key = 0; first_key < end_key; first_key += kKeyTile) {
     __syncthreads();
     load_kv_tile<D>(a.cache, page_table, kv_head, first_key, end_key, k_tile, v_tile);
     __syncthreads();
-    if (active && first_key <= query_position)
-      attend_tile<D>(q_shared, k_tile, v_tile, first_key, query_position, scale, state);
+    if (active && first_key <= query_position) {
+      attend_tile<D>(q_shared, k_tile, v_tile, first_key, query_position, scale, split);
+      const int64_t next_key = first_key + kKeyTile;
+      if (next_key % a.split_tokens == 0 || next_key > query_position) fold_split<D>(total, split);
+    }
   }
   if (!active) return;
   uint16_t* out = a.out.data + row * a.out.row_stride + head * D;
 #pragma unroll
-  for (int i = 0; i < D / 32; ++i) out[lane + 32 * i] = f32_to_bf16(state.acc[i] / state.sum);
+  for (int i = 0; i < D / 32; ++i) out[lane + 32 * i] = f32_to_bf16(__fdiv_rn(total.acc[i], total.sum));
 }
 
 // CTA (split, KV head, sequence); warp g serves query head kv_head * group + g of the sequence's single row.
@@ -206,24 +241,23 @@ __global__ void decode_split_kernel(AttentionLaunch a, int group, float scale) {
   }
 }
 
-// Block (head, row): merges the row's splits in split order (fixed: the result depends on the context and the
-// launch's split size only).
+// Block (head, row): folds the row's splits in position order (the result depends on the context and the launch's
+// split size only), exactly as the prefill kernel folds its own.
 __global__ void decode_merge_kernel(AttentionLaunch a, int head_dim) {
   const int head = blockIdx.x, row = blockIdx.y;
   const int64_t context = a.batch.first_position[row] + 1;
   const int n_splits = static_cast<int>((context + a.split_tokens - 1) / a.split_tokens);
   const int64_t first_slot = (static_cast<int64_t>(row) * a.n_heads + head) * a.row_splits;
   const float* stats = a.partial_stats + first_slot * 2;
-  float max = -INFINITY;
-  for (int sp = 0; sp < n_splits; ++sp) max = fmaxf(max, stats[sp * 2]);
-  float sum = 0.0f;
-  for (int sp = 0; sp < n_splits; ++sp) sum += expf(stats[sp * 2] - max) * stats[sp * 2 + 1];
   uint16_t* out = a.out.data + static_cast<int64_t>(row) * a.out.row_stride + static_cast<int64_t>(head) * head_dim;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int sp = 0; sp < n_splits; ++sp)
-      acc += expf(stats[sp * 2] - max) * a.partial_out[(first_slot + sp) * head_dim + d];
-    out[d] = f32_to_bf16(acc / sum);
+    float max = -INFINITY, sum = 0.0f, acc = 0.0f;
+    for (int sp = 0; sp < n_splits; ++sp) {
+      const FoldScales scales = fold_scales(max, stats[sp * 2]);
+      sum = fold(sum, stats[sp * 2 + 1], scales);
+      acc = fold(acc, a.partial_out[(first_slot + sp) * head_dim + d], scales);
+    }
+    out[d] = f32_to_bf16(__fdiv_rn(acc, sum));
   }
 }
 

@@ -20,7 +20,7 @@ struct AttentionLaunch {
   HeadsView out;         // n_heads heads
   float* partial_out;    // decode only: DecodeWorkspace::partial_out()
   float* partial_stats;  // decode only: DecodeWorkspace::partial_stats()
-  int32_t split_tokens;  // decode only: keys per split, a multiple of 32, at most kDecodeSplitTokens
+  int32_t split_tokens;  // keys per split, a multiple of 32, at most kDecodeSplitTokens
   int32_t row_splits;    // decode only: partial slots per (row, head) = ceil(batch.max_context / split_tokens)
   void* stream;
 };
