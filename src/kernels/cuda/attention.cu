@@ -68,26 +68,65 @@ constexpr size_t attention_shared_bytes(int warps) {
   return sizeof(float) * (static_cast<size_t>(warps) * D + kKeyTile * (D + 1) + kKeyTile * D);
 }
 
-// Keys and values of positions [first_key, first_key + kKeyTile) into shared memory; positions >= end_key read as 0.
+// Keys and values of positions [first_key, first_key + kKeyTile) into shared memory as fp32; positions >= end_key read
+// as 0. A tile is kKeyTile * D / 8 16-byte chunks of K and as many of V; a thread's first kPrefetchedChunks (chunk
+// threadIdx.x + n * blockDim.x) are fetched into registers one tile ahead (fetch_kv_tile), so that their loads are in
+// flight while the CTA attends the current tile; store_kv_tile widens them into shared memory and loads any chunks
+// beyond them directly (CTAs of fewer than kKeyTile * D / 8 / kPrefetchedChunks threads).
+constexpr int kPrefetchedChunks = 2;
+
+struct KvChunks {
+  uint4 k[kPrefetchedChunks], v[kPrefetchedChunks];
+};
+
+__device__ void load_kv_chunk(const PagedKvLayer& cache, const int32_t* page_table, int kv_head, int64_t position,
+                              int64_t end_key, int chunk, uint4& k_bits, uint4& v_bits) {
+  k_bits = v_bits = make_uint4(0, 0, 0, 0);
+  if (position >= end_key) return;
+  const int64_t offset = kv_offset(cache, page_table, position, kv_head) + chunk * 8;
+  k_bits = *reinterpret_cast<const uint4*>(cache.k + offset);
+  v_bits = *reinterpret_cast<const uint4*>(cache.v + offset);
+}
+
 template <int D>
-__device__ void load_kv_tile(const PagedKvLayer& cache, const int32_t* page_table, int kv_head, int64_t first_key,
-                             int64_t end_key, float* k_tile, float* v_tile) {
+__device__ void fetch_kv_tile(const PagedKvLayer& cache, const int32_t* page_table, int kv_head, int64_t first_key,
+                              int64_t end_key, KvChunks& chunks) {
   constexpr int kChunks = D / 8;
-  for (int i = threadIdx.x; i < kKeyTile * kChunks; i += blockDim.x) {
-    const int j = i / kChunks, chunk = i % kChunks;
-    uint4 k_bits = make_uint4(0, 0, 0, 0), v_bits = k_bits;
-    if (first_key + j < end_key) {
-      const int64_t offset = kv_offset(cache, page_table, first_key + j, kv_head) + chunk * 8;
-      k_bits = *reinterpret_cast<const uint4*>(cache.k + offset);
-      v_bits = *reinterpret_cast<const uint4*>(cache.v + offset);
-    }
-    const uint16_t* k_half = reinterpret_cast<const uint16_t*>(&k_bits);
-    const uint16_t* v_half = reinterpret_cast<const uint16_t*>(&v_bits);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      k_tile[j * (D + 1) + chunk * 8 + e] = bf16_to_f32(k_half[e]);
-      v_tile[j * D + chunk * 8 + e] = bf16_to_f32(v_half[e]);
-    }
+  for (int n = 0; n < kPrefetchedChunks; ++n) {
+    const int i = threadIdx.x + n * blockDim.x;
+    if (i < kKeyTile * kChunks)
+      load_kv_chunk(cache, page_table, kv_head, first_key + i / kChunks, end_key, i % kChunks, chunks.k[n],
+                    chunks.v[n]);
+  }
+}
+
+template <int D>
+__device__ void widen_kv_chunk(int i, const uint4& k_bits, const uint4& v_bits, float* k_tile, float* v_tile) {
+  constexpr int kChunks = D / 8;
+  const int j = i / kChunks, chunk = i % kChunks;
+  const uint16_t* k_half = reinterpret_cast<const uint16_t*>(&k_bits);
+  const uint16_t* v_half = reinterpret_cast<const uint16_t*>(&v_bits);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    k_tile[j * (D + 1) + chunk * 8 + e] = bf16_to_f32(k_half[e]);
+    v_tile[j * D + chunk * 8 + e] = bf16_to_f32(v_half[e]);
+  }
+}
+
+template <int D>
+__device__ void store_kv_tile(const PagedKvLayer& cache, const int32_t* page_table, int kv_head, int64_t first_key,
+                              int64_t end_key, const KvChunks& chunks, float* k_tile, float* v_tile) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int n = 0; n < kPrefetchedChunks; ++n) {
+    const int i = threadIdx.x + n * blockDim.x;
+    if (i < kKeyTile * kChunks) widen_kv_chunk<D>(i, chunks.k[n], chunks.v[n], k_tile, v_tile);
+  }
+  for (int i = threadIdx.x + kPrefetchedChunks * blockDim.x; i < kKeyTile * kChunks; i += blockDim.x) {
+    uint4 k_bits, v_bits;
+    load_kv_chunk(cache, page_table, kv_head, first_key + i / kChunks, end_key, i % kChunks, k_bits, v_bits);
+    widen_kv_chunk<D>(i, k_bits, v_bits, k_tile, v_tile);
   }
 }
 
@@ -192,9 +231,13 @@ __global__ void prefill_kernel(AttentionLaunch a, int group, int tokens_per_cta,
   if (active) load_query<D>(a.q, row, head, q_shared);
 
   SoftmaxState<D> total, split;
+  KvChunks next;
+  fetch_kv_tile<D>(a.cache, page_table, kv_head, 0, end_key, next);
   for (int64_t first_key = 0; first_key < end_key; first_key += kKeyTile) {
     __syncthreads();
-    load_kv_tile<D>(a.cache, page_table, kv_head, first_key, end_key, k_tile, v_tile);
+    store_kv_tile<D>(a.cache, page_table, kv_head, first_key, end_key, next, k_tile, v_tile);
+    if (first_key + kKeyTile < end_key)
+      fetch_kv_tile<D>(a.cache, page_table, kv_head, first_key + kKeyTile, end_key, next);
     __syncthreads();
     if (active && first_key <= query_position) {
       attend_tile<D>(q_shared, k_tile, v_tile, first_key, query_position, scale, split);
@@ -226,9 +269,13 @@ __global__ void decode_split_kernel(AttentionLaunch a, int group, float scale) {
   load_query<D>(a.q, row, head, q_shared);
 
   SoftmaxState<D> state;
+  KvChunks next;
+  fetch_kv_tile<D>(a.cache, page_table, kv_head, first_split_key, end_key, next);
   for (int64_t first_key = first_split_key; first_key < end_key; first_key += kKeyTile) {
     __syncthreads();
-    load_kv_tile<D>(a.cache, page_table, kv_head, first_key, end_key, k_tile, v_tile);
+    store_kv_tile<D>(a.cache, page_table, kv_head, first_key, end_key, next, k_tile, v_tile);
+    if (first_key + kKeyTile < end_key)
+      fetch_kv_tile<D>(a.cache, page_table, kv_head, first_key + kKeyTile, end_key, next);
     __syncthreads();
     attend_tile<D>(q_shared, k_tile, v_tile, first_key, end_key - 1, scale, state);
   }
