@@ -88,6 +88,36 @@ void run_on_threads(int workers, size_t n, const Job& job) {
   if (error) std::rethrow_exception(error);
 }
 
+// Word-at-a-time scans for check_values: 8 bytes a step without an early exit, about twice the speed of the byte
+// loops with their early exit (measured on the 2-core workstation); only a chunk they flag is walked again to name
+// the bad value.
+// bad_lanes(word) has a lane's top bit set for each bad lane; a partial last word is padded with zeros (valid).
+bool any_bad_lane(std::span<const uint8_t> bytes, uint64_t (*bad_lanes)(uint64_t)) {
+  uint64_t bad = 0, word = 0;
+  size_t i = 0;
+  for (; i + 8 <= bytes.size(); i += 8) {
+    std::memcpy(&word, bytes.data() + i, 8);
+    bad |= bad_lanes(word);
+  }
+  if (i < bytes.size()) {
+    word = 0;
+    std::memcpy(&word, bytes.data() + i, bytes.size() - i);
+    bad |= bad_lanes(word);
+  }
+  return bad != 0;
+}
+// e4m3 bytes that are NaN (s1111111) or negative other than -0 (0x80): low7 + 0x7F carries into the top bit when
+// low7 != 0, low7 + 0x01 when low7 == 0x7F; neither carries past its byte.
+uint64_t bad_e4m3_bytes(uint64_t word) {
+  constexpr uint64_t k7F = 0x7F7F7F7F7F7F7F7Full, k80 = 0x8080808080808080ull, k01 = 0x0101010101010101ull;
+  const uint64_t low7 = word & k7F;
+  return (word & k80 & (low7 + k7F)) | ((low7 + k01) & k80);
+}
+// bf16 lanes whose exponent is all ones (NaN or Inf): exponent bits + 0x0080 reach 0x8000 only then.
+uint64_t bad_bf16_lanes(uint64_t word) {
+  return ((word & 0x7F807F807F807F80ull) + 0x0080008000800080ull) & 0x8000800080008000ull;
+}
+
 // Rejects values a served model must never hold; raw e2m1 bytes can hold anything.
 void check_values(const SourceTensor& t, BindingRole role, std::span<const uint8_t> bytes) {
   switch (t.info.dtype) {
@@ -101,12 +131,14 @@ void check_values(const SourceTensor& t, BindingRole role, std::span<const uint8
       }
       break;
     case DType::F8_E4M3:
+      if (!any_bad_lane(bytes, bad_e4m3_bytes)) break;
       for (uint8_t b : bytes) {
         FP4_CHECK((b & 0x7F) != 0x7F, "{}: block scale is NaN (e4m3 code 0x{:02X})", where(t), b);
         FP4_CHECK(b == 0x80 || (b & 0x80) == 0, "{}: block scale is negative (e4m3 code 0x{:02X})", where(t), b);
       }
       break;
     case DType::BF16:
+      if (!any_bad_lane(bytes, bad_bf16_lanes)) break;
       for (size_t i = 0; i + 2 <= bytes.size(); i += 2) {
         bf16_bits v;
         std::memcpy(&v, bytes.data() + i, 2);

@@ -39,7 +39,8 @@ enum class SourceFormat {
 using StagingAllocator = std::function<std::unique_ptr<uint8_t[]>(size_t bytes)>;
 std::unique_ptr<uint8_t[]> allocate_staging_memory(size_t bytes);
 
-// min(hardware threads, 8): past that, reads from the page cache stop scaling on the machines measured.
+// min(hardware threads, 8): enough to approach page-cache read bandwidth (the hashing costs about as much as the
+// reading) without taking every core of a large host; measured only up to 2 threads so far.
 int default_load_threads();
 
 struct LoadOptions {
