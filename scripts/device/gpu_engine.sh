@@ -18,7 +18,7 @@
 #   4. throughput on a synthetic qwen3-30b-a3b preset with SYNTH_LAYERS layers, written in NVFP4 here by the carried
 #      fp4serve (`synth --format nvfp4`; the full 48 layers are scripts/device/e2e_30b.sh's);
 #      then decode with GPU sampling against host sampling (--gpu-sampling on,off) on its 151936-token vocabulary.
-#   reload (only when GPU_ENGINE_STEPS names it; about 2 minutes): the server issue's reload-under-load tests against
+#   reload (only when GPU_ENGINE_STEPS names it; capped at 240 s): the server issue's reload-under-load tests against
 #      `serve --device cuda --deterministic` on the bundled arithmetic pair (Devices/ReloadUnderLoad.*/cuda: 32
 #      streaming clients while 20 reloads alternate A/B, and failed reloads under load), output in reload_tests.log.
 # Writes to $OUT: summary.txt, tests.log, memcheck.log, bench.md, reload_tests.log and logs.tar (everything else).
