@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
     LoadResult first = updater.load(dirs[0]);
     double first_seconds = now() - t0;
 
-    fmt::print("reload benchmark: {} ({}), {} cores, {} loader threads, layout {}, act-quant {}\n", dirs[0],
+    fmt::print("reload benchmark: {} ({}), {} cores, loader threads {}, layout {}, act-quant {}\n", dirs[0],
                architecture_name(config.architecture), std::thread::hardware_concurrency(), first.threads,
                weight_layout_name(options.layout), act_quant_name(options.act_quant));
     fmt::print("{:<28} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10}\n", "operation", "bytes MB", "total s", "validate",
