@@ -242,12 +242,11 @@ TEST_F(Reload, ParallelLoadGivesTheBytesOfAOneThreadLoad) {
 }
 
 // Files whose first read, once armed, from a thread other than the one that armed them fails or returns one byte
-// flipped (armed with None: neither); remembers the file and offset of that read. While armed, reads on the arming
-// thread take a millisecond longer, so that the loader's other threads surely take chunks (else a small load can
-// end before they start).
+// flipped; remembers the file and offset of that read. While armed, reads on the arming thread take a millisecond
+// longer, so that the loader's other threads surely take chunks (else a small load can end before they start).
 class WorkerThreadFault {
  public:
-  enum class Kind { None, ReadError, FlippedByte };
+  enum class Kind { ReadError, FlippedByte };
   void arm(Kind kind) {
     std::lock_guard lock(mutex_);
     kind_ = kind, armed_ = true, fired_ = false, arming_thread_ = std::this_thread::get_id();
@@ -578,17 +577,42 @@ TEST_F(ReloadFailure, TruncatedShardEmptyDirMissingShardAndWrongArchitecture) {
   expect_refused(ckpts->three_layers, {"num_hidden_layers", "config.json"});
 }
 
+// Files in which a read covering byte `offset` takes 50 ms longer: the loader thread reading it falls behind.
+FileOpener slow_read_at(uint64_t offset) {
+  class Reader final : public FileReader {
+   public:
+    Reader(std::unique_ptr<FileReader> file, uint64_t slow) : file_(std::move(file)), slow_(slow) {}
+    const std::string& path() const override { return file_->path(); }
+    uint64_t size() const override { return file_->size(); }
+    std::optional<std::string> change_since_open() const override { return file_->change_since_open(); }
+    size_t pread_some(std::span<uint8_t> dst, uint64_t offset) const override {
+      if (offset <= slow_ && slow_ < offset + dst.size()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      return file_->pread_some(dst, offset);
+    }
+
+   private:
+    std::unique_ptr<FileReader> file_;
+    uint64_t slow_;
+  };
+  return [offset](const fs::path& path) -> std::unique_ptr<FileReader> {
+    return std::make_unique<Reader>(open_posix_file(path), offset);
+  };
+}
+
+// A NaN in the embedding's first chunk, whose read is slow, and an Inf in its sixth: the other threads meet the Inf
+// first, yet the error is the NaN's, as on one thread.
 TEST_F(ReloadFailure, SeveralThreadsReportTheErrorOneThreadMeetsFirst) {
-  const fs::path two_bad = variant("two_bad", [](Mutable& m) {
-    m.bytes[kQProj + ".weight_scale"][5] = 0x7F;
-    const float zero = 0.0f;
-    std::memcpy(m.bytes[kExpert + ".weight_scale_2"].data(), &zero, 4);
+  const std::string embedding = "model.embed_tokens.weight";
+  const fs::path two_bad = variant("two_bad", [&](Mutable& m) {
+    std::vector<uint8_t>& bytes = m.bytes[embedding];
+    ASSERT_GT(bytes.size(), 5u * 4096 + 4);
+    bytes[2] = 0xC0, bytes[3] = 0x7F;                          // element 1: bf16 NaN (0x7FC0)
+    bytes[5 * 4096 + 2] = 0x80, bytes[5 * 4096 + 3] = 0x7F;  // in the sixth 4 KiB chunk: bf16 Inf (0x7F80)
   });
-  WorkerThreadFault slow_calling_thread;  // so that the other threads read most chunks, the later ones first
+  const uint64_t embedding_offset = Checkpoint::open(two_bad).tensor(embedding).info->offset;
   std::vector<std::string> errors;
-  for (const LoadOptions& options : {LoadOptions{.threads = 1}, on_four_threads(slow_calling_thread.opener())}) {
+  for (const LoadOptions& options : {LoadOptions{.threads = 1}, on_four_threads(slow_read_at(embedding_offset))}) {
     Served served = serve(ckpts->a, {}, options);
-    slow_calling_thread.arm(WorkerThreadFault::Kind::None);
     try {
       served.updater->load(two_bad);
       ADD_FAILURE() << "the load succeeded";
@@ -597,6 +621,7 @@ TEST_F(ReloadFailure, SeveralThreadsReportTheErrorOneThreadMeetsFirst) {
     }
   }
   ASSERT_EQ(errors.size(), 2u);
+  EXPECT_NE(errors[0].find("value nan"), std::string::npos) << errors[0];
   EXPECT_EQ(errors[1], errors[0]);
 }
 
