@@ -1,6 +1,7 @@
 // Reload benchmark: time and throughput of update_weights_from_disk on a checkpoint, next to the time to merely
 // read the same bytes from disk in the same run (both usually from the page cache after the first pass; the table
-// says so). Usage: bench_reload MODEL_DIR [OTHER_DIR] [--repeat N] [--act-quant M] [--moe-backend B]
+// says so). Usage: bench_reload MODEL_DIR [OTHER_DIR] [--repeat N] [--threads N] [--act-quant M] [--moe-backend B]
+// (--threads: the loader's threads, LoadOptions::threads; default min(hardware threads, 8)).
 #include <fmt/format.h>
 
 #include <chrono>
@@ -44,28 +45,31 @@ int main(int argc, char** argv) {
   std::vector<std::string> dirs;
   int repeat = 3;
   QuantOptions options;
+  LoadOptions load_options;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--repeat" && i + 1 < argc) repeat = std::stoi(argv[++i]);
+    else if (arg == "--threads" && i + 1 < argc) load_options.threads = std::stoi(argv[++i]);
     else if (arg == "--act-quant" && i + 1 < argc) options.act_quant = parse_act_quant(argv[++i]);
     else if (arg == "--moe-backend" && i + 1 < argc) options.layout = parse_weight_layout(argv[++i]);
     else dirs.push_back(arg);
   }
   if (dirs.empty()) {
-    fmt::print(stderr, "usage: bench_reload MODEL_DIR [OTHER_DIR] [--repeat N] [--act-quant M] [--moe-backend B]\n");
+    fmt::print(stderr, "usage: bench_reload MODEL_DIR [OTHER_DIR] [--repeat N] [--threads N] [--act-quant M] "
+               "[--moe-backend B]\n");
     return 2;
   }
   if (dirs.size() == 1) dirs.push_back(dirs[0]);
   try {
     ModelConfig config = load_model_config(dirs[0]);
     Qwen3Model model(config, load_quant_config(dirs[0]), options);
-    WeightUpdater updater(model, config);
+    WeightUpdater updater(model, config, load_options);
     double t0 = now();
     LoadResult first = updater.load(dirs[0]);
     double first_seconds = now() - t0;
 
-    fmt::print("reload benchmark: {} ({}), {} cores, layout {}, act-quant {}\n", dirs[0],
-               architecture_name(config.architecture), std::thread::hardware_concurrency(),
+    fmt::print("reload benchmark: {} ({}), {} cores, loader threads {}, layout {}, act-quant {}\n", dirs[0],
+               architecture_name(config.architecture), std::thread::hardware_concurrency(), first.threads,
                weight_layout_name(options.layout), act_quant_name(options.act_quant));
     fmt::print("{:<28} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10}\n", "operation", "bytes MB", "total s", "validate",
                "write", "post-proc", "GB/s");

@@ -3,9 +3,9 @@
 # binaries built on the workstation (--prebuilt DIR). On the workstation, `gpu_engine.sh --pack BUILD DIR` fills DIR
 # (git-ignored, e.g. .carry/gpu; pass it in `carry`) with bundle.tar.xz (stripped fp4serve, test_model,
 # test_kernels_cuda, test_server, bench_cpu_generate, bench_bandwidth, bench_cuda_ops and bench_cuda_moe from the
-# CUDA build BUILD, and lib/ with the shared
-# libraries they link beyond glibc, the driver and the CUDA toolkit: a bare device machine lacks libfmt9 and the like)
-# and source_dir.txt (the source path compiled into test_model, where the tests look for the bundled models).
+# CUDA build BUILD, and lib/ with the shared libraries they link beyond glibc, the driver and the CUDA toolkit: a bare
+# device machine lacks libfmt9 and the like) and source_dir.txt (the source path compiled into the tests, where they
+# look for the bundled models).
 # scripts/device/e2e_30b.sh runs from the same DIR.
 # Steps on the device, each under `timeout`, the whole within about 400 s so that results come back in one call:
 #   0. the NVFP4 GEMM kernel tests (device alphas under graph capture among them) and the GPU sampler's (SamplingCuda*);
@@ -19,7 +19,10 @@
 #   4. throughput on a synthetic qwen3-30b-a3b preset with SYNTH_LAYERS layers, written in NVFP4 here by the carried
 #      fp4serve (`synth --format nvfp4`; the full 48 layers are scripts/device/e2e_30b.sh's);
 #      then decode with GPU sampling against host sampling (--gpu-sampling on,off) on its 151936-token vocabulary.
-# Writes to $OUT: summary.txt, tests.log, memcheck.log, bench.md and logs.tar (everything else).
+#   reload (only when GPU_ENGINE_STEPS names it; capped at 240 s): the server issue's reload-under-load tests against
+#      `serve --device cuda --deterministic` on the bundled arithmetic pair (Devices/ReloadUnderLoad.*/cuda: 32
+#      streaming clients while 20 reloads alternate A/B, and failed reloads under load), output in reload_tests.log.
+# Writes to $OUT: summary.txt, tests.log, memcheck.log, bench.md, reload_tests.log and logs.tar (everything else).
 set -uo pipefail
 if [ "${1:-}" = "--pack" ] && [ -n "${2:-}" ] && [ -n "${3:-}" ]; then
   build=$2 dir=$3
@@ -228,11 +231,20 @@ fi
 tail -5 "$OUT/logs/bench.err"
 fi
 
+if want reload; then
+stamp "reload. reload under load over HTTP on serve --device cuda --deterministic (bundled pair A/B)"
+timeout "$(budget 240)" "$prebuilt/test_server" --gtest_filter='Devices/ReloadUnderLoad.*/cuda' \
+  > "$OUT/reload_tests.log" 2>&1
+record "tests Devices/ReloadUnderLoad.*/cuda" "$?"
+grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|requests:|Failure|PASSED|FAILED TEST" "$OUT/reload_tests.log" | head -40
+fi
+
 stamp "done"
 {
   echo "== gpu_engine.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1), commit $(git rev-parse --short HEAD 2> /dev/null), $(( $(date +%s) - start )) s =="
   printf '%s\n' "${summary[@]}"
   grep -E "^\[  FAILED  \]|measured" "$OUT/tests.log" 2> /dev/null | sort -u | head -40
+  grep -E "^\[  FAILED  \]|requests:" "$OUT/reload_tests.log" 2> /dev/null | sort -u | head -10
   grep -E "ERROR SUMMARY" "$OUT/memcheck.log" 2> /dev/null
 } | tee "$OUT/summary.txt"
 tar -cf "$OUT/logs.tar" -C "$OUT" logs && rm -rf "$OUT/logs"

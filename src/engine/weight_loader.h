@@ -5,8 +5,11 @@
 //      tensors; the staging memory of the whole load (rollback included) is allocated; every byte is read once,
 //      scales finite and > 0, chunk digests recorded; no shard may have been modified in place or replaced since
 //      it was opened. Nothing live changes.
-//   2. commit: re-read chunk by chunk through the staging buffer, check each chunk's digest, copy into the
+//   2. commit: re-read chunk by chunk through the staging buffers, check each chunk's digest, copy into the
 //      parameters (pointers never change), then post-process once.
+// Both passes split the chunks between LoadOptions::threads threads (positioned reads: one open file serves them
+// all), each with its own staging buffer; the commit starts only once every thread's validation is done, and a
+// failure is reported as one thread would have met it first (the lowest chunk in load order).
 // A failure in 1 (running out of memory included) leaves the parameters byte-identical. A failure in 2 (a file
 // rewritten or unreadable after validation, memory exhausted while post-processing) restores the previous source,
 // whose files stay open from its own load (for an in-memory load: the `restore` set the caller passes); only if
@@ -36,8 +39,17 @@ enum class SourceFormat {
 using StagingAllocator = std::function<std::unique_ptr<uint8_t[]>(size_t bytes)>;
 std::unique_ptr<uint8_t[]> allocate_staging_memory(size_t bytes);
 
+// min(hardware threads, 8): enough to approach page-cache read bandwidth (the hashing costs about as much as the
+// reading) without taking every core of a large host; measured only up to 2 threads so far.
+int default_load_threads();
+
 struct LoadOptions {
-  size_t staging_bytes = size_t{64} << 20;  // chunk size of the staging buffer
+  // Host staging shared by the threads: each reads chunks of staging_bytes / threads through a buffer of its own
+  // (two page-locked ones for a model on the GPU, so that a chunk is read while the previous one is copied).
+  size_t staging_bytes = size_t{64} << 20;
+  // Threads that read and digest chunks in both passes; a load uses at most one per chunk of data it holds, so a
+  // small checkpoint stays on the calling thread.
+  int threads = default_load_threads();
   FileOpener open_file = open_posix_file;   // tests inject I/O faults here
   StagingAllocator allocate_staging = allocate_staging_memory;
   std::function<void()> between_validate_and_commit{};  // tests change files here
@@ -56,7 +68,9 @@ struct LoadResult {
   SourceFormat format;
   uint64_t tensors = 0;          // checkpoint tensors loaded
   uint64_t bytes = 0;            // checkpoint bytes loaded (each read twice: validate and commit)
-  uint64_t peak_staging_bytes = 0;  // allocated for this load: chunk buffer(s: two page-locked ones for a GPU model) + one quantization group, rollback's too
+  // Allocated for this load, rollback's too: per thread, its chunk buffer(s) and one quantization group.
+  uint64_t peak_staging_bytes = 0;
+  int threads = 1;  // threads that read the checkpoint
   double validate_seconds = 0, commit_seconds = 0, post_process_seconds = 0;
 };
 
@@ -85,11 +99,13 @@ class WeightLoader {
   Staging allocate_staging(const Plan& plan, const Plan* restore) const;
   void read_and_digest(Plan& plan, Staging& staging, LoadResult& result) const;
   void commit(const Plan& plan, Staging& staging);
+  void commit_groups(const Plan& plan, Staging& staging);
   // Validates, then writes `plan`; on a failed write restores `restore` (null: nothing to restore from).
   LoadResult validate_and_commit(Plan& plan, Plan* restore);
 
   LoadableModel& model_;
   LoadOptions options_;
+  uint64_t chunk_bytes_;  // the unit of reads and digests: staging_bytes / threads
   State state_ = State::Empty;
   std::unique_ptr<Plan> current_;  // the plan of the weights now served when it can be read again: the rollback source
   std::string current_source_;

@@ -60,11 +60,12 @@ LoadResult WeightUpdater::load(const std::filesystem::path& dir) {
 
 void WeightUpdater::log_load(std::string_view what, const LoadResult& result) const {
   spdlog::info("{} {} ({}{} tensors, {:.1f} MB) in {:.3f} s: validate {:.3f} s, write {:.3f} s, post-process {:.3f} s; "
-               "peak staging {:.1f} MB",
+               "peak staging {:.1f} MB; {} read thread{}",
                what, result.source, result.format == SourceFormat::Bf16Online ? "bf16 quantized on load, " : "",
                result.tensors, result.bytes / 1e6,
                result.validate_seconds + result.commit_seconds + result.post_process_seconds, result.validate_seconds,
-               result.commit_seconds, result.post_process_seconds, result.peak_staging_bytes / 1e6);
+               result.commit_seconds, result.post_process_seconds, result.peak_staging_bytes / 1e6, result.threads,
+               result.threads == 1 ? "" : "s");
 }
 
 namespace {

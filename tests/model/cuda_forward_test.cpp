@@ -359,6 +359,40 @@ TEST(CudaForward, ReloadOnTheGpuEqualsAFreshLoadAndKeepsEveryPointer) {
   }
 }
 
+// Every parameter (derived ones and aliases included), copied back to the host.
+std::map<std::string, std::vector<uint8_t>> parameter_bytes(const Qwen3Model& model) {
+  std::map<std::string, std::vector<uint8_t>> bytes;
+  for (const std::string& name : model.params().names()) {
+    const Tensor host = to_host(model.params().get(name));
+    bytes[name].assign(host.raw(), host.raw() + host.nbytes());
+  }
+  return bytes;
+}
+
+// Four loader threads over 4 KiB chunks, each thread uploading through its own page-locked buffers and copy stream,
+// leave on the GPU the bytes of a one-thread load: NVFP4 A then B, and B's bf16 checkpoint quantized on load.
+TEST(CudaForward, ParallelReloadOnTheGpuEqualsAOneThreadLoad) {
+  FP4_SKIP_WITHOUT_GPU();
+  const ModelConfig config = load_model_config(kBundled);
+  const std::filesystem::path bundled_b_bf16 = FP4SERVE_SOURCE_DIR "/models/qwen3-moe-arith-b-bf16";
+  auto model = [&] {
+    return std::make_unique<Qwen3Model>(config, load_quant_config(kBundledA),
+                                        options_on(Device::CUDA, WeightLayout::Trtllm));
+  };
+  auto one = model(), parallel = model();
+  WeightUpdater one_thread(*one, config, {.threads = 1});
+  WeightUpdater four_threads(*parallel, config, {.staging_bytes = 16 << 10, .threads = 4});
+  for (const std::filesystem::path& dir : {kBundledA, kBundled, bundled_b_bf16}) {
+    SCOPED_TRACE(dir.filename().string());
+    EXPECT_EQ(one_thread.load(dir).threads, 1);
+    const LoadResult parallel_load = four_threads.load(dir);
+    EXPECT_EQ(parallel_load.threads, 4);
+    std::printf("[ measured ] %s on 4 threads: peak staging %.1f KB\n", dir.filename().c_str(),
+                parallel_load.peak_staging_bytes / 1e3);
+    EXPECT_TRUE(parameter_bytes(*parallel) == parameter_bytes(*one)) << "the GPU parameters differ";
+  }
+}
+
 TEST(CudaForward, ObserversSeeTheGpuRoutingAndLayerOutputs) {
   FP4_SKIP_WITHOUT_GPU();
   auto cpu = load_model(kBundled, options_on(Device::CPU)), gpu = load_model(kBundled, options_on(Device::CUDA));

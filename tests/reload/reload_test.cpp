@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -13,7 +14,11 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
+#include <utility>
 
 #include "common/error.h"
 #include "engine/weight_updater.h"
@@ -203,6 +208,150 @@ TEST_F(Reload, Bf16OnlineReloadEqualsQuantizeThenReload) {
     EXPECT_EQ(r.format, SourceFormat::Bf16Online);
     EXPECT_TRUE(same_state(snapshot(*online.model), snapshot(*quantized.model)));
     EXPECT_EQ(model_weights_digest(*online.model), checkpoint_digest(ckpts->b));
+  }
+}
+
+// ---- the parallel loader: threads read and digest the chunks of both passes ----
+
+// The tiny checkpoints (about 800 KB) on 4 threads: 16 KiB of staging gives each thread 4 KiB chunks, hundreds each.
+LoadOptions on_four_threads(FileOpener open_file = open_posix_file) {
+  return {.staging_bytes = 16 << 10, .threads = 4, .open_file = std::move(open_file)};
+}
+
+TEST_F(Reload, ParallelLoadGivesTheBytesOfAOneThreadLoad) {
+  for (const Mode& mode : {Mode{WeightLayout::Cutlass, ActQuant::None}, Mode{WeightLayout::Trtllm, ActQuant::Static}}) {
+    SCOPED_TRACE(describe(mode));
+    QuantOptions options{.layout = mode.layout, .act_quant = mode.act};
+    Served one = serve(ckpts->a, options, {.threads = 1});
+    Served parallel = serve(ckpts->a, options, on_four_threads());
+    EXPECT_TRUE(same_state(snapshot(*parallel.model), snapshot(*one.model)));
+    for (const fs::path& dir : {ckpts->b, ckpts->b_bf16, ckpts->a}) {
+      SCOPED_TRACE(dir.filename().string());
+      const LoadResult single = one.updater->load(dir), several = parallel.updater->load(dir);
+      EXPECT_EQ(single.threads, 1);
+      EXPECT_EQ(several.threads, 4);
+      EXPECT_TRUE(same_state(snapshot(*parallel.model), snapshot(*one.model)));
+      if (dir == ckpts->b) {  // NVFP4 after NVFP4: no quantization group to stage
+        EXPECT_LE(several.peak_staging_bytes, 16u << 10);  // the threads share the staging budget
+      }
+    }
+  }
+  // By default a load takes a thread per chunk of data (staging_bytes / threads): this small one stays on one.
+  Served by_default = serve(ckpts->a, {});
+  EXPECT_EQ(by_default.updater->load(ckpts->b).threads, 1);
+}
+
+// Files whose first read, once armed, from a thread other than the one that armed them fails or returns one byte
+// flipped; remembers the file and offset of that read. While armed, reads on the arming thread take a millisecond
+// longer, so that the loader's other threads surely take chunks (else a small load can end before they start).
+class WorkerThreadFault {
+ public:
+  enum class Kind { ReadError, FlippedByte };
+  void arm(Kind kind) {
+    std::lock_guard lock(mutex_);
+    kind_ = kind, armed_ = true, fired_ = false, arming_thread_ = std::this_thread::get_id();
+  }
+  // (file, offset) of the faulty read.
+  std::optional<std::pair<std::string, uint64_t>> fired() const {
+    std::lock_guard lock(mutex_);
+    return fired_ ? std::optional(std::pair(fired_path_, fired_offset_)) : std::nullopt;
+  }
+  FileOpener opener() {
+    return [this](const fs::path& path) -> std::unique_ptr<FileReader> {
+      return std::make_unique<Reader>(*this, open_posix_file(path));
+    };
+  }
+
+ private:
+  class Reader final : public FileReader {
+   public:
+    Reader(WorkerThreadFault& fault, std::unique_ptr<FileReader> file) : fault_(fault), file_(std::move(file)) {}
+    const std::string& path() const override { return file_->path(); }
+    uint64_t size() const override { return file_->size(); }
+    std::optional<std::string> change_since_open() const override { return file_->change_since_open(); }
+    size_t pread_some(std::span<uint8_t> dst, uint64_t offset) const override {
+      const size_t got = file_->pread_some(dst, offset);
+      if (fault_.on_arming_thread()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      std::optional<Kind> kind = fault_.take(path(), offset);
+      if (kind == Kind::ReadError) fail("{}: read at offset {} failed (injected on a worker thread)", path(), offset);
+      if (kind == Kind::FlippedByte && got > 0) dst[got - 1] ^= 0x01;
+      return got;
+    }
+
+   private:
+    WorkerThreadFault& fault_;
+    std::unique_ptr<FileReader> file_;
+  };
+
+  bool on_arming_thread() const {
+    std::lock_guard lock(mutex_);
+    return armed_ && std::this_thread::get_id() == arming_thread_;
+  }
+  // The fault for this read, if it is the one to fail.
+  std::optional<Kind> take(const std::string& path, uint64_t offset) {
+    std::lock_guard lock(mutex_);
+    if (!armed_ || fired_ || std::this_thread::get_id() == arming_thread_) return std::nullopt;
+    fired_ = true, fired_path_ = path, fired_offset_ = offset;
+    return kind_;
+  }
+
+  mutable std::mutex mutex_;
+  Kind kind_ = Kind::ReadError;
+  bool armed_ = false, fired_ = false;
+  std::thread::id arming_thread_;
+  std::string fired_path_;
+  uint64_t fired_offset_ = 0;
+};
+
+// The checkpoint tensor holding byte `offset` of `file`.
+std::string tensor_at(const fs::path& dir, const std::string& file, uint64_t offset) {
+  Checkpoint ckpt = Checkpoint::open(dir, {.map = false});
+  for (const auto& name : ckpt.tensor_names()) {
+    const CheckpointTensor& t = ckpt.tensor(name);
+    if (t.shard->path() == file && t.info->offset <= offset && offset < t.info->offset + t.info->nbytes) return name;
+  }
+  return "(no tensor at offset " + std::to_string(offset) + " of " + file + ")";
+}
+
+TEST_F(Reload, AFaultInAChunkReadByAWorkerThreadNamesFileAndTensorAndChangesNothing) {
+  WorkerThreadFault fault;
+  std::optional<WorkerThreadFault::Kind> arm_at_commit;
+  LoadOptions options = on_four_threads(fault.opener());
+  options.between_validate_and_commit = [&] {
+    if (arm_at_commit) fault.arm(*arm_at_commit);
+  };
+  Served served = serve(ckpts->a, {.layout = WeightLayout::Trtllm, .act_quant = ActQuant::Static}, options);
+  const auto before = snapshot(*served.model);
+  struct Case {
+    WorkerThreadFault::Kind kind;
+    bool at_commit;
+    std::vector<std::string> says;
+  };
+  using Kind = WorkerThreadFault::Kind;
+  for (const Case& c : {Case{Kind::ReadError, false, {"injected on a worker thread"}},
+                        Case{Kind::ReadError, true, {"injected on a worker thread", "were restored"}},
+                        Case{Kind::FlippedByte, true, {"changed on disk after validation", "were restored"}}}) {
+    SCOPED_TRACE(std::string(c.kind == Kind::ReadError ? "read error" : "flipped byte") +
+                 (c.at_commit ? " at commit" : " at validation"));
+    arm_at_commit.reset();
+    if (c.at_commit)
+      arm_at_commit = c.kind;
+    else
+      fault.arm(c.kind);
+    try {
+      served.updater->load(ckpts->b);
+      ADD_FAILURE() << "the load succeeded";
+    } catch (const Error& e) {
+      const std::string message = e.what();
+      const auto read = fault.fired();
+      ASSERT_TRUE(read.has_value()) << "no worker thread read a chunk: " << message;
+      EXPECT_NE(message.find(read->first), std::string::npos) << message;
+      EXPECT_NE(message.find("tensor '" + tensor_at(ckpts->b, read->first, read->second) + "'"), std::string::npos)
+          << message;
+      for (const std::string& fragment : c.says) EXPECT_NE(message.find(fragment), std::string::npos) << message;
+    }
+    EXPECT_EQ(served.updater->state(), WeightLoader::State::Loaded);
+    EXPECT_TRUE(same_state(snapshot(*served.model), before));
   }
 }
 
@@ -426,6 +575,54 @@ TEST_F(ReloadFailure, TruncatedShardEmptyDirMissingShardAndWrongArchitecture) {
   expect_refused(missing_shard, {"model-99999-of-99999.safetensors"});
 
   expect_refused(ckpts->three_layers, {"num_hidden_layers", "config.json"});
+}
+
+// Files in which a read covering byte `offset` takes 50 ms longer: the loader thread reading it falls behind.
+FileOpener slow_read_at(uint64_t offset) {
+  class Reader final : public FileReader {
+   public:
+    Reader(std::unique_ptr<FileReader> file, uint64_t slow) : file_(std::move(file)), slow_(slow) {}
+    const std::string& path() const override { return file_->path(); }
+    uint64_t size() const override { return file_->size(); }
+    std::optional<std::string> change_since_open() const override { return file_->change_since_open(); }
+    size_t pread_some(std::span<uint8_t> dst, uint64_t offset) const override {
+      if (offset <= slow_ && slow_ < offset + dst.size()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      return file_->pread_some(dst, offset);
+    }
+
+   private:
+    std::unique_ptr<FileReader> file_;
+    uint64_t slow_;
+  };
+  return [offset](const fs::path& path) -> std::unique_ptr<FileReader> {
+    return std::make_unique<Reader>(open_posix_file(path), offset);
+  };
+}
+
+// A NaN in the embedding's first chunk, whose read is slow, and an Inf in its sixth: the other threads meet the Inf
+// first, yet the error is the NaN's, as on one thread.
+TEST_F(ReloadFailure, SeveralThreadsReportTheErrorOneThreadMeetsFirst) {
+  const std::string embedding = "model.embed_tokens.weight";
+  const fs::path two_bad = variant("two_bad", [&](Mutable& m) {
+    std::vector<uint8_t>& bytes = m.bytes[embedding];
+    ASSERT_GT(bytes.size(), 5u * 4096 + 4);
+    bytes[2] = 0xC0, bytes[3] = 0x7F;                          // element 1: bf16 NaN (0x7FC0)
+    bytes[5 * 4096 + 2] = 0x80, bytes[5 * 4096 + 3] = 0x7F;  // in the sixth 4 KiB chunk: bf16 Inf (0x7F80)
+  });
+  const uint64_t embedding_offset = Checkpoint::open(two_bad).tensor(embedding).info->offset;
+  std::vector<std::string> errors;
+  for (const LoadOptions& options : {LoadOptions{.threads = 1}, on_four_threads(slow_read_at(embedding_offset))}) {
+    Served served = serve(ckpts->a, {}, options);
+    try {
+      served.updater->load(two_bad);
+      ADD_FAILURE() << "the load succeeded";
+    } catch (const Error& e) {
+      errors.push_back(e.what());
+    }
+  }
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_NE(errors[0].find("value nan"), std::string::npos) << errors[0];
+  EXPECT_EQ(errors[1], errors[0]);
 }
 
 TEST_F(ReloadFailure, FileChangedInPlaceAfterValidationKeepsTheOldWeights) {

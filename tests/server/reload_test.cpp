@@ -1,6 +1,6 @@
 // /update_weights_from_disk over HTTP: the reference system's test (reload the same checkpoint, flush on and off:
 // greedy logprobs bitwise unchanged), a different checkpoint equals a fresh server on it, a failed reload changes
-// nothing even under load, and reloads under load never mix versions.
+// nothing even under load, and reloads under load never mix versions (those two on the CPU and on the GPU).
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "server_fixture.h"
+#include "support/skip_without_gpu.h"
 
 namespace fp4serve::test {
 namespace {
@@ -137,24 +138,65 @@ struct LoadClients {
   ~LoadClients() { join(); }
 };
 
-std::vector<std::vector<int>> fresh_outputs(const fs::path& model, const std::vector<std::vector<int>>& prompts,
-                                            int max_new_tokens) {
-  ServerProcess server(model);
-  httplib::Client client = server.client();
-  std::vector<std::vector<int>> outputs;
-  for (const auto& prompt : prompts) outputs.push_back(greedy_generate(client, prompt, max_new_tokens).ids);
-  return outputs;
-}
+// Where the servers of the under-load tests run, and on which pair of checkpoints. CPU: the fixture's tiny pair.
+// GPU: the bundled arithmetic pair, since the tiny preset's heads of 32 are narrower than the GPU attention kernels
+// take (64, 128 or 256); W4A16 (--act-quant none, as the GPU runs NVFP4) and --deterministic: the fast GPU path
+// picks kernels by batch size and is not batch-invariant, so without it a greedy answer under load could differ by
+// a token from the same prompt answered alone, which is what these tests compare every answer with.
+struct ServedPair {
+  fs::path a, b, corrupt;  // corrupt: `b` with truncated shards
+  std::vector<std::string> serve_args;
+};
 
-TEST(Reload, FailedReloadUnderLoadAnswers400AndChangesNothing) {
+class ReloadUnderLoad : public ::testing::TestWithParam<std::string> {  // the --device
+ protected:
+  void SetUp() override {
+    if (GetParam() == "cuda") {
+      FP4_SKIP_WITHOUT_GPU();
+    }
+  }
+
+  static const ServedPair& pair() {
+    static const ServedPair cpu{models().a, models().b, models().corrupt, {}};
+    static const ServedPair cuda = [] {
+      const fs::path bundled = fs::path(FP4SERVE_SOURCE_DIR) / "models";
+      ServedPair p{bundled / "qwen3-moe-arith-a-nvfp4", bundled / "qwen3-moe-arith-b-nvfp4",
+                   models().root / "arith_b_corrupt", {"--device", "cuda", "--act-quant", "none", "--deterministic"}};
+      write_truncated_copy(p.b, p.corrupt);
+      return p;
+    }();
+    return GetParam() == "cuda" ? cuda : cpu;
+  }
+
+  // A server of this device on `model`, with `extra` flags.
+  static ServerProcess serve(const fs::path& model, std::vector<std::string> extra = {}) {
+    extra.insert(extra.begin(), pair().serve_args.begin(), pair().serve_args.end());
+    return ServerProcess(model, std::move(extra));
+  }
+
+  // What a server of this device answers to each prompt alone.
+  static std::vector<std::vector<int>> fresh_outputs(const fs::path& model,
+                                                     const std::vector<std::vector<int>>& prompts, int max_new_tokens) {
+    ServerProcess server = serve(model);
+    httplib::Client client = server.client();
+    std::vector<std::vector<int>> outputs;
+    for (const auto& prompt : prompts) outputs.push_back(greedy_generate(client, prompt, max_new_tokens).ids);
+    return outputs;
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Devices, ReloadUnderLoad, ::testing::Values("cpu", "cuda"),
+                         [](const auto& info) { return info.param; });
+
+TEST_P(ReloadUnderLoad, FailedReloadAnswers400AndChangesNothing) {
   const std::vector<std::vector<int>> prompts = {prompt_of(5, 20), prompt_of(6, 9)};
-  const std::vector<std::vector<int>> expected = fresh_outputs(models().a, prompts, 10);
-  ServerProcess server(models().a, {"--weight-version", "good"});
+  const std::vector<std::vector<int>> expected = fresh_outputs(pair().a, prompts, 10);
+  ServerProcess server = serve(pair().a, {"--weight-version", "good"});
   httplib::Client client = server.client();
   const Greedy before = greedy_generate(client, prompt_of(7, 30), 8);
   LoadClients load(server, 6, prompts, 10);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  for (const fs::path& bad : {models().corrupt, models().root / "missing"}) {
+  for (const fs::path& bad : {pair().corrupt, models().root / "missing"}) {
     int status = 0;
     const json answer = reload(client, bad, {{"weight_version", "bad"}}, &status);
     EXPECT_EQ(status, 400) << answer.dump();
@@ -178,13 +220,13 @@ TEST(Reload, FailedReloadUnderLoadAnswers400AndChangesNothing) {
 
 // The load: 32 streaming clients for the whole test while 20 reloads alternate between A and B (every
 // third with abort_all_requests). Greedy requests, so each version's answer to a prompt is known in advance.
-TEST(Reload, ReloadsUnderLoadNeverMixVersions) {
+TEST_P(ReloadUnderLoad, ReloadsNeverMixVersions) {
   constexpr int kClients = 32, kReloads = 20, kNewTokens = 12;
   const std::vector<std::vector<int>> prompts = {prompt_of(8, 7), prompt_of(9, 21), prompt_of(10, 40),
                                                  prompt_of(11, 3)};
   const std::map<char, std::vector<std::vector<int>>> expected = {
-      {'A', fresh_outputs(models().a, prompts, kNewTokens)}, {'B', fresh_outputs(models().b, prompts, kNewTokens)}};
-  ServerProcess server(models().a, {"--weight-version", "0-A"});
+      {'A', fresh_outputs(pair().a, prompts, kNewTokens)}, {'B', fresh_outputs(pair().b, prompts, kNewTokens)}};
+  ServerProcess server = serve(pair().a, {"--weight-version", "0-A"});
   httplib::Client client = server.client();
   LoadClients load(server, kClients, prompts, kNewTokens);
   int aborting_reloads = 0;
@@ -194,7 +236,7 @@ TEST(Reload, ReloadsUnderLoadNeverMixVersions) {
     const bool abort_all = r % 3 == 0;
     aborting_reloads += abort_all;
     int status = 0;
-    const json answer = reload(client, to_b ? models().b : models().a,
+    const json answer = reload(client, to_b ? pair().b : pair().a,
                                {{"weight_version", std::to_string(r) + (to_b ? "-B" : "-A")},
                                 {"abort_all_requests", abort_all}},
                                &status);
@@ -220,8 +262,8 @@ TEST(Reload, ReloadsUnderLoadNeverMixVersions) {
     }
   }
   EXPECT_GE(completed_per_version.size(), 4u) << "requests completed under too few versions";
-  std::printf("%zu requests: %d aborted, completed under %zu weight versions\n", load.outcomes.size(), aborted,
-              completed_per_version.size());
+  std::printf("%s: %zu requests: %d aborted, completed under %zu weight versions\n", GetParam().c_str(),
+              load.outcomes.size(), aborted, completed_per_version.size());
   if (aborting_reloads == 0) {
     EXPECT_EQ(aborted, 0);
   }

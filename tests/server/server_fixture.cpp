@@ -80,6 +80,12 @@ int run_cli(const std::vector<std::string>& args, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+void write_truncated_copy(const fs::path& model, const fs::path& out) {
+  fs::copy(model, out, fs::copy_options::recursive);
+  for (const auto& entry : fs::directory_iterator(out))
+    if (entry.path().extension() == ".safetensors") fs::resize_file(entry.path(), entry.file_size() / 2);
+}
+
 const Models& models() {
   struct TemporaryModels : Models {
     ~TemporaryModels() {
@@ -105,9 +111,7 @@ const Models& models() {
              {"quantize", "--in", m.b_bf16.string(), "--out", m.b.string()}}) {
       if (run_cli(args, &log) != 0) throw std::runtime_error("making the test models failed:\n" + log);
     }
-    fs::copy(m.b, m.corrupt, fs::copy_options::recursive);
-    for (const auto& entry : fs::directory_iterator(m.corrupt))
-      if (entry.path().extension() == ".safetensors") fs::resize_file(entry.path(), entry.file_size() / 2);
+    write_truncated_copy(m.b, m.corrupt);
     return m;
   }();
   return made;

@@ -29,6 +29,8 @@ struct Models {
   std::filesystem::path corrupt;  // `b` with a truncated shard: fails validation
 };
 const Models& models();
+// Copies the checkpoint `model` to `out` with every shard cut to half its size: it fails validation.
+void write_truncated_copy(const std::filesystem::path& model, const std::filesystem::path& out);
 
 class ServerProcess {
  public:
