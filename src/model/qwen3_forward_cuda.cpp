@@ -12,8 +12,8 @@
 // expert GEMMs, combine). The results are close to the CPU's, not bitwise: the kernels sum in other orders
 // (tests/model_cuda states the tolerances). With --deterministic (QuantOptions) every kernel is chosen so that a row's
 // summation order never depends on the step's other rows: batch-invariant NVFP4 GEMM tiles, cuBLAS GEMMs of a fixed
-// 64 rows for bf16 linears, the prefill attention kernel for decode steps too, and the MoE layer's batch-invariant
-// routing and expert GEMMs.
+// 64 rows for bf16 linears, attention split into the same 64-key splits for prefill and decode
+// (AttentionSplits::BatchInvariant), and the MoE layer's batch-invariant routing and expert GEMMs.
 #include "common/error.h"
 #include "model/qwen3_model.h"
 
@@ -467,12 +467,11 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
   // prefills.
   const cuda::AttentionSplits attention_splits =
       gpu.deterministic ? cuda::AttentionSplits::BatchInvariant : cuda::AttentionSplits::ByBatch;
-  const bool split_decode = all_decode;
   const int64_t decode_context = std::max<int64_t>(meta.max_context, cuda::kDecodeSplitTokens);
   const bool grow_rows = M > gpu.row_capacity, grow_logits = n_logit_rows > gpu.logit_row_capacity;
   const bool grow_metadata = meta.values.size() > gpu.metadata_capacity;
   const cuda::DecodeWorkspace* decode = gpu.decode_workspace.get();
-  const bool grow_decode = split_decode && (!decode || M > decode->max_rows() ||
+  const bool grow_decode = all_decode && (!decode || M > decode->max_rows() ||
                                             decode_context > decode->max_context());
   if (grow_rows || grow_logits || grow_metadata || grow_decode) {
     FP4_CUDA_CHECK(cudaStreamSynchronize(gpu.stream));
@@ -693,7 +692,7 @@ ForwardOutput Qwen3Model::forward_cuda(const ForwardBatch& batch, const BatchLay
                                 stream);
       // Any prefill chunk sends the whole batch through the causal prefill kernel (which handles one-token sequences
       // as well).
-      if (split_decode)
+      if (all_decode)
         cuda::paged_decode_attention_cuda(cache, attention_batch, {qkv, qkv_width}, n_heads, *gpu.decode_workspace,
                                           {attn, q_size}, stream);
       else

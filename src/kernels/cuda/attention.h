@@ -70,7 +70,6 @@ class DecodeWorkspace {
   int64_t n_kv_heads() const { return n_kv_heads_; }
   int64_t head_dim() const { return head_dim_; }
   int64_t max_context() const { return max_context_; }
-  AttentionSplits splits() const { return splits_; }
   int64_t split_tokens(int64_t n_sequences) const;  // keys per split of a decode of n_sequences
   // A call's partials: [n_sequences, n_heads, splits, head_dim] and [.., 2] (max, sum of exp), splits =
   // ceil(max_context / split_tokens); n_sequences * splits is at most row_splits().
