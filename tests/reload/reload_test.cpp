@@ -257,32 +257,18 @@ class WorkerThreadFault {
     return fired_ ? std::optional(std::pair(fired_path_, fired_offset_)) : std::nullopt;
   }
   FileOpener opener() {
-    return [this](const fs::path& path) -> std::unique_ptr<FileReader> {
-      return std::make_unique<Reader>(*this, open_posix_file(path));
-    };
+    return test::intercepting_opener([this](const FileReader& file, std::span<uint8_t> dst, uint64_t offset) {
+      const size_t got = file.pread_some(dst, offset);
+      if (on_arming_thread()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      std::optional<Kind> kind = take(file.path(), offset);
+      if (kind == Kind::ReadError)
+        fail("{}: read at offset {} failed (injected on a worker thread)", file.path(), offset);
+      if (kind == Kind::FlippedByte && got > 0) dst[got - 1] ^= 0x01;
+      return got;
+    });
   }
 
  private:
-  class Reader final : public FileReader {
-   public:
-    Reader(WorkerThreadFault& fault, std::unique_ptr<FileReader> file) : fault_(fault), file_(std::move(file)) {}
-    const std::string& path() const override { return file_->path(); }
-    uint64_t size() const override { return file_->size(); }
-    std::optional<std::string> change_since_open() const override { return file_->change_since_open(); }
-    size_t pread_some(std::span<uint8_t> dst, uint64_t offset) const override {
-      const size_t got = file_->pread_some(dst, offset);
-      if (fault_.on_arming_thread()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      std::optional<Kind> kind = fault_.take(path(), offset);
-      if (kind == Kind::ReadError) fail("{}: read at offset {} failed (injected on a worker thread)", path(), offset);
-      if (kind == Kind::FlippedByte && got > 0) dst[got - 1] ^= 0x01;
-      return got;
-    }
-
-   private:
-    WorkerThreadFault& fault_;
-    std::unique_ptr<FileReader> file_;
-  };
-
   bool on_arming_thread() const {
     std::lock_guard lock(mutex_);
     return armed_ && std::this_thread::get_id() == arming_thread_;
@@ -578,25 +564,11 @@ TEST_F(ReloadFailure, TruncatedShardEmptyDirMissingShardAndWrongArchitecture) {
 }
 
 // Files in which a read covering byte `offset` takes 50 ms longer: the loader thread reading it falls behind.
-FileOpener slow_read_at(uint64_t offset) {
-  class Reader final : public FileReader {
-   public:
-    Reader(std::unique_ptr<FileReader> file, uint64_t slow) : file_(std::move(file)), slow_(slow) {}
-    const std::string& path() const override { return file_->path(); }
-    uint64_t size() const override { return file_->size(); }
-    std::optional<std::string> change_since_open() const override { return file_->change_since_open(); }
-    size_t pread_some(std::span<uint8_t> dst, uint64_t offset) const override {
-      if (offset <= slow_ && slow_ < offset + dst.size()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      return file_->pread_some(dst, offset);
-    }
-
-   private:
-    std::unique_ptr<FileReader> file_;
-    uint64_t slow_;
-  };
-  return [offset](const fs::path& path) -> std::unique_ptr<FileReader> {
-    return std::make_unique<Reader>(open_posix_file(path), offset);
-  };
+FileOpener slow_read_at(uint64_t slow) {
+  return test::intercepting_opener([slow](const FileReader& file, std::span<uint8_t> dst, uint64_t offset) {
+    if (offset <= slow && slow < offset + dst.size()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    return file.pread_some(dst, offset);
+  });
 }
 
 // A NaN in the embedding's first chunk, whose read is slow, and an Inf in its sixth: the other threads meet the Inf

@@ -9,11 +9,35 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
+#include <string>
 
 #include "common/error.h"
 #include "io/file_reader.h"
 
 namespace fp4serve::test {
+
+// Opens real files whose every read goes through `read(file, dst, offset)` (which reads `file` itself, or fails):
+// the one wrapper the tests' injected I/O faults are built on.
+using InterceptedRead = std::function<size_t(const FileReader& file, std::span<uint8_t> dst, uint64_t offset)>;
+
+inline FileOpener intercepting_opener(InterceptedRead read) {
+  class Intercepted final : public FileReader {
+   public:
+    Intercepted(std::unique_ptr<FileReader> file, const InterceptedRead& read) : file_(std::move(file)), read_(read) {}
+    const std::string& path() const override { return file_->path(); }
+    uint64_t size() const override { return file_->size(); }
+    std::optional<std::string> change_since_open() const override { return file_->change_since_open(); }
+    size_t pread_some(std::span<uint8_t> dst, uint64_t offset) const override { return read_(*file_, dst, offset); }
+
+   private:
+    std::unique_ptr<FileReader> file_;
+    InterceptedRead read_;
+  };
+  return [read = std::move(read)](const std::filesystem::path& path) -> std::unique_ptr<FileReader> {
+    return std::make_unique<Intercepted>(open_posix_file(path), read);
+  };
+}
 
 class FaultyFiles {
  public:
@@ -36,28 +60,13 @@ class FaultyFiles {
   }
 
   FileOpener opener() {
-    return [this](const std::filesystem::path& path) -> std::unique_ptr<FileReader> {
-      return std::make_unique<Reader>(*this, open_posix_file(path));
-    };
+    return intercepting_opener([this](const FileReader& file, std::span<uint8_t> dst, uint64_t offset) {
+      const size_t limit = before_read(file.path(), offset);
+      return file.pread_some(limit == 0 ? dst : dst.first(std::min(limit, dst.size())), offset);
+    });
   }
 
  private:
-  class Reader final : public FileReader {
-   public:
-    Reader(FaultyFiles& files, std::unique_ptr<FileReader> file) : files_(files), file_(std::move(file)) {}
-    const std::string& path() const override { return file_->path(); }
-    uint64_t size() const override { return file_->size(); }
-    std::optional<std::string> change_since_open() const override { return file_->change_since_open(); }
-    size_t pread_some(std::span<uint8_t> dst, uint64_t offset) const override {
-      const size_t limit = files_.before_read(path(), offset);
-      return file_->pread_some(limit == 0 ? dst : dst.first(std::min(limit, dst.size())), offset);
-    }
-
-   private:
-    FaultyFiles& files_;
-    std::unique_ptr<FileReader> file_;
-  };
-
   // Counts the read, runs the armed action or fails as armed; returns the read size limit (0: none). The action
   // runs outside the lock: it may read files itself.
   size_t before_read(const std::string& path, uint64_t offset) {
